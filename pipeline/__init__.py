@@ -1,0 +1,39 @@
+"""pipeline: run bulk OpenAI-style API jobs from a JSONL file, rate-aware and crash-safe.
+
+The public library API is small: settings, the engine, the job-file reader, and the error tree.
+"""
+
+from pipeline.errors import (
+    APIError,
+    BatchNotFound,
+    ConfigError,
+    ConnectError,
+    DuplicateBatch,
+    JobFileError,
+    LineError,
+    PermanentError,
+    PipelineError,
+    QuotaExhausted,
+    RateLimited,
+    RetryableError,
+)
+from pipeline.models import BatchState, RequestStatus
+from pipeline.settings import Settings
+
+__all__ = [
+    "APIError",
+    "BatchNotFound",
+    "BatchState",
+    "ConfigError",
+    "ConnectError",
+    "DuplicateBatch",
+    "JobFileError",
+    "LineError",
+    "PermanentError",
+    "PipelineError",
+    "QuotaExhausted",
+    "RateLimited",
+    "RequestStatus",
+    "RetryableError",
+    "Settings",
+]

@@ -1,0 +1,148 @@
+"""Turning one HTTP answer into success or an APIError, and deciding how long to wait before the next try.
+
+The policy is DESIGN.md's, in one place:
+
+| answer                                   | class           | retried |
+|------------------------------------------|-----------------|---------|
+| 2xx (any finish reason)                  | success         | -       |
+| 429 rate_limit_exceeded                  | RateLimited     | yes     |
+| 429 "Request too large"                  | PermanentError  | no      |
+| 429 insufficient_quota                   | QuotaExhausted  | no (pauses the batch) |
+| 408, 409, 5xx, timeouts, connection errors | RetryableError | yes     |
+| 400, 401, 403, 404, 413, 422, other 4xx  | PermanentError  | no      |
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.models import utcnow
+
+#: First backoff when the server gives no hint, as the official client does.
+INITIAL_BACKOFF = 0.5
+#: Longest backoff when the server gives no hint.
+MAX_BACKOFF = 8.0
+#: Longest wait we honour from a server hint; a batch job can afford minutes, not hours.
+MAX_SERVER_WAIT = 600.0
+#: Statuses worth another attempt besides 429 and 5xx.
+RETRYABLE_STATUSES = frozenset({408, 409})
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1h23m31s`); None when unparseable."""
+    if not text:
+        return None
+    text = text.strip()
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def retry_after(headers: Mapping[str, str], message: str = "", kind: str | None = None) -> float | None:
+    """The wait the server asked for, in seconds, from the most precise hint present.
+
+    Order: `retry-after-ms`, `Retry-After` (seconds or an HTTP date), "try again in 644ms" in the message,
+    then `x-ratelimit-reset-<kind>` (kind `requests` or `tokens`; both, the longer, when unknown).
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if (ms := lower.get("retry-after-ms")) is not None:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    if (ra := lower.get("retry-after")) is not None:
+        try:
+            return float(ra)
+        except ValueError:
+            try:
+                return max(0.0, (parsedate_to_datetime(ra).replace(tzinfo=None) - utcnow()).total_seconds())
+            except (TypeError, ValueError):
+                pass
+    if match := _TRY_AGAIN.search(message):
+        value = float(match.group(1))
+        return value / 1000.0 if match.group(2).lower() == "ms" else value
+    kinds = [kind] if kind in ("requests", "tokens") else ["requests", "tokens"]
+    resets = [d for k in kinds if (d := parse_duration(lower.get(f"x-ratelimit-reset-{k}"))) is not None]
+    return max(resets) if resets else None
+
+
+def error_fields(body: bytes) -> tuple[str | None, str | None, str]:
+    """(code, type, message) of an OpenAI error body; Nones and the raw text when it is not one."""
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, body[:500].decode("utf-8", "replace")
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(err, dict):
+        return None, None, body[:500].decode("utf-8", "replace")
+    code, kind, message = err.get("code"), err.get("type"), err.get("message")
+    return (
+        str(code) if code is not None else None,
+        str(kind) if kind is not None else None,
+        str(message) if message is not None else "",
+    )
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> APIError | None:
+    """None for a success, else the error this answer means (see the module table)."""
+    if 200 <= status < 300:
+        return None
+    code, kind, message = error_fields(body)
+    request_id = next((v for k, v in headers.items() if k.lower() == "x-request-id"), None)
+    common: dict[str, Any] = {"status": status, "body": body, "request_id": request_id}
+    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+    if status == 429:
+        if code == "insufficient_quota" or kind == "insufficient_quota":
+            return QuotaExhausted(text, error_type="insufficient_quota", **common)
+        if message.lower().startswith("request too large"):
+            return PermanentError(text, error_type="request_too_large", **common)
+        wait = retry_after(headers, message, kind)
+        return RateLimited(text, error_type=code or "rate_limit_exceeded", retry_after=wait, **common)
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        wait = retry_after(headers, message)
+        return RetryableError(
+            text, error_type=code or kind or _status_name(status), retry_after=wait, **common
+        )
+    return PermanentError(text, error_type=code or kind or _status_name(status), **common)
+
+
+def backoff_delay(
+    attempt: int, server_wait: float | None = None, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based).
+
+    A server hint wins (capped at MAX_SERVER_WAIT, plus up to 10% so that senders do not return in lockstep);
+    otherwise exponential from INITIAL_BACKOFF to MAX_BACKOFF with the official client's 0.75-1.0 jitter.
+    """
+    if server_wait is not None:
+        return min(server_wait, MAX_SERVER_WAIT) * (1.0 + 0.1 * rand())
+    base: float = min(INITIAL_BACKOFF * 2.0 ** (attempt - 1), MAX_BACKOFF)
+    return base * (0.75 + 0.25 * rand())
+
+
+def _status_name(status: int) -> str:
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        408: "request_timeout",
+        409: "conflict",
+        413: "payload_too_large",
+        422: "unprocessable_entity",
+    }.get(status, "server_error" if status >= 500 else f"http_{status}")

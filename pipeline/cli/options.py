@@ -1,0 +1,97 @@
+"""Options shared by several commands, and the one place flags become a Settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pipeline.db import Database, open_database
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Flag name -> Settings field, for every flag below.
+_FIELDS = {
+    "data_dir": "data_dir",
+    "database_url": "database_url",
+    "base_url": "base_url",
+    "api_key_env": "api_key_env",
+    "organization": "organization",
+    "max_in_flight": "max_in_flight",
+    "timeout": "timeout",
+    "max_attempts": "max_attempts",
+    "chunk_size": "chunk_size",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "limits_file": "limits_file",
+    "broker_url": "broker_url",
+    "redis_url": "redis_url",
+}
+
+
+def store_options(fn: F) -> F:
+    """Where the data lives: every command takes these."""
+    fn = click.option(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy URL [env PIPELINE_DATABASE_URL; default SQLite in the data dir]",
+    )(fn)
+    fn = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        help="Local state [env PIPELINE_DATA_DIR; default .pipeline]",
+    )(fn)
+    return fn
+
+
+def api_options(fn: F) -> F:
+    """How to call the API: the commands that send requests take these."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--base-url", metavar="URL", help="OpenAI-compatible API root [env OPENAI_BASE_URL]"
+            ),
+            click.option(
+                "--api-key-env",
+                metavar="NAME",
+                help="Environment variable holding the API key [OPENAI_API_KEY]",
+            ),
+            click.option(
+                "--organization", metavar="ORG", help="Sent as OpenAI-Organization [env OPENAI_ORG_ID]"
+            ),
+            click.option(
+                "--max-in-flight",
+                type=int,
+                help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 256]",
+            ),
+            click.option(
+                "--timeout", type=float, help="Seconds to wait for one answer [env PIPELINE_TIMEOUT; 600]"
+            ),
+            click.option(
+                "--max-attempts", type=int, help="Attempts per request [env PIPELINE_MAX_ATTEMPTS; 10]"
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def settings_from(params: dict[str, Any]) -> Settings:
+    """Settings from the environment and the flags given (a flag left out is None and changes nothing)."""
+    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS})
+
+
+def database(settings: Settings) -> Database:
+    return open_database(settings.db_url)
+
+
+def pop_settings(params: dict[str, Any]) -> Settings:
+    """Remove the settings flags from `params` and build the Settings."""
+    picked = {k: params.pop(k) for k in list(params) if k in _FIELDS}
+    try:
+        return settings_from(picked)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None

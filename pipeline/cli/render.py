@@ -1,0 +1,84 @@
+"""How batches look on a terminal and in --json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import store
+from pipeline.db import Database
+from pipeline.models import Batch, RequestStatus, utcnow
+
+
+def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as plain JSON-ready values."""
+    counts = counts or store.status_counts(db, batch.id)
+    attempts = store.attempt_stats(db, batch.id)
+    unfinished = counts[RequestStatus.QUEUED] + counts[RequestStatus.RUNNING]
+    end = utcnow() if unfinished or attempts["last_finished_at"] is None else attempts["last_finished_at"]
+    elapsed = (end - batch.created_at).total_seconds()
+    return {
+        "batch": batch.id,
+        "source": batch.source,
+        "state": batch.state,
+        "pause_reason": batch.pause_reason,
+        "created_at": _iso(batch.created_at),
+        "elapsed_seconds": round(elapsed, 3),
+        **counts,
+        "tokens": store.token_totals(db, batch.id),
+        "attempts": attempts["attempts"],
+        "rate_limited": attempts["rate_limited"],
+        "errors": dict(store.error_breakdown(db, batch.id)),
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    console = Console(stderr=False, highlight=False)
+    state = report["state"] + (f" ({report['pause_reason']})" if report["pause_reason"] else "")
+    console.print(f"[bold]batch {report['batch']}[/bold]  {report['source']}  {state}")
+    table = Table(show_header=True, header_style="bold")
+    for name in ("total", "queued", "running", "succeeded", "failed", "cancelled"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        *(str(report[n]) for n in ("total", "queued", "running", "succeeded", "failed", "cancelled"))
+    )
+    console.print(table)
+    tokens = report["tokens"]
+    console.print(
+        f"tokens: {tokens['total_tokens']:,} (prompt {tokens['prompt_tokens']:,}, "
+        f"completion {tokens['completion_tokens']:,})   attempts: {report['attempts']:,}   "
+        f"429s: {report['rate_limited']:,}   elapsed: {report['elapsed_seconds']:.1f}s"
+    )
+    if report["errors"]:
+        console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
+
+
+def print_summary(db: Database, batch: Batch, counts: dict[str, int]) -> None:
+    """The one-paragraph end-of-run summary, on stderr."""
+    report = batch_report(db, batch, counts)
+    tokens = report["tokens"]
+    line = (
+        f"batch {batch.id}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
+        f"{counts['cancelled']} cancelled of {counts['total']}"
+    )
+    unfinished = counts["queued"] + counts["running"]
+    if unfinished:
+        line += f", {unfinished} unfinished"
+    click.echo(line, err=True)
+    click.echo(
+        f"tokens {tokens['total_tokens']:,}, attempts {report['attempts']:,}, "
+        f"429s {report['rate_limited']:,}, {report['elapsed_seconds']:.1f}s",
+        err=True,
+    )
+    if report["state"] == "paused":
+        click.echo(f"paused: {report['pause_reason']} (continue with: pipeline resume {batch.id})", err=True)
+    for etype, n in report["errors"].items():
+        click.echo(f"  {n} failed: {etype}", err=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value is not None else None

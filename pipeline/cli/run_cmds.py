@@ -1,0 +1,83 @@
+"""`pipeline run`: validate, store and execute a job file in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from pipeline import store
+from pipeline.cli import EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.options import api_options, database, pop_settings, store_options
+from pipeline.cli.progress import LiveProgress
+from pipeline.cli.render import print_summary
+from pipeline.errors import DuplicateBatch
+from pipeline.intake import store_job_file
+from pipeline.jobfile import ENDPOINTS
+from pipeline.models import BatchState
+from pipeline.runner import run_batch
+
+endpoint_option = click.option(
+    "--endpoint",
+    type=click.Choice(sorted(ENDPOINTS)),
+    help="Lines are bare request bodies for this endpoint (custom ids become line-<n>)",
+)
+skip_invalid_option = click.option(
+    "--skip-invalid", is_flag=True, help="Store and run the valid lines; record invalid ones as failed"
+)
+force_option = click.option(
+    "--force", is_flag=True, help="Make a new batch even if this file was submitted before"
+)
+
+
+@click.command()
+@click.argument("job_file", metavar="FILE", type=click.Path(allow_dash=True))
+@endpoint_option
+@skip_invalid_option
+@force_option
+@api_options
+@store_options
+def run(**params: Any) -> None:
+    """Validate FILE, store it as a batch, send every request in this process, store every answer.
+
+    Runs until every request is final. The summary goes to stderr; the batch id is the last line of stdout.
+    Running the same file again continues its batch (only unfinished requests are sent) unless --force.
+    Exit 0 when all succeeded, 3 when some failed or were cancelled, 5 when the batch paused.
+    """
+    settings = pop_settings(params)
+    settings.require_api_key()
+    db = database(settings)
+    try:
+        intake = store_job_file(
+            db,
+            settings,
+            params["job_file"],
+            endpoint=params["endpoint"],
+            skip_invalid=params["skip_invalid"],
+            force=params["force"],
+        )
+        batch_id = intake.batch_id
+        click.echo(f"stored {intake.total} requests as batch {batch_id}", err=True)
+        if intake.invalid:
+            click.echo(f"{intake.invalid} invalid line(s) recorded as failed", err=True)
+    except DuplicateBatch as dup:
+        batch_id = dup.batch_id
+        click.echo(f"{dup}; continuing it (use --force for a new batch)", err=True)
+    counts = store.status_counts(db, batch_id)
+    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+    with LiveProgress(counts["total"], done) as progress:
+        asyncio.run(run_batch(settings, db, batch_id, on_start=progress.attach))
+    batch = store.get_batch(db, batch_id)
+    counts = store.status_counts(db, batch_id)
+    print_summary(db, batch, counts)
+    click.echo(batch_id)
+    sys.stdout.flush()
+    if batch.state == BatchState.PAUSED:
+        sys.exit(EXIT_PAUSED)
+    if counts["succeeded"] != counts["total"]:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+COMMANDS = [run]

@@ -1,0 +1,149 @@
+"""Connecting to the database: SQLite tuned for several writer processes, PostgreSQL as it is, both migrated.
+
+SQLite: WAL (readers never block the writer), a 30 s busy timeout, and `BEGIN IMMEDIATE` for write sessions,
+because a deferred transaction that upgrades from read to write fails at once with "database is locked"
+instead of waiting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.errors import ConnectError
+from pipeline.settings import mask_url
+
+#: Seconds a SQLite writer waits for another writer's lock before giving up.
+SQLITE_BUSY_SECONDS = 60
+
+
+def migrations_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """One engine per URL and process, migrated on first use, with read and write sessions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = _make_engine(url)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({mask_url(self.url)!r})"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A short write transaction, committed on success."""
+        with self._write.begin() as session:
+            yield session
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision (idempotent; serialised between local processes)."""
+        from alembic import command
+
+        with _migration_lock(self):
+            command.upgrade(alembic_config(self.url), "head")
+
+    def ensure_schema(self) -> None:
+        """Migrate if the schema is not at head. Cheap when it is."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+        try:
+            with self.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise ConnectError(f"cannot reach database {mask_url(self.url)}: {_first_line(exc)}") from None
+        if current != head:
+            self.upgrade()
+
+    def has_schema(self) -> bool:
+        return inspect(self.engine).has_table("batches")
+
+
+@cache
+def open_database(url: str) -> Database:
+    """The process's Database for `url`, schema ensured."""
+    db = Database(url)
+    db.ensure_schema()
+    return db
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        try:
+            return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        except Exception as exc:  # bad driver name, malformed URL
+            raise ConnectError(f"cannot use database {mask_url(url)}: {_first_line(exc)}") from None
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "isolation_level": None})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # pysqlite's own transaction handling is off (isolation_level=None); we begin explicitly.
+        immediate = conn.get_execution_options().get("sqlite_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def _migration_lock(db: Database) -> Iterator[None]:
+    if not db.is_sqlite:
+        yield  # PostgreSQL DDL is transactional; alembic's version row serialises concurrent upgrades
+        return
+    path = db.url.split("///", 1)[-1]
+    lock_path = Path(path + ".migrate-lock") if path and path != ":memory:" else None
+    if lock_path is None:
+        yield
+        return
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

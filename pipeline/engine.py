@@ -1,0 +1,354 @@
+"""The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
+
+The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
+take a slot (max in flight) -> check the batch still runs -> limiter.acquire -> HTTP -> classify ->
+limiter.settle -> record the attempt. tenacity owns retries (RetryableError only, `backoff_delay` waits).
+Outcomes go to a writer task that stores them in batched transactions; a keeper renews the leases of held
+rows, and a watcher notices batches paused or cancelled by others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from sqlalchemy.exc import OperationalError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from pipeline import store
+from pipeline.classify import backoff_delay, classify
+from pipeline.db import Database
+from pipeline.errors import APIError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.limits import Limiter, LimitKey, Unlimited
+from pipeline.models import BatchState, RequestStatus, utcnow
+from pipeline.responses import parse_success, usage_of
+from pipeline.settings import Settings
+from pipeline.store import AttemptRecord, Claimed, Outcome
+from pipeline.tokens import estimate_request
+
+log = logging.getLogger(__name__)
+
+#: Outcomes stored per transaction at most.
+WRITE_BATCH = 1000
+#: Seconds between checks of the batches' state (paused or cancelled elsewhere).
+STATE_POLL_SECONDS = 1.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class EngineStats:
+    """Counters for progress displays; only the engine's own event loop writes them."""
+
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    released: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    attempts: int = 0
+    rate_limited: int = 0
+    total_tokens: int = 0
+
+
+class _Stop(Exception):
+    """The row must not be sent now: its batch was cancelled or paused, or the engine drains."""
+
+    def __init__(self, status: RequestStatus, reason: str | None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Engine:
+    """Use as `async with Engine(...) as engine: await engine.submit(rows); await engine.join()`."""
+
+    def __init__(
+        self, settings: Settings, db: Database, *, limiter: Limiter | None = None, worker: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.limiter: Limiter = limiter or Unlimited()
+        self.worker = worker or worker_id()
+        self.stats = EngineStats()
+        self.draining = False
+        self._key = settings.require_api_key()
+        self._held: dict[int, Claimed] = {}
+        self._states: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
+
+    async def __aenter__(self) -> Engine:
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
+            connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
+            headers=self._auth_headers(),
+        )
+        self._background = [
+            asyncio.create_task(self._writer()),
+            asyncio.create_task(self._keep_leases()),
+            asyncio.create_task(self._watch_states()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.join()
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            if self._http is not None:
+                await self._http.close()
+
+    @property
+    def held(self) -> int:
+        """Rows claimed and not yet stored."""
+        return len(self._held)
+
+    def drain(self) -> None:
+        """Send nothing new: in-flight requests finish and are stored, the rest go back to the queue."""
+        self.draining = True
+        self._stop.set()
+
+    async def submit(self, rows: list[Claimed]) -> None:
+        """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
+        for row in rows:
+            self._held[row.id] = row
+            self._states.setdefault(row.batch_id, BatchState.ACTIVE)
+            task = asyncio.create_task(self._run_one(row))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        while len(self._tasks) >= 2 * self.settings.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+
+    async def join(self) -> None:
+        """Wait until every submitted row is finished and stored."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._outbox.join()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request task crashed", exc_info=task.exception())
+
+    async def _run_one(self, row: Claimed) -> None:
+        try:
+            outcome = await self._execute(row)
+        except Exception as exc:  # a bug must not lose the row: it goes back to the queue
+            log.exception("unexpected error on request %s", row.id)
+            outcome = Outcome(row.id, RequestStatus.QUEUED, error_type="internal", error_message=repr(exc))
+        self._count(outcome)
+        self._outbox.put_nowait(outcome)
+
+    async def _execute(self, row: Claimed) -> Outcome:
+        body: dict[str, Any] = orjson.loads(row.body)
+        key = LimitKey(
+            self.settings.base_url,
+            self._key.fingerprint(),
+            self.settings.organization,
+            str(body.get("model")),
+        )
+        estimate = estimate_request(body)
+        records: list[AttemptRecord] = []
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=_wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    status, headers, raw = await self._attempt(row, key, estimate, records)
+        except _Stop as stop:
+            return Outcome(row.id, stop.status, records, error_type=stop.reason, error_message=stop.reason)
+        except QuotaExhausted as exc:
+            await self._pause(row.batch_id, exc.message)
+            return Outcome(row.id, RequestStatus.QUEUED, records)
+        except APIError as exc:
+            result = _result_row(exc.status, exc.request_id, None, exc.body) if exc.body is not None else None
+            return Outcome(row.id, RequestStatus.FAILED, records, result, exc.error_type, exc.message)
+        return Outcome(row.id, RequestStatus.SUCCEEDED, records, _result_row(status, None, headers, raw))
+
+    async def _attempt(
+        self, row: Claimed, key: LimitKey, estimate: int, records: list[AttemptRecord]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        assert self._http is not None, "use the engine as an async context manager"
+        self._check_stop(row)
+        await self.limiter.acquire(key, estimate)
+        started, t0 = utcnow(), time.perf_counter()
+        status, headers, raw, error = await self._send(row)
+        latency = (time.perf_counter() - t0) * 1000.0
+        prompt, completion, total = usage_of(raw) if raw else (None, None, None)
+        self.limiter.settle(key, estimate, total, headers)
+        error = error or classify(status or 0, headers, raw)
+        records.append(
+            AttemptRecord(
+                len(records) + 1,
+                started,
+                latency,
+                status,
+                error.error_type if error else None,
+                error.message if error else None,
+                headers.get("x-request-id"),
+                prompt,
+                completion,
+                total,
+            )
+        )
+        self.stats.attempts += 1
+        self.stats.total_tokens += total or 0
+        if isinstance(error, RateLimited):
+            self.stats.rate_limited += 1
+            self.limiter.cooldown(key, error.retry_after or 1.0)
+        if error is not None:
+            raise error
+        assert status is not None
+        return status, headers, raw
+
+    async def _send(self, row: Claimed) -> tuple[int | None, Mapping[str, str], bytes, APIError | None]:
+        """One HTTP exchange. Transport failures come back as a RetryableError, never raised."""
+        assert self._http is not None
+        self.stats.in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        try:
+            async with self._http.post(
+                self.settings.base_url + row.url.removeprefix("/v1"),
+                data=row.body.encode(),
+                headers={"Content-Type": "application/json"},
+            ) as resp:
+                return resp.status, resp.headers, await resp.read(), None
+        except TimeoutError:
+            error = RetryableError(f"no answer within {self.settings.timeout:g}s", error_type="timeout")
+        except aiohttp.ClientError as exc:
+            error = RetryableError(f"connection error: {exc}", error_type="connection_error")
+        finally:
+            self.stats.in_flight -= 1
+        return None, {}, b"", error
+
+    def _check_stop(self, row: Claimed) -> None:
+        state = self._states.get(row.batch_id, BatchState.ACTIVE)
+        if state == BatchState.CANCELLED:
+            raise _Stop(RequestStatus.CANCELLED, "cancelled")
+        if state == BatchState.PAUSED or self.draining:
+            raise _Stop(RequestStatus.QUEUED, None)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Backoff sleep that a drain cuts short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _pause(self, batch_id: str, reason: str) -> None:
+        if self._states.get(batch_id) != BatchState.PAUSED:
+            self._states[batch_id] = BatchState.PAUSED
+            log.warning("batch %s paused: %s", batch_id, reason)
+            await asyncio.to_thread(store.set_batch_state, self.db, batch_id, BatchState.PAUSED, reason)
+
+    def _count(self, outcome: Outcome) -> None:
+        name = {
+            RequestStatus.SUCCEEDED: "succeeded",
+            RequestStatus.FAILED: "failed",
+            RequestStatus.CANCELLED: "cancelled",
+        }.get(outcome.status, "released")
+        setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def _auth_headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": "pipeline/0.1"}
+        if self.settings.organization:
+            headers["OpenAI-Organization"] = self.settings.organization
+        return headers
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            await asyncio.sleep(0.05)  # let a burst of outcomes gather into one transaction
+            while len(batch) < WRITE_BATCH and not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            await self._store(batch)
+            for outcome in batch:
+                self._held.pop(outcome.request_id, None)
+                self._outbox.task_done()
+
+    async def _store(self, batch: list[Outcome]) -> None:
+        for delay in (0.5, 1, 2, 4, 8, 16, 32, None):
+            try:
+                await asyncio.to_thread(store.record, self.db, self.worker, batch)
+                return
+            except OperationalError as exc:  # database restarting or locked: the rows stay leased meanwhile
+                if delay is None:
+                    raise
+                log.warning("storing %d outcomes failed (%s); retrying in %ss", len(batch), exc.orig, delay)
+                await asyncio.sleep(delay)
+
+    async def _keep_leases(self) -> None:
+        period = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            if self._held:
+                with contextlib.suppress(OperationalError):
+                    await asyncio.to_thread(
+                        store.renew_leases,
+                        self.db,
+                        self.worker,
+                        list(self._held),
+                        self.settings.lease_seconds,
+                    )
+
+    async def _watch_states(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_POLL_SECONDS)
+            batch_ids = {row.batch_id for row in self._held.values()}
+            if batch_ids:
+                with contextlib.suppress(OperationalError):
+                    self._states.update(await asyncio.to_thread(store.batch_states, self.db, batch_ids))
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    server_wait = exc.retry_after if isinstance(exc, APIError) else None
+    return backoff_delay(state.attempt_number, server_wait)
+
+
+def _result_row(
+    status: int | None, request_id: str | None, headers: Mapping[str, str] | None, raw: bytes
+) -> dict[str, Any]:
+    content_type = headers.get("Content-Type") if headers is not None else None
+    parsed = parse_success(raw, content_type) if status is not None and 200 <= status < 300 else None
+    return {
+        "http_status": status or 0,
+        "x_request_id": request_id or (headers.get("x-request-id") if headers is not None else None),
+        "content_type": content_type or "application/json",
+        "body": raw.decode("utf-8", "replace"),
+        "response_id": parsed.response_id if parsed else None,
+        "model": parsed.model if parsed else None,
+        "finish_reasons": parsed.finish_reasons if parsed else None,
+        "output": parsed.output if parsed else None,
+        "prompt_tokens": parsed.prompt_tokens if parsed else None,
+        "completion_tokens": parsed.completion_tokens if parsed else None,
+        "total_tokens": parsed.total_tokens if parsed else None,
+        "audio_seconds": parsed.audio_seconds if parsed else None,
+    }

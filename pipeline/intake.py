@@ -1,0 +1,131 @@
+"""Turning a job file into a stored batch: streamed, validated, all-or-nothing.
+
+Lines are validated and inserted in one write transaction as they stream past; if any line is bad (and
+invalid lines are not to be skipped) or the same file was stored before, the transaction rolls back, so
+nothing is stored and nothing can be sent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+
+from pipeline.db import Database
+from pipeline.errors import DuplicateBatch, JobFileError, LineError
+from pipeline.jobfile import JobLine, JobReader
+from pipeline.models import Batch, BatchState, Request, RequestStatus, utcnow
+from pipeline.settings import Settings
+
+#: Rows per INSERT statement.
+INSERT_CHUNK = 5000
+#: Bad lines shown in full; the rest are counted.
+MAX_SHOWN_ERRORS = 50
+
+
+@dataclass(frozen=True)
+class Intake:
+    batch_id: str
+    total: int
+    invalid: int
+
+
+def store_job_file(
+    db: Database,
+    settings: Settings,
+    path: str,
+    *,
+    endpoint: str | None = None,
+    skip_invalid: bool = False,
+    force: bool = False,
+) -> Intake:
+    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
+    reader = JobReader(path, endpoint)
+    batch_id = uuid.uuid4().hex[:12]
+    shown: list[LineError] = []
+    bad = good = 0
+    with db.write() as s:
+        s.add(
+            Batch(
+                id=batch_id,
+                source=str(path),
+                content_hash="",
+                state=BatchState.ACTIVE,
+                base_url=settings.base_url,
+                organization=settings.organization,
+                key_fingerprint=settings.key_fingerprint(),
+                options={"endpoint": endpoint, "max_attempts": settings.max_attempts},
+            )
+        )
+        s.flush()
+        pending: list[dict[str, Any]] = []
+        for item in reader:
+            if isinstance(item, LineError):
+                bad += 1
+                if len(shown) < MAX_SHOWN_ERRORS:
+                    shown.append(item)
+                if not skip_invalid:
+                    continue
+            else:
+                good += 1
+            pending.append(_row(batch_id, item))
+            if len(pending) >= INSERT_CHUNK:
+                _insert(s, pending)
+        if bad and (not skip_invalid or not good):
+            raise JobFileError(shown, bad)
+        _insert(s, pending)
+        if not force and (existing := _same_content(s, reader.content_hash)):
+            raise DuplicateBatch(existing)
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(content_hash=reader.content_hash, total=good + bad)
+        )
+    return Intake(batch_id, good + bad, bad)
+
+
+def _row(batch_id: str, item: JobLine | LineError) -> dict[str, Any]:
+    if isinstance(item, LineError):
+        return {
+            "batch_id": batch_id,
+            "line": item.line,
+            "custom_id": f"invalid-line-{item.line}",
+            "url": "",
+            "body": "null",
+            "status": RequestStatus.FAILED,
+            "attempts": 0,
+            "error_type": "invalid_line",
+            "error_message": str(item),
+            "finished_at": utcnow(),
+            "created_at": utcnow(),
+        }
+    return {
+        "batch_id": batch_id,
+        "line": item.line,
+        "custom_id": item.custom_id,
+        "url": item.url,
+        "body": orjson.dumps(item.body).decode(),
+        "status": RequestStatus.QUEUED,
+        "attempts": 0,
+        "error_type": None,
+        "error_message": None,
+        "finished_at": None,
+        "created_at": utcnow(),
+    }
+
+
+def _insert(s: Any, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        s.execute(insert(Request), rows)
+        rows.clear()
+
+
+def _same_content(s: Any, content_hash: str) -> str | None:
+    found: Iterable[str] = s.scalars(
+        select(Batch.id).where(Batch.content_hash == content_hash).order_by(Batch.created_at).limit(1)
+    )
+    return next(iter(found), None)

@@ -1,0 +1,138 @@
+"""The database: batches of requests, every HTTP attempt, and the stored result of each request.
+
+States are `str` enums stored as plain strings, so the database reads well from any SQL client.
+Times are naive UTC datetimes (SQLite has no time zones; PostgreSQL gets the same values).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime every time column holds."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class RequestStatus(StrEnum):
+    QUEUED = "queued"  #: stored, waiting for a worker to claim it
+    RUNNING = "running"  #: claimed by a worker, under a lease that the worker keeps renewing
+    SUCCEEDED = "succeeded"  #: the API answered 2xx; the answer is in `results` (whatever its finish reason)
+    FAILED = "failed"  #: a permanent error, or retries ran out; `error_type`/`error_message` say why
+    CANCELLED = "cancelled"  #: cancelled before it was sent
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+#: Statuses a request never leaves on its own.
+FINAL_STATUSES = frozenset({RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED})
+
+
+class BatchState(StrEnum):
+    ACTIVE = "active"  #: requests are sent as workers claim them
+    PAUSED = "paused"  #: nothing is sent until `pipeline resume` (e.g. the account ran out of quota)
+    CANCELLED = "cancelled"  #: queued requests were cancelled; nothing more is sent
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    """One submitted job file."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(Text)  #: the job file's path as given
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)  #: sha256 of the file and its options
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.ACTIVE)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    base_url: Mapped[str] = mapped_column(Text)
+    organization: Mapped[str | None] = mapped_column(String(128))
+    key_fingerprint: Mapped[str] = mapped_column(String(32))  #: a hash of the API key, never the key
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Request(Base):
+    """One line of a job file: the request body exactly as given, and where it stands."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id", name="uq_requests_batch_custom_id"),
+        Index("ix_requests_batch_status", "batch_id", "status"),
+        Index("ix_requests_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    line: Mapped[int] = mapped_column(Integer)  #: line number in the job file (1-based)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    url: Mapped[str] = mapped_column(String(64))  #: /v1/chat/completions, /v1/completions, ...
+    body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Attempt(Base):
+    """One HTTP attempt at one request, successful or not."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  #: 1 for the first attempt
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    http_status: Mapped[int | None] = mapped_column(Integer)  #: None for timeouts and connection errors
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    x_request_id: Mapped[str | None] = mapped_column(String(128))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)  #: counted for failed attempts too
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class Result(Base):
+    """The final HTTP answer to a request: raw and parsed. Absent when no answer came (timeouts)."""
+
+    __tablename__ = "results"
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
+    http_status: Mapped[int] = mapped_column(Integer)
+    x_request_id: Mapped[str | None] = mapped_column(String(128))
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)  #: the response body as received
+    response_id: Mapped[str | None] = mapped_column(String(128))  #: the body's `id`, e.g. chatcmpl-...
+    model: Mapped[str | None] = mapped_column(String(128))
+    finish_reasons: Mapped[str | None] = mapped_column(String(256))  #: every choice's, joined with |
+    output: Mapped[str | None] = mapped_column(Text)  #: the first choice's text, or the transcript
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage, or verbose_json duration

@@ -1,0 +1,164 @@
+"""One frozen Settings, built once from command-line flags and environment variables, passed explicitly.
+
+Environment: every `PIPELINE_*` variable must be one of ENV_FIELDS (a misspelling is an error, never dropped);
+`OPENAI_BASE_URL`, `OPENAI_ORG_ID` and the API key variable (default `OPENAI_API_KEY`) follow OpenAI's names.
+Flags win over the environment, the environment over defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.errors import ConfigError
+
+#: The public API; any OpenAI-compatible base URL works.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class Secret:
+    """A string that never shows itself in repr, str or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def fingerprint(self) -> str:
+        """A short stable hash: names the key in rate-limit state without storing it."""
+        return hashlib.sha256(self._value.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know, resolved once."""
+
+    data_dir: Path = Path(".pipeline")
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_url: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: Secret | None = field(default=None, compare=False)
+    organization: str | None = None
+    max_in_flight: int = 256
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    max_attempts: int = 10
+    chunk_size: int = 500
+    lease_seconds: float = 120.0
+    rpm: int | None = None
+    tpm: int | None = None
+    limits_file: Path | None = None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'pipeline.db'}"
+
+    def require_api_key(self) -> Secret:
+        if self.api_key is None:
+            raise ConfigError(
+                f"no API key: set {self.api_key_env} (or name another variable with --api-key-env)"
+            )
+        return self.api_key
+
+    def key_fingerprint(self) -> str:
+        return self.api_key.fingerprint() if self.api_key else "nokey"
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build from `environ` (default os.environ) and `overrides` (flags; None values are ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        unknown = sorted(k for k in env if k.startswith("PIPELINE_") and k not in ENV_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown environment variable(s): {', '.join(unknown)}")
+        for var, name in ENV_FIELDS.items():
+            if env.get(var):
+                values[name] = env[var]
+        for var, name in OPENAI_ENV.items():
+            if env.get(var):
+                values.setdefault(name, env[var])
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        settings = cls(**_coerce(values))
+        key = env.get(settings.api_key_env)
+        return replace(settings, api_key=Secret(key) if key else None)
+
+
+#: PIPELINE_* variables and the field each sets.
+ENV_FIELDS = {
+    "PIPELINE_DATA_DIR": "data_dir",
+    "PIPELINE_DATABASE_URL": "database_url",
+    "PIPELINE_BROKER_URL": "broker_url",
+    "PIPELINE_REDIS_URL": "redis_url",
+    "PIPELINE_API_KEY_ENV": "api_key_env",
+    "PIPELINE_MAX_IN_FLIGHT": "max_in_flight",
+    "PIPELINE_TIMEOUT": "timeout",
+    "PIPELINE_CONNECT_TIMEOUT": "connect_timeout",
+    "PIPELINE_MAX_ATTEMPTS": "max_attempts",
+    "PIPELINE_CHUNK_SIZE": "chunk_size",
+    "PIPELINE_LEASE_SECONDS": "lease_seconds",
+    "PIPELINE_RPM": "rpm",
+    "PIPELINE_TPM": "tpm",
+    "PIPELINE_LIMITS_FILE": "limits_file",
+}
+
+#: OpenAI's own variable names, read when the PIPELINE_ form is not set.
+OPENAI_ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_ORG_ID": "organization"}
+
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in _TYPES or name == "api_key":
+            raise ConfigError(f"unknown setting {name!r}")
+        kind = str(_TYPES[name])
+        try:
+            if "int" in kind:
+                value: Any = int(raw)
+            elif "float" in kind:
+                value = float(raw)
+            elif "Path" in kind:
+                value = Path(raw)
+            else:
+                value = str(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind.split(' |')[0]}, got {raw!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {raw!r}")
+        out[name] = value
+    if "base_url" in out:
+        out["base_url"] = out["base_url"].rstrip("/")
+    return out

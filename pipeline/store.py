@@ -1,0 +1,289 @@
+"""Every read and write of request rows that the engine and the commands make, each a short transaction.
+
+Claiming is one conditional UPDATE: a row is taken only while it is `queued`, or `running` with a lease that
+ran out (its worker died), and only while its batch is active. Two workers can never both hold a row, and a
+redelivered chunk finds its finished rows already final and skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Integer, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from pipeline.db import Database
+from pipeline.errors import BatchNotFound
+from pipeline.models import (
+    Attempt,
+    Batch,
+    BatchState,
+    Request,
+    RequestStatus,
+    Result,
+    utcnow,
+)
+
+#: The requests table, for executemany updates keyed by bind parameters.
+REQUESTS = cast(Table, Request.__table__)
+
+#: Ids per IN (...) clause: under SQLite's default limit of host parameters.
+IDS_PER_STATEMENT = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A request row this worker now holds under a lease."""
+
+    id: int
+    batch_id: str
+    custom_id: str
+    url: str
+    body: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    number: int
+    started_at: Any
+    latency_ms: float
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    x_request_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed request: final (succeeded/failed/cancelled) or released back to queued."""
+
+    request_id: int
+    status: RequestStatus
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    result: dict[str, Any] | None = None  #: Result columns, without request_id
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+def claim(db: Database, ids: Sequence[int], worker: str, lease_seconds: float) -> list[Claimed]:
+    """Take the claimable rows among `ids` for `worker`; the others (finished, held, paused) are skipped."""
+    claimed: list[Claimed] = []
+    now = utcnow()
+    for part in _parts(ids):
+        stmt = (
+            update(Request)
+            .where(Request.id.in_(part), _claimable(now))
+            .where(Request.batch_id.in_(select(Batch.id).where(Batch.state == BatchState.ACTIVE)))
+            .values(
+                status=RequestStatus.RUNNING,
+                worker=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+            )
+            .returning(
+                Request.id, Request.batch_id, Request.custom_id, Request.url, Request.body, Request.attempts
+            )
+        )
+        with db.write() as s:
+            claimed.extend(Claimed(*row) for row in s.execute(stmt))
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+def claimable_ids(db: Database, batch_id: str, after: int, limit: int) -> list[int]:
+    """Ids of rows of the batch that could be claimed now, in id order, after `after`."""
+    stmt = (
+        select(Request.id)
+        .where(Request.batch_id == batch_id, Request.id > after, _claimable(utcnow()))
+        .order_by(Request.id)
+        .limit(limit)
+    )
+    with db.read() as s:
+        return list(s.scalars(stmt))
+
+
+def renew_leases(db: Database, worker: str, ids: Iterable[int], lease_seconds: float) -> None:
+    until = utcnow() + timedelta(seconds=lease_seconds)
+    for part in _parts(list(ids)):
+        with db.write() as s:
+            s.execute(
+                update(Request)
+                .where(
+                    Request.id.in_(part), Request.worker == worker, Request.status == RequestStatus.RUNNING
+                )
+                .values(lease_until=until)
+            )
+
+
+def record(db: Database, worker: str, outcomes: Sequence[Outcome]) -> None:
+    """Store a batch of outcomes in one transaction: attempts, results, and the rows' new status."""
+    if not outcomes:
+        return
+    now = utcnow()
+    attempts = [{"request_id": o.request_id, **_attempt_row(a)} for o in outcomes for a in o.attempts]
+    results = [{"request_id": o.request_id, **o.result} for o in outcomes if o.result is not None]
+    rows = [
+        {
+            "rid": o.request_id,
+            "new_status": o.status.value,
+            "sent": len(o.attempts),
+            "etype": o.error_type,
+            "emsg": o.error_message,
+            "done": now if o.status.final else None,
+        }
+        for o in outcomes
+    ]
+    with db.write() as s:
+        if attempts:
+            s.execute(insert(Attempt), attempts)
+        if results:
+            s.execute(_upsert_results(s), results)
+        s.execute(
+            update(REQUESTS)
+            .where(
+                REQUESTS.c.id == bindparam("rid"),
+                REQUESTS.c.worker == worker,
+                REQUESTS.c.status == RequestStatus.RUNNING,
+            )
+            .values(
+                status=bindparam("new_status"),
+                attempts=REQUESTS.c.attempts + bindparam("sent"),
+                error_type=bindparam("etype"),
+                error_message=bindparam("emsg"),
+                finished_at=bindparam("done"),
+                lease_until=None,
+            ),
+            rows,
+        )
+
+
+def batch_states(db: Database, batch_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(batch_ids)
+    if not ids:
+        return {}
+    with db.read() as s:
+        return {
+            bid: state for bid, state in s.execute(select(Batch.id, Batch.state).where(Batch.id.in_(ids)))
+        }
+
+
+def set_batch_state(db: Database, batch_id: str, state: BatchState, reason: str | None = None) -> None:
+    with db.write() as s:
+        s.execute(update(Batch).where(Batch.id == batch_id).values(state=state, pause_reason=reason))
+
+
+def get_batch(db: Database, batch_id: str | None) -> Batch:
+    """The batch with this id (a unique prefix is enough), or the newest when None."""
+    with db.read() as s:
+        if batch_id is None:
+            batch = s.scalars(
+                select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(1)
+            ).first()
+            if batch is None:
+                raise BatchNotFound("no batches yet: submit or run a job file first")
+            return batch
+        matches = s.scalars(
+            select(Batch).where(Batch.id.startswith(batch_id, autoescape=True)).limit(2)
+        ).all()
+    if len(matches) != 1:
+        raise BatchNotFound(
+            f"no batch {batch_id!r}" if not matches else f"batch id {batch_id!r} is ambiguous"
+        )
+    return matches[0]
+
+
+def status_counts(db: Database, batch_id: str) -> dict[str, int]:
+    """Requests of the batch by status, every status present (0 when none), plus `total`."""
+    with db.read() as s:
+        rows = s.execute(
+            select(Request.status, func.count()).where(Request.batch_id == batch_id).group_by(Request.status)
+        ).all()
+    counts = {status.value: 0 for status in RequestStatus}
+    counts.update({status: n for status, n in rows})
+    return {"total": sum(counts.values()), **counts}
+
+
+def token_totals(db: Database, batch_id: str) -> dict[str, int | None]:
+    """Tokens billed over every attempt of the batch (failed attempts included)."""
+    with db.read() as s:
+        row = s.execute(
+            select(
+                func.coalesce(func.sum(Attempt.prompt_tokens), 0),
+                func.coalesce(func.sum(Attempt.completion_tokens), 0),
+                func.coalesce(func.sum(Attempt.total_tokens), 0),
+            )
+            .join(Request, Request.id == Attempt.request_id)
+            .where(Request.batch_id == batch_id)
+        ).one()
+    return {"prompt_tokens": row[0], "completion_tokens": row[1], "total_tokens": row[2]}
+
+
+def _claimable(now: Any) -> Any:
+    return or_(
+        Request.status == RequestStatus.QUEUED,
+        and_(Request.status == RequestStatus.RUNNING, Request.lease_until < now),
+    )
+
+
+def _attempt_row(a: AttemptRecord) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "started_at": a.started_at,
+        "latency_ms": a.latency_ms,
+        "http_status": a.http_status,
+        "error_type": a.error_type,
+        "error_message": a.error_message,
+        "x_request_id": a.x_request_id,
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "total_tokens": a.total_tokens,
+    }
+
+
+def _upsert_results(s: Session) -> Any:
+    table = cast(Table, Result.__table__)
+    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != "request_id"}
+    return stmt.on_conflict_do_update(index_elements=["request_id"], set_=updated)
+
+
+def _parts(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start : start + IDS_PER_STATEMENT]
+
+
+def error_breakdown(db: Database, batch_id: str, limit: int = 5) -> list[tuple[str, int]]:
+    """The most common error types among the batch's failed requests."""
+    with db.read() as s:
+        rows = s.execute(
+            select(Request.error_type, func.count())
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.FAILED)
+            .group_by(Request.error_type)
+            .order_by(func.count().desc())
+            .limit(limit)
+        ).all()
+    return [(etype or "unknown", n) for etype, n in rows]
+
+
+def attempt_stats(db: Database, batch_id: str) -> dict[str, Any]:
+    """Attempts made, 429s answered, and the first send / last answer times of the batch."""
+    with db.read() as s:
+        row = s.execute(
+            select(
+                func.count(Attempt.id),
+                func.coalesce(func.sum(func.cast(Attempt.http_status == 429, Integer)), 0),
+                func.min(Attempt.started_at),
+            )
+            .join(Request, Request.id == Attempt.request_id)
+            .where(Request.batch_id == batch_id)
+        ).one()
+        last = s.scalar(select(func.max(Request.finished_at)).where(Request.batch_id == batch_id))
+    return {"attempts": row[0], "rate_limited": row[1], "first_sent_at": row[2], "last_finished_at": last}

@@ -1,0 +1,75 @@
+"""Offline token estimates, for reserving rate-limit budget before a request is sent.
+
+`count_tokens` is the seam: toktok's compiled-in BPE encodings when available (exact for OpenAI models),
+else ceil(len/4). Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+try:
+    import toktok
+except ImportError:  # pragma: no cover - toktok is a dependency; the fallback keeps a broken wheel usable
+    toktok = None
+
+#: Tokens the API adds per chat message (role and separators), as OpenAI's cookbook counts them.
+TOKENS_PER_MESSAGE = 4
+#: Output tokens assumed when a request sets no max_tokens and nothing has been learned yet.
+DEFAULT_COMPLETION_TOKENS = 256
+
+
+def encoding_for(model: str) -> str:
+    return (
+        "o200k_base" if model.startswith(("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")) else "cl100k_base"
+    )
+
+
+def count_tokens(text: str, model: str = "") -> int:
+    if not text:
+        return 0
+    if toktok is not None:
+        return int(toktok.batch_count([text], encoding_for(model))[0])
+    return math.ceil(len(text) / 4)
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """All the text of a request that the API counts as prompt."""
+    parts: list[str] = []
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            parts.append(_text_of(message.get("content")))
+            for key in ("tool_calls", "function_call", "name"):
+                if message.get(key):
+                    parts.append(str(message[key]))
+    prompt = body.get("prompt")
+    if prompt is not None:
+        parts.append(_text_of(prompt))
+    for key in ("functions", "tools"):
+        if body.get(key):
+            parts.append(str(body[key]))
+    return "\n".join(p for p in parts if p)
+
+
+def estimate_request(body: dict[str, Any], completion_default: int = DEFAULT_COMPLETION_TOKENS) -> int:
+    """Tokens to reserve: the prompt, plus max_tokens (or `completion_default`) for each of `n` choices."""
+    model = str(body.get("model", ""))
+    prompt = count_tokens(prompt_text(body), model) + TOKENS_PER_MESSAGE * len(body.get("messages") or [])
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    per_choice = limit if isinstance(limit, int) and limit > 0 else completion_default
+    n_choices = body.get("n")
+    n = n_choices if isinstance(n_choices, int) and n_choices > 0 else 1
+    return prompt + per_choice * n
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)

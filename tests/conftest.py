@@ -1,0 +1,40 @@
+"""Every test runs with its own data directory and a known API key; nothing reads the developer's setup."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline.cli import cli
+from pipeline.fakeapi import FakeConfig, FakeServer
+
+#: The key every test uses: tests assert it never leaks anywhere.
+TEST_KEY = "sk-test-SECRET-8f3a2b1c9d7e6f5a4b3c2d1e"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in list(os.environ):
+        if name.startswith(("PIPELINE_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    monkeypatch.chdir(tmp_path)
+    return data_dir
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    """A fake OpenAI API over real HTTP on a free loopback port, accepting only TEST_KEY."""
+    with FakeServer(FakeConfig(api_key=TEST_KEY, seed=1)) as server:
+        yield server
+
+
+def invoke(*args: str, input: str | bytes | None = None) -> Result:
+    """Run the CLI in process, exceptions propagating (no swallowed tracebacks)."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)

@@ -1,0 +1,59 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from pipeline.db import open_database
+from pipeline.models import Attempt, Request, Result
+from pipeline.settings import Settings
+
+
+def chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def chat_file(path: Path, n: int, prefix: str = "req") -> Path:
+    return write_jsonl(path, [chat_line(f"{prefix}-{i}", f"{prefix} question {i}") for i in range(n)])
+
+
+def db_rows(batch_id: str) -> dict[str, dict[str, Any]]:
+    """custom_id -> the request row with its result, from the test's database."""
+    db = open_database(Settings.load().db_url)
+    with db.read() as s:
+        rows = s.execute(
+            select(Request, Result)
+            .outerjoin(Result, Result.request_id == Request.id)
+            .where(Request.batch_id == batch_id)
+        ).all()
+        return {req.custom_id: {"request": req, "result": res} for req, res in rows}
+
+
+def attempt_count(batch_id: str) -> int:
+    db = open_database(Settings.load().db_url)
+    with db.read() as s:
+        return len(s.scalars(select(Attempt.id).join(Request).where(Request.batch_id == batch_id)).all())
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
