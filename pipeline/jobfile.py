@@ -1,0 +1,225 @@
+"""Read and check a job file: one request per line, streamed, every bad line reported.
+
+A line is an OpenAI Batch API line, `{"custom_id", "method": "POST", "url", "body"}`, so a file made for the
+Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`chat`, `completions`,
+`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`.
+
+    for item in JobReader("jobs.jsonl"):
+        if isinstance(item, LineError):
+            print(item)            # jobs.jsonl:17: body.messages: required
+    reader.content_hash            # after the loop: recognises the same file submitted twice
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from pipeline._validate import (
+    AUDIO_EXTENSIONS,
+    AUDIO_URLS,
+    BODY_CHECKS,
+    ENDPOINTS,
+    MAX_AUDIO_BYTES,
+    check_audio_file,
+    check_audio_params,
+    json_type,
+)
+from pipeline.errors import ConfigError, LineError
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AUDIO_URLS",
+    "ENDPOINTS",
+    "MAX_AUDIO_BYTES",
+    "JobLine",
+    "JobReader",
+]
+
+#: the keys of a Batch API line; any other top-level key is reported, never dropped
+BATCH_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "body"})
+#: every url a line may name
+_URLS: frozenset[str] = frozenset(ENDPOINTS.values())
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: the name LineError gives standard input
+STDIN_NAME = "<stdin>"
+
+
+@dataclass(frozen=True, slots=True)
+class JobLine:
+    """One valid request of a job file."""
+
+    #: 1-based line number in the file
+    line: int
+    custom_id: str
+    #: canonical url, e.g. "/v1/chat/completions"
+    url: str
+    #: the parsed request body, untouched: every parameter passes through
+    body: dict[str, Any]
+    #: the resolved audio file for audio urls (`body["file"]` stays as written)
+    audio_path: Path | None = None
+
+
+class JobReader:
+    """Streams a job file (never loads it whole), yielding JobLine or LineError per non-blank line.
+
+    `path` "-" reads standard input (once). A job file that cannot be opened raises OSError from iteration.
+    `content_hash` (hex sha256 of the bytes read and the endpoint option) is known once iteration finished;
+    `lines_read` counts the non-blank lines seen so far.
+    """
+
+    def __init__(self, path: Path | str, endpoint: str | None = None) -> None:
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            expected = ", ".join(ENDPOINTS)
+            raise ConfigError(f"unknown endpoint {endpoint!r} (expected one of {expected})")
+        self.path = path
+        self.endpoint = endpoint
+        self.lines_read = 0
+        self._stdin = str(path) == "-"
+        self._name = STDIN_NAME if self._stdin else str(path)
+        # audio files are named relative to the job file; for stdin, to the working directory
+        self._base_dir = Path.cwd() if self._stdin else Path(path).absolute().parent
+        self._url = ENDPOINTS[endpoint] if endpoint is not None else None
+        self._hash: str | None = None
+        self._started = False
+
+    @property
+    def content_hash(self) -> str:
+        """Hex sha256 of the raw bytes read plus the endpoint option."""
+        if self._hash is None:
+            raise RuntimeError("content_hash is known only after the whole job file was read")
+        return self._hash
+
+    def __iter__(self) -> Iterator[JobLine | LineError]:
+        if self._stdin and self._started:
+            raise RuntimeError("standard input can be read only once")
+        self._started = True
+        self.lines_read = 0
+        self._hash = None
+        with self._open() as fh:
+            yield from self._read(fh)
+
+    def _open(self) -> contextlib.AbstractContextManager[IO[bytes]]:
+        if self._stdin:
+            # never close the process's stdin
+            return contextlib.nullcontext(sys.stdin.buffer)
+        return open(self.path, "rb")
+
+    def _read(self, fh: IO[bytes]) -> Iterator[JobLine | LineError]:
+        digest = hashlib.sha256(f"endpoint={self.endpoint or ''}\n".encode())
+        # custom_id -> line it first appeared on; the only state kept per line
+        seen: dict[str, int] = {}
+        number = 0
+        for raw in fh:
+            number += 1
+            digest.update(raw)
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM) :]
+            if not raw or raw.isspace():
+                continue
+            self.lines_read += 1
+            yield self._parse(raw, number, seen)
+        if self.lines_read == 0:
+            yield LineError(self._name, max(number, 1), "empty file: no requests")
+        self._hash = digest.hexdigest()
+
+    def _parse(self, raw: bytes, number: int, seen: dict[str, int]) -> JobLine | LineError:
+        """One non-blank line, as a JobLine or the first problem found on it."""
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return LineError(self._name, number, _decode_problem(raw, exc))
+        if not isinstance(value, dict):
+            return LineError(self._name, number, f"expected a JSON object, got {json_type(value)}")
+        if self._url is not None and not ("url" in value and "body" in value):
+            custom_id = f"line-{number}"
+            problem = _register(custom_id, number, seen)
+            if problem is None:
+                return self._check_body(number, custom_id, self._url, value)
+        else:
+            problem = _check_batch_line(value, number, seen)
+            if problem is None:
+                return self._check_body(number, value["custom_id"], value["url"], value["body"])
+        return LineError(self._name, number, problem)
+
+    def _check_body(self, number: int, custom_id: str, url: str, body: dict[str, Any]) -> JobLine | LineError:
+        if url not in AUDIO_URLS:
+            problem = BODY_CHECKS[url](body)
+            if problem is not None:
+                return LineError(self._name, number, problem)
+            return JobLine(number, custom_id, url, body)
+        problem = check_audio_params(url, body)
+        if problem is not None:
+            return LineError(self._name, number, problem)
+        audio = check_audio_file(body, self._base_dir)
+        if isinstance(audio, str):
+            return LineError(self._name, number, audio)
+        return JobLine(number, custom_id, url, body, audio)
+
+
+def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why orjson refused a line: bad UTF-8 first, since it garbles any JSON message."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        # the column an editor shows: characters before the bad byte, plus one
+        column = len(raw[: bad.start].decode("utf-8")) + 1
+        return f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {column})"
+    # orjson counts the line's own newline: anything past it means "ran out of line"
+    where = f"at column {exc.colno}" if exc.lineno == 1 else "at end of line"
+    return f"invalid JSON: {exc.msg} {where}"
+
+
+def _register(custom_id: str, number: int, seen: dict[str, int]) -> str | None:
+    """Remember a custom id; the problem if an earlier line already had it."""
+    first = seen.setdefault(custom_id, number)
+    if first == number:
+        return None
+    return f"custom_id: duplicate {custom_id!r} (first on line {first})"
+
+
+def _check_batch_line(value: dict[str, Any], number: int, seen: dict[str, int]) -> str | None:
+    """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
+    custom_id = value.get("custom_id")
+    # registered before any other check: a later line with the same id is a duplicate even if this one fails
+    duplicate = _register(custom_id, number, seen) if isinstance(custom_id, str) and custom_id else None
+    if not value.keys() <= BATCH_KEYS:
+        unknown = [key for key in value if key not in BATCH_KEYS]
+        names = ", ".join(repr(key) for key in unknown)
+        return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
+    if "custom_id" not in value:
+        return "custom_id: required"
+    if not isinstance(custom_id, str):
+        return f"custom_id: must be a string, got {json_type(custom_id)}"
+    if not custom_id:
+        return "custom_id: must not be empty"
+    if duplicate:
+        return duplicate
+    return _check_request(value)
+
+
+def _check_request(value: dict[str, Any]) -> str | None:
+    """`method`, `url` and `body` of a Batch API line."""
+    if "method" not in value:
+        return "method: required"
+    if value["method"] != "POST":
+        return f"method: must be POST, got {value['method']!r}"
+    if "url" not in value:
+        return "url: required"
+    url = value["url"]
+    if not isinstance(url, str):
+        return f"url: must be a string, got {json_type(url)}"
+    if url not in _URLS:
+        return f"url: unknown endpoint {url!r} (expected one of {', '.join(ENDPOINTS.values())})"
+    if "body" not in value:
+        return "body: required"
+    if not isinstance(value["body"], dict):
+        return f"body: must be an object, got {json_type(value['body'])}"
+    return None
