@@ -87,7 +87,8 @@ class Engine:
         self._key = settings.require_api_key()
         self._held: dict[int, Claimed] = {}
         self._states: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self._flushed = asyncio.Condition()
         self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
@@ -133,14 +134,25 @@ class Engine:
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
         for row in rows:
-            self._held[row.id] = row
-            self._states.setdefault(row.batch_id, BatchState.ACTIVE)
-            task = asyncio.create_task(self._run_one(row))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            self._start(row)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
             await self._room.wait()
+
+    async def process(self, rows: list[Claimed]) -> list[Outcome]:
+        """Work on claimed rows and return once every one is stored (a worker's chunk)."""
+        outcomes = await asyncio.gather(*(self._start(row) for row in rows))
+        async with self._flushed:
+            await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
+        return list(outcomes)
+
+    def _start(self, row: Claimed) -> asyncio.Task[Outcome]:
+        self._held[row.id] = row
+        self._states.setdefault(row.batch_id, BatchState.ACTIVE)
+        task = asyncio.create_task(self._run_one(row))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
 
     async def join(self) -> None:
         """Wait until every submitted row is finished and stored."""
@@ -148,13 +160,13 @@ class Engine:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self._outbox.join()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[Outcome]) -> None:
         self._tasks.discard(task)
         self._room.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("request task crashed", exc_info=task.exception())
 
-    async def _run_one(self, row: Claimed) -> None:
+    async def _run_one(self, row: Claimed) -> Outcome:
         try:
             outcome = await self._execute(row)
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
@@ -162,6 +174,7 @@ class Engine:
             outcome = Outcome(row.id, RequestStatus.QUEUED, error_type="internal", error_message=repr(exc))
         self._count(outcome)
         self._outbox.put_nowait(outcome)
+        return outcome
 
     async def _execute(self, row: Claimed) -> Outcome:
         body: dict[str, Any] = orjson.loads(row.body)
@@ -292,6 +305,8 @@ class Engine:
             for outcome in batch:
                 self._held.pop(outcome.request_id, None)
                 self._outbox.task_done()
+            async with self._flushed:
+                self._flushed.notify_all()
 
     async def _store(self, batch: list[Outcome]) -> None:
         for delay in (0.5, 1, 2, 4, 8, 16, 32, None):

@@ -50,6 +50,11 @@ class BatchState(StrEnum):
     CANCELLED = "cancelled"  #: queued requests were cancelled; nothing more is sent
 
 
+class Dispatch(StrEnum):
+    LOCAL = "local"  #: executed by the `pipeline run` process that stored it
+    BROKER = "broker"  #: sent to workers through the broker (`pipeline submit`)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -69,6 +74,7 @@ class Batch(Base):
     organization: Mapped[str | None] = mapped_column(String(128))
     key_fingerprint: Mapped[str] = mapped_column(String(32))  #: a hash of the API key, never the key
     total: Mapped[int] = mapped_column(Integer, default=0)
+    dispatch: Mapped[str] = mapped_column(String(16), default="local")  #: local (pipeline run) or broker
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
@@ -92,6 +98,7 @@ class Request(Base):
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)  #: last time a broker message named it
     worker: Mapped[str | None] = mapped_column(String(128))
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

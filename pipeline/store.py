@@ -7,7 +7,7 @@ redelivered chunk finds its finished rows already final and skips them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -22,6 +22,7 @@ from pipeline.models import (
     Attempt,
     Batch,
     BatchState,
+    Dispatch,
     Request,
     RequestStatus,
     Result,
@@ -287,3 +288,135 @@ def attempt_stats(db: Database, batch_id: str) -> dict[str, Any]:
         ).one()
         last = s.scalar(select(func.max(Request.finished_at)).where(Request.batch_id == batch_id))
     return {"attempts": row[0], "rate_limited": row[1], "first_sent_at": row[2], "last_finished_at": last}
+
+
+def queued_ids(db: Database, batch_id: str, page: int = 10_000) -> Iterator[int]:
+    """Every queued row of the batch, in id order, paged so memory stays flat."""
+    after = 0
+    while True:
+        with db.read() as s:
+            ids = list(
+                s.scalars(
+                    select(Request.id)
+                    .where(
+                        Request.batch_id == batch_id,
+                        Request.status == RequestStatus.QUEUED,
+                        Request.id > after,
+                    )
+                    .order_by(Request.id)
+                    .limit(page)
+                )
+            )
+        yield from ids
+        if len(ids) < page:
+            return
+        after = ids[-1]
+
+
+def mark_enqueued(db: Database, batch_id: str) -> None:
+    """The batch goes through the broker; its queued rows were just named in messages."""
+    with db.write() as s:
+        s.execute(update(Batch).where(Batch.id == batch_id).values(dispatch=Dispatch.BROKER))
+        s.execute(
+            update(Request)
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
+            .values(enqueued_at=utcnow())
+        )
+
+
+def requeue_expired(db: Database) -> list[tuple[str, int]]:
+    """Rows whose worker died (lease ran out) go back to queued; returns (batch id, row id) to re-publish."""
+    now = utcnow()
+    stmt = (
+        update(Request)
+        .where(Request.status == RequestStatus.RUNNING, Request.lease_until < now)
+        .values(status=RequestStatus.QUEUED, worker=None, lease_until=None, enqueued_at=now)
+        .returning(Request.batch_id, Request.id)
+    )
+    with db.write() as s:
+        return [(b, i) for b, i in s.execute(stmt)]
+
+
+def take_unsent(db: Database, older_than: float) -> list[tuple[str, int]]:
+    """Queued rows of active broker batches whose last message is older than `older_than` seconds.
+
+    Called only when the broker queue is empty: such rows lost their message (a broker restarted without
+    persistence, a publish that failed). Taking them stamps them, so only one worker re-publishes each.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than)
+    active_broker = select(Batch.id).where(
+        Batch.state == BatchState.ACTIVE, Batch.dispatch == Dispatch.BROKER
+    )
+    stmt = (
+        update(Request)
+        .where(
+            Request.status == RequestStatus.QUEUED,
+            or_(Request.enqueued_at.is_(None), Request.enqueued_at < cutoff),
+            Request.batch_id.in_(active_broker),
+        )
+        .values(enqueued_at=now)
+        .returning(Request.batch_id, Request.id)
+    )
+    with db.write() as s:
+        return [(b, i) for b, i in s.execute(stmt)]
+
+
+def cancel_batch(db: Database, batch_id: str) -> int:
+    """Cancel the batch: queued rows (and rows of dead workers) become cancelled. Returns how many."""
+    now = utcnow()
+    with db.write() as s:
+        s.execute(update(Batch).where(Batch.id == batch_id).values(state=BatchState.CANCELLED))
+        done = s.execute(
+            update(Request)
+            .where(Request.batch_id == batch_id, _claimable(now))
+            .values(
+                status=RequestStatus.CANCELLED,
+                error_type="cancelled",
+                error_message="cancelled",
+                finished_at=now,
+            )
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
+
+
+def requeue_final(db: Database, batch_id: str, statuses: Iterable[str]) -> int:
+    """Put the batch's rows in `statuses` back to queued (errors cleared), and make the batch active."""
+    wanted = [str(s) for s in statuses]
+    with db.write() as s:
+        s.execute(
+            update(Batch).where(Batch.id == batch_id).values(state=BatchState.ACTIVE, pause_reason=None)
+        )
+        done = s.execute(
+            update(Request)
+            .where(Request.batch_id == batch_id, Request.status.in_(wanted))
+            .values(status=RequestStatus.QUEUED, error_type=None, error_message=None, finished_at=None)
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
+
+
+def list_batches(db: Database, limit: int = 50) -> list[tuple[Batch, dict[str, int]]]:
+    """The newest batches with their counts by status."""
+    with db.read() as s:
+        batches = list(s.scalars(select(Batch).order_by(Batch.created_at.desc()).limit(limit)))
+        rows = s.execute(
+            select(Request.batch_id, Request.status, func.count())
+            .where(Request.batch_id.in_([b.id for b in batches]))
+            .group_by(Request.batch_id, Request.status)
+        ).all()
+    counts: dict[str, dict[str, int]] = {b.id: {st.value: 0 for st in RequestStatus} for b in batches}
+    for batch_id, status, n in rows:
+        counts[batch_id][status] = n
+    return [(b, {"total": sum(counts[b.id].values()), **counts[b.id]}) for b in batches]
+
+
+def running_count(db: Database, batch_id: str) -> int:
+    with db.read() as s:
+        return int(
+            s.scalar(
+                select(func.count()).where(
+                    Request.batch_id == batch_id, Request.status == RequestStatus.RUNNING
+                )
+            )
+            or 0
+        )

@@ -10,14 +10,13 @@ from typing import Any
 
 import click
 
+from pipeline.cli.dispatch import EXIT_PAUSED, EXIT_SOME_FAILED
 from pipeline.errors import JobFileError, PipelineError
 
-#: Some requests of the batch failed or were cancelled (the rest are stored).
-EXIT_SOME_FAILED = 3
 #: The job file has invalid lines; nothing was stored or sent.
 EXIT_INVALID_INPUT = 4
-#: The batch paused (for example the account ran out of quota); `pipeline resume` continues it.
-EXIT_PAUSED = 5
+
+__all__ = ["EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 
 
 class _Group(click.Group):
@@ -68,6 +67,6 @@ def _register(*modules: Any) -> None:
             cli.add_command(command)
 
 
-from pipeline.cli import batch_cmds, db_cmds, fake_cmds, run_cmds  # noqa: E402
+from pipeline.cli import batch_cmds, db_cmds, fake_cmds, fleet_cmds, run_cmds  # noqa: E402
 
-_register(run_cmds, batch_cmds, db_cmds, fake_cmds)
+_register(run_cmds, fleet_cmds, batch_cmds, db_cmds, fake_cmds)

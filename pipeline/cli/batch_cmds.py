@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import ExitStack
 from typing import Any, BinaryIO
 
@@ -10,8 +11,9 @@ import click
 import orjson
 
 from pipeline import store
-from pipeline.cli.options import database, pop_settings, store_options
-from pipeline.cli.render import batch_report, print_report
+from pipeline.cli.dispatch import dispatch
+from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
+from pipeline.cli.render import batch_report, print_batches, print_report
 from pipeline.export import FORMATS, export_batch
 
 
@@ -59,4 +61,87 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     )
 
 
-COMMANDS = [status, export]
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout")
+@click.option("--limit", type=int, default=50, show_default=True)
+@store_options
+def batches(as_json: bool, limit: int, **params: Any) -> None:
+    """List the newest batches with their counts by status."""
+    db = database(pop_settings(params))
+    rows = store.list_batches(db, limit)
+    if as_json:
+        for batch, counts in rows:
+            click.echo(
+                orjson.dumps({"batch": batch.id, "source": batch.source, "state": batch.state, **counts})
+            )
+        return
+    print_batches(rows)
+
+
+@click.command()
+@click.argument("batch_id", metavar="BATCH")
+@click.option(
+    "--wait", type=float, default=60.0, show_default=True, help="Seconds to wait for in-flight requests"
+)
+@store_options
+def cancel(batch_id: str, wait: float, **params: Any) -> None:
+    """Cancel BATCH: queued requests become cancelled and are never sent; in-flight ones finish.
+
+    Waits (up to --wait seconds) until no request of the batch is in flight, so that when it returns the
+    API receives nothing more for this batch.
+    """
+    db = database(pop_settings(params))
+    batch = store.get_batch(db, batch_id)
+    cancelled = store.cancel_batch(db, batch.id)
+    click.echo(f"batch {batch.id}: {cancelled} queued requests cancelled", err=True)
+    deadline = time.monotonic() + wait
+    while (running := store.running_count(db, batch.id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if running:
+        click.echo(f"{running} requests still in flight after {wait:g}s; they will finish", err=True)
+    click.echo(batch.id)
+
+
+@click.command()
+@click.argument("batch_id", metavar="BATCH")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["failed", "cancelled"]),
+    default=["failed"],
+    show_default=True,
+    help="Which final requests to send again (repeatable)",
+)
+@api_options
+@broker_options
+@store_options
+def retry(batch_id: str, statuses: tuple[str, ...], **params: Any) -> None:
+    """Send the failed requests of BATCH again (--status to choose); succeeded ones are never re-sent.
+
+    A batch made by `pipeline run` runs them here; a submitted batch is enqueued for the workers.
+    """
+    settings = pop_settings(params)
+    db = database(settings)
+    batch = store.get_batch(db, batch_id)
+    count = store.requeue_final(db, batch.id, statuses)
+    click.echo(f"batch {batch.id}: {count} requests queued again", err=True)
+    sys.exit(dispatch(settings, db, batch.id))
+
+
+@click.command()
+@click.argument("batch_id", metavar="BATCH")
+@api_options
+@broker_options
+@store_options
+def resume(batch_id: str, **params: Any) -> None:
+    """Continue a paused BATCH (for example after the account's quota was restored)."""
+    settings = pop_settings(params)
+    db = database(settings)
+    batch = store.get_batch(db, batch_id)
+    store.requeue_final(db, batch.id, [])
+    click.echo(f"batch {batch.id} resumed", err=True)
+    sys.exit(dispatch(settings, db, batch.id))
+
+
+COMMANDS = [status, export, batches, cancel, retry, resume]

@@ -47,6 +47,15 @@ def store_options(fn: F) -> F:
     return fn
 
 
+def broker_options(fn: F) -> F:
+    """Where chunk messages go: submit, worker and the batch controls take these."""
+    return click.option(
+        "--broker-url",
+        metavar="URL",
+        help="Celery broker, e.g. redis://host:6379/0 [env PIPELINE_BROKER_URL; default: files in .pipeline]",
+    )(fn)
+
+
 def api_options(fn: F) -> F:
     """How to call the API: the commands that send requests take these."""
     for decorator in reversed(

@@ -82,3 +82,29 @@ def print_summary(db: Database, batch: Batch, counts: dict[str, int]) -> None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value is not None else None
+
+
+def print_batches(rows: list[tuple[Batch, dict[str, int]]]) -> None:
+    table = Table(show_header=True, header_style="bold")
+    for name in (
+        "batch",
+        "created",
+        "source",
+        "state",
+        "total",
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        table.add_column(name, justify="left" if name in ("batch", "created", "source", "state") else "right")
+    for batch, counts in rows:
+        table.add_row(
+            batch.id,
+            batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            batch.source,
+            batch.state,
+            *(str(counts[n]) for n in ("total", "queued", "running", "succeeded", "failed", "cancelled")),
+        )
+    Console(highlight=False).print(table)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 import click
 
-from pipeline import store
-from pipeline.cli import EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.dispatch import run_here
 from pipeline.cli.options import api_options, database, pop_settings, store_options
-from pipeline.cli.progress import LiveProgress
-from pipeline.cli.render import print_summary
 from pipeline.errors import DuplicateBatch
 from pipeline.intake import store_job_file
 from pipeline.jobfile import ENDPOINTS
-from pipeline.models import BatchState
-from pipeline.runner import run_batch
 
 endpoint_option = click.option(
     "--endpoint",
@@ -65,19 +59,7 @@ def run(**params: Any) -> None:
     except DuplicateBatch as dup:
         batch_id = dup.batch_id
         click.echo(f"{dup}; continuing it (use --force for a new batch)", err=True)
-    counts = store.status_counts(db, batch_id)
-    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
-    with LiveProgress(counts["total"], done) as progress:
-        asyncio.run(run_batch(settings, db, batch_id, on_start=progress.attach))
-    batch = store.get_batch(db, batch_id)
-    counts = store.status_counts(db, batch_id)
-    print_summary(db, batch, counts)
-    click.echo(batch_id)
-    sys.stdout.flush()
-    if batch.state == BatchState.PAUSED:
-        sys.exit(EXIT_PAUSED)
-    if counts["succeeded"] != counts["total"]:
-        sys.exit(EXIT_SOME_FAILED)
+    sys.exit(run_here(settings, db, batch_id))
 
 
 COMMANDS = [run]

@@ -1,0 +1,101 @@
+"""Commands for the broker mode: submit a file for workers, run a worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import click
+
+from pipeline import store
+from pipeline.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_chunks
+from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
+from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option
+from pipeline.errors import DuplicateBatch
+from pipeline.intake import store_job_file
+from pipeline.worker import install
+
+
+@click.command()
+@click.argument("job_file", metavar="FILE", type=click.Path(allow_dash=True))
+@endpoint_option
+@skip_invalid_option
+@force_option
+@click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
+@click.option("--chunk-size", type=int, help="Request ids per message [env PIPELINE_CHUNK_SIZE; 500]")
+@broker_options
+@store_options
+def submit(**params: Any) -> None:
+    """Validate FILE, store it as a batch and enqueue it for `pipeline worker` processes; returns at once.
+
+    One message carries a chunk of request ids. The batch id is the last line of stdout. A file whose
+    content was submitted before is not enqueued again: its batch id is printed (use --force for a new one).
+    """
+    queue = params.pop("queue")
+    settings = pop_settings(params)
+    db = database(settings)
+    app = make_celery(settings)
+    check_broker(app)
+    try:
+        intake = store_job_file(
+            db,
+            settings,
+            params["job_file"],
+            endpoint=params["endpoint"],
+            skip_invalid=params["skip_invalid"],
+            force=params["force"],
+        )
+    except DuplicateBatch as dup:
+        click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
+        click.echo(dup.batch_id)
+        return
+    store.mark_enqueued(db, intake.batch_id)
+    messages = publish_chunks(
+        app, intake.batch_id, store.queued_ids(db, intake.batch_id), settings.chunk_size, queue
+    )
+    click.echo(
+        f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued", err=True
+    )
+    if intake.invalid:
+        click.echo(f"{intake.invalid} invalid line(s) recorded as failed", err=True)
+    click.echo(intake.batch_id)
+
+
+@click.command()
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Chunks worked on at once")
+@click.option("--queues", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--chunk-size", type=int, help="Ids per re-published message [env PIPELINE_CHUNK_SIZE; 500]")
+@api_options
+@broker_options
+@store_options
+def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
+    """Run a Celery worker in the foreground: consumes chunks, sends their requests with one engine.
+
+    Hundreds of requests are in flight per process (--max-in-flight), shared by --concurrency chunks.
+    SIGTERM drains: in-flight requests finish and are stored, the rest go back to the queue, exit 0.
+    Rows left running by a dead worker are re-queued by the others when their lease expires.
+    """
+    settings = pop_settings(params)
+    settings.require_api_key()
+    database(settings)
+    app = make_celery(settings)
+    check_broker(app)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    install(app, settings, queue_list)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--queues={','.join(queue_list)}",
+            f"--loglevel={loglevel}",
+            f"--hostname=pipeline-{os.getpid()}@{socket.gethostname()}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+COMMANDS = [submit, worker]
