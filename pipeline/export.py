@@ -1,0 +1,298 @@
+"""Exporting a batch: every request with its result, as CSV, JSON lines, or OpenAI Batch API output lines.
+
+One SELECT of requests LEFT OUTER JOIN results ordered by requests.id, with the latency of the last attempt
+(the highest `number`) as a correlated scalar subquery, one probe of the `attempts.request_id` index per row.
+Rows are streamed `YIELD_PER` at a time and written as they arrive: memory stays flat however large the
+batch. Each format selects only the columns it writes, and unpacks rows by position: attribute access on a
+Row costs about a microsecond per column, which doubled the time of a 1M-row export.
+
+- `csv`: one row per request, `CSV_COLUMNS`, RFC 4180 quoting, empty cells for missing values.
+- `jsonl`: one object per request with the request body and response body parsed, usage, finish reasons,
+  output, error and latency.
+- `openai`: the Batch API's output file format, so tools written for it read ours unchanged. Only final
+  requests appear (queued and running ones are skipped and not counted).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, BinaryIO
+
+import orjson
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from pipeline.db import Database
+from pipeline.errors import BatchNotFound, ConfigError
+from pipeline.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
+
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "openai_id"]
+
+#: Export formats, as the CLI offers them.
+FORMATS = ("csv", "jsonl", "openai")
+
+#: Columns of the CSV export, in order.
+CSV_COLUMNS = (
+    "custom_id",
+    "endpoint",
+    "model",
+    "status",
+    "http_status",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "output",
+    "error_type",
+    "error_message",
+    "attempts",
+    "latency_ms",
+)
+
+#: Rows fetched from the database per round trip (and held in memory at once).
+YIELD_PER = 2000
+
+_Column = ColumnElement[Any] | InstrumentedAttribute[Any]
+_Writer = Callable[[Iterable[Sequence[Any]], BinaryIO], int]
+
+
+def export_batch(db: Database, batch_id: str, fmt: str, out: BinaryIO) -> int:
+    """Write every request of the batch to `out` (binary stream) in `fmt`; return the number of records.
+
+    `out` is left open. Raises `ConfigError` for an unknown format and `BatchNotFound` for an unknown batch.
+    """
+    if fmt not in _FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    columns, writer = _FORMATS[fmt]
+    with db.read() as session:
+        if session.get(Batch, batch_id) is None:
+            raise BatchNotFound(f"no batch {batch_id!r}")
+        stmt = _statement(batch_id, columns).execution_options(yield_per=YIELD_PER, stream_results=True)
+        # On the session's connection, as Core: the ORM's per-row loading adds nothing for plain columns.
+        rows = session.connection().execute(stmt)
+        try:
+            return writer(rows, out)
+        finally:
+            rows.close()
+
+
+def _last_latency() -> ColumnElement[float | None]:
+    """The latency of the request's highest-numbered attempt, as a correlated scalar subquery."""
+    return (
+        select(Attempt.latency_ms)
+        .where(Attempt.request_id == Request.id)
+        .order_by(Attempt.number.desc())
+        .limit(1)
+        .correlate(Request)
+        .scalar_subquery()
+    )
+
+
+def _statement(batch_id: str, columns: tuple[_Column, ...]) -> Select[Any]:
+    return (
+        select(*columns)
+        .select_from(Request)
+        .outerjoin(Result, Result.request_id == Request.id)
+        .where(Request.batch_id == batch_id)
+        .order_by(Request.id)
+    )
+
+
+def _latency(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+# --- csv -----------------------------------------------------------------------------------------------
+
+_CSV_SELECT: tuple[_Column, ...] = (
+    Request.custom_id,
+    Request.url,
+    Result.model,
+    Request.status,
+    Result.http_status,
+    Result.finish_reasons,
+    Result.prompt_tokens,
+    Result.completion_tokens,
+    Result.total_tokens,
+    Result.output,
+    Request.error_type,
+    Request.error_message,
+    Request.attempts,
+    _last_latency().label("latency_ms"),
+)
+
+
+def _write_csv(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    try:
+        writer = csv.writer(text)
+        writer.writerow(CSV_COLUMNS)
+        count = 0
+        for row in rows:
+            # Columns are selected in CSV_COLUMNS order; only the latency needs rounding.
+            *cells, latency = row
+            cells.append(_latency(latency))
+            writer.writerow(cells)
+            count += 1
+        text.flush()
+    finally:
+        text.detach()  # leave the caller's stream open
+    return count
+
+
+# --- parsing stored bodies -----------------------------------------------------------------------------
+
+
+def _parse_json(text: str) -> Any:
+    """`text` parsed as JSON, or `text` itself when it is not JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _response_body(body: str, content_type: str | None) -> Any:
+    """A stored response body, parsed when it is JSON: srt, vtt and text transcripts stay text."""
+    if content_type is None or "json" in content_type.lower():
+        return _parse_json(body)
+    return body
+
+
+def _response(
+    http_status: int | None, x_request_id: str | None, content_type: str | None, body: str | None
+) -> dict[str, Any] | None:
+    if http_status is None or body is None:  # no result row (results.http_status is NOT NULL)
+        return None
+    return {
+        "status_code": http_status,
+        "request_id": x_request_id,
+        "body": _response_body(body, content_type),
+    }
+
+
+# --- jsonl ---------------------------------------------------------------------------------------------
+
+_JSONL_SELECT: tuple[_Column, ...] = (
+    Request.custom_id,
+    Request.status,
+    Request.url,
+    Request.attempts,
+    Request.body,
+    Request.error_type,
+    Request.error_message,
+    Result.http_status,
+    Result.x_request_id,
+    Result.content_type,
+    Result.body,
+    Result.finish_reasons,
+    Result.output,
+    Result.prompt_tokens,
+    Result.completion_tokens,
+    Result.total_tokens,
+    _last_latency().label("latency_ms"),
+)
+
+
+def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
+    count = 0
+    for (
+        custom_id,
+        status,
+        url,
+        attempts,
+        request_body,
+        error_type,
+        error_message,
+        http_status,
+        x_request_id,
+        content_type,
+        body,
+        finish_reasons,
+        output,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        latency_ms,
+    ) in rows:
+        record = {
+            "custom_id": custom_id,
+            "status": status,
+            "endpoint": url,
+            "attempts": attempts,
+            "request": _parse_json(request_body),
+            "response": _response(http_status, x_request_id, content_type, body),
+            "usage": _usage(prompt_tokens, completion_tokens, total_tokens),
+            "finish_reasons": finish_reasons.split("|") if finish_reasons else [],
+            "output": output,
+            "error": _error(error_type, error_message),
+            "latency_ms": _latency(latency_ms),
+        }
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
+
+
+def _usage(prompt: int | None, completion: int | None, total: int | None) -> dict[str, int | None] | None:
+    if prompt is None and completion is None and total is None:
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _error(error_type: str | None, message: str | None) -> dict[str, str | None] | None:
+    if error_type is None and message is None:
+        return None
+    return {"type": error_type, "message": message}
+
+
+# --- openai --------------------------------------------------------------------------------------------
+
+_OPENAI_SELECT: tuple[_Column, ...] = (
+    Request.id,
+    Request.custom_id,
+    Request.status,
+    Request.error_type,
+    Request.error_message,
+    Result.http_status,
+    Result.x_request_id,
+    Result.content_type,
+    Result.body,
+)
+
+
+def openai_id(request_id: int) -> str:
+    """The Batch API style id of a request: stable, since it derives from the row's primary key."""
+    return f"batch_req_{request_id:032x}"
+
+
+def _openai_error(status: str, error_type: str | None, message: str | None) -> dict[str, str | None]:
+    if status == RequestStatus.CANCELLED:
+        return {"code": "cancelled", "message": message or "cancelled before it was sent"}
+    return {"code": error_type or status, "message": message}
+
+
+def _write_openai(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
+    count = 0
+    for request_id, custom_id, status, error_type, error_message, *result in rows:
+        if status not in FINAL_STATUSES:  # queued or running: no outcome yet
+            continue
+        # Any HTTP answer, error statuses included, is a `response` with `error: null`, as the Batch API
+        # reports it; `error` is for requests that never got one (timeouts, connection errors, cancelled).
+        response = _response(*result)
+        record = {
+            "id": openai_id(request_id),
+            "custom_id": custom_id,
+            "response": response,
+            "error": None if response is not None else _openai_error(status, error_type, error_message),
+        }
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
+
+
+_FORMATS: dict[str, tuple[tuple[_Column, ...], _Writer]] = {
+    "csv": (_CSV_SELECT, _write_csv),
+    "jsonl": (_JSONL_SELECT, _write_jsonl),
+    "openai": (_OPENAI_SELECT, _write_openai),
+}

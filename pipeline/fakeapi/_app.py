@@ -1,0 +1,216 @@
+"""make_app: the routes, and the checks every /v1 request passes in order.
+
+auth -> hang / 5xx injection -> quota -> rate limit -> validation -> latency -> answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from ._audio import plan_audio
+from ._chat import plan_chat, plan_completion
+from ._config import FakeConfig, config_view, update_config
+from ._limits import Quota, RateLimiter
+from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, Plan, fingerprint_bytes, mask_key
+from ._stats import Stats
+
+#: Largest JSON body read (audio uploads are streamed and not bound by it).
+JSON_BODY_LIMIT = 64 * 1024 * 1024
+
+#: The fingerprint recorded for a JSON body too large to read.
+UNREAD_BODY = "unread"
+
+Reader = Callable[[web.Request], Awaitable[Plan]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FakeState:
+    """Everything one fake server remembers between requests."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.limiter = RateLimiter()
+        self.quota = Quota()
+        self.random = random.Random(config.seed)
+
+    def reset(self) -> None:
+        """Zero the stats, the quota count and the rate-limit meters."""
+        self.stats.reset()
+        self.quota.reset()
+        self.limiter.reset()
+
+
+STATE = web.AppKey("fakeapi_state", FakeState)
+
+
+def make_app(config: FakeConfig | None = None) -> web.Application:
+    """The fake OpenAI API as an aiohttp application, driven by `config` (kept by reference, not copied)."""
+    app = web.Application(client_max_size=JSON_BODY_LIMIT)
+    app[STATE] = FakeState(config if config is not None else FakeConfig())
+    routes: dict[str, Reader] = {
+        "/v1/chat/completions": _json_reader(plan_chat),
+        "/v1/completions": _json_reader(plan_completion),
+        "/v1/audio/transcriptions": lambda request: plan_audio(request, "transcribe"),
+        "/v1/audio/translations": lambda request: plan_audio(request, "translate"),
+    }
+    for path, reader in routes.items():
+        app.router.add_post(path, _v1_handler(reader))
+    app.router.add_route("*", "/v1/{tail:.*}", _v1_handler(_read_unknown))
+    app.router.add_get("/_fake/stats", _get_stats)
+    app.router.add_get("/_fake/config", _get_config)
+    app.router.add_post("/_fake/config", _post_config)
+    app.router.add_post("/_fake/reset", _post_reset)
+    return app
+
+
+def state_of(app: web.Application) -> FakeState:
+    return app[STATE]
+
+
+def _json_reader(plan: Callable[[bytes], Plan]) -> Reader:
+    async def read(request: web.Request) -> Plan:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            message = f"Maximum content size limit ({JSON_BODY_LIMIT}) exceeded"
+            return Plan.failing(UNREAD_BODY, ApiError(413, message, type="server_error"))
+        return plan(raw)
+
+    return read
+
+
+async def _read_unknown(request: web.Request) -> Plan:
+    raw = await request.read()
+    error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
+    return Plan.failing(fingerprint_bytes(raw), error, metered=False)
+
+
+def _v1_handler(reader: Reader) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        started = time.monotonic()
+        state.stats.enter()
+        try:
+            plan = await reader(request)
+            state.stats.receive(plan.fingerprint)
+            try:
+                answer = await _pass_checks(state, request, plan)
+                charset = "utf-8" if answer.content_type.startswith("text/") else None
+                response = web.Response(body=answer.body, content_type=answer.content_type, charset=charset)
+            except ApiError as error:
+                response = error.response()
+            _stamp(response, state, started)
+            state.stats.answer(plan.fingerprint, response.status)
+            return response
+        finally:
+            state.stats.leave()
+
+    return handle
+
+
+async def _pass_checks(state: FakeState, request: web.Request, plan: Plan) -> Answer:
+    config = state.config
+    _check_auth(config, request.headers.get(hdrs.AUTHORIZATION))
+    if not plan.metered:
+        return plan.respond()
+    await _inject_faults(state)
+    state.quota.take(config)
+    succeeded = False
+    try:
+        state.limiter.admit(config, plan.model, plan.tokens)
+        answer = plan.respond()
+        delay = config.latency
+        if config.latency_jitter:
+            delay += state.random.uniform(-config.latency_jitter, config.latency_jitter)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        succeeded = True
+    finally:
+        state.quota.settle(succeeded)
+    return answer
+
+
+def _check_auth(config: FakeConfig, header: str | None) -> None:
+    scheme, _, key = (header or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, NO_KEY_MESSAGE)
+    if config.api_key is not None and not hmac.compare_digest(key.encode(), config.api_key.encode()):
+        raise ApiError(
+            401,
+            f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+
+
+#: Injected server errors, and how often each status is picked.
+_SERVER_ERRORS = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The server is overloaded or not ready yet.",
+}
+_SERVER_ERROR_WEIGHTS = (500, 500, 502, 503)
+
+
+async def _inject_faults(state: FakeState) -> None:
+    """Hang, then maybe fail, as often as the config says. Disabled faults draw no random numbers."""
+    config = state.config
+    if config.hang_rate > 0 and state.random.random() < config.hang_rate:
+        await asyncio.sleep(config.hang_seconds)
+    if config.error_rate > 0 and state.random.random() < config.error_rate:
+        status = state.random.choice(_SERVER_ERROR_WEIGHTS)
+        raise ApiError(status, _SERVER_ERRORS[status], type="server_error")
+
+
+def _stamp(response: web.Response, state: FakeState, started: float) -> None:
+    """Headers every /v1 answer carries; a 429 keeps the rate-limit headers it was refused with."""
+    response.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+    response.headers["openai-organization"] = ORGANIZATION
+    response.headers["openai-version"] = "2020-10-01"
+    response.headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
+    for name, value in state.limiter.headers(state.config).items():
+        response.headers.setdefault(name, value)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+async def _get_stats(request: web.Request) -> web.Response:
+    return _json(request.app[STATE].stats.snapshot())
+
+
+async def _get_config(request: web.Request) -> web.Response:
+    return _json(config_view(request.app[STATE].config))
+
+
+async def _post_config(request: web.Request) -> web.Response:
+    """Update config fields from a JSON object; 400 (and no change) on unknown fields or bad values."""
+    state = request.app[STATE]
+    try:
+        changes = orjson.loads(await request.read())
+        if not isinstance(changes, dict):
+            raise ValueError("expected a JSON object of config fields")
+        update_config(state.config, changes)
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+        return _json(ApiError(400, str(exc)).body(), status=400)
+    if "seed" in changes:
+        state.random.seed(state.config.seed)
+    return _json(config_view(state.config))
+
+
+async def _post_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.reset()
+    return _json(state.stats.snapshot())

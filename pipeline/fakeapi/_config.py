@@ -1,0 +1,102 @@
+"""FakeConfig: the knobs of the fake API, and their live update from JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Field name -> (python type accepted, None allowed). bool is refused even where int is accepted.
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {
+    "api_key": (str, True),
+    "latency": (float, False),
+    "latency_jitter": (float, False),
+    "error_rate": (float, False),
+    "hang_rate": (float, False),
+    "hang_seconds": (float, False),
+    "rpm": (int, True),
+    "tpm": (int, True),
+    "window": (float, False),
+    "quota": (int, True),
+    "seed": (int, True),
+}
+
+
+@dataclass
+class FakeConfig:
+    """How the fake behaves. Mutable: tests and `POST /_fake/config` change it while it serves."""
+
+    #: When set, any other Bearer key gets 401 invalid_api_key. Kept out of repr.
+    api_key: str | None = field(default=None, repr=False)
+    #: Seconds added to every successful answer.
+    latency: float = 0.0
+    #: Uniform +- jitter on latency (the sum never goes below zero).
+    latency_jitter: float = 0.0
+    #: Fraction of requests answered 500/502/503 with an OpenAI error body.
+    error_rate: float = 0.0
+    #: Fraction of requests that sleep `hang_seconds` before being handled (until the client gives up).
+    hang_rate: float = 0.0
+    #: How long a hanging request sleeps; after that it is handled normally.
+    hang_seconds: float = 3600.0
+    #: Requests per minute, enforced as rpm * window / 60 per bucket of `window` seconds.
+    rpm: int | None = None
+    #: Tokens per minute, enforced in the same buckets.
+    tpm: int | None = None
+    #: Bucket length in seconds.
+    window: float = 1.0
+    #: Successful answers allowed (since start or reset); then every call gets 429 insufficient_quota.
+    quota: int | None = None
+    #: Seed for the random choices (faults, jitter); read at start and on `POST /_fake/config`.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+def check_config(config: FakeConfig) -> None:
+    """Raise ValueError when a field holds a value the fake cannot work with."""
+    for name in ("latency", "latency_jitter", "hang_seconds"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0")
+    for name in ("error_rate", "hang_rate"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise ValueError(f"{name} must be between 0 and 1")
+    for name in ("rpm", "tpm"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or null")
+    if config.quota is not None and config.quota < 0:
+        raise ValueError("quota must be >= 0 or null")
+    if config.window <= 0:
+        raise ValueError("window must be > 0")
+
+
+def update_config(config: FakeConfig, changes: dict[str, Any]) -> None:
+    """Apply `changes` to `config`, all or nothing: unknown keys or bad values raise ValueError."""
+    unknown = sorted(set(changes) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    for name, value in changes.items():
+        _check_type(name, value)
+    candidate = dataclasses.replace(config, **changes)  # runs __post_init__, so check_config
+    for name in changes:
+        setattr(config, name, getattr(candidate, name))
+
+
+def config_view(config: FakeConfig) -> dict[str, Any]:
+    """The config as JSON-ready data, the API key masked."""
+    view = dataclasses.asdict(config)
+    if config.api_key is not None:
+        view["api_key"] = "****"
+    return view
+
+
+def _check_type(name: str, value: Any) -> None:
+    kind, nullable = _FIELD_TYPES[name]
+    if value is None:
+        if not nullable:
+            raise ValueError(f"{name} cannot be null")
+        return
+    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise ValueError(f"{name} must be of type {kind.__name__}")
