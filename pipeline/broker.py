@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -84,7 +85,12 @@ def publish_chunks(
 def queue_size(app: Celery, queue: str = DEFAULT_QUEUE) -> int:
     """Messages waiting in `queue` (not counting those a worker has taken)."""
     with app.connection_for_read() as conn:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except (
+            ChannelError
+        ):  # Redis: an empty queue is a missing key, which a passive declare calls NOT_FOUND
+            return 0
 
 
 def _send(app: Celery, producer: Any, batch_id: str, chunk: Sequence[int], queue: str | None) -> None:

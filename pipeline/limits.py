@@ -1,13 +1,56 @@
 """The rate-limiter seam: every attempt acquires before sending and settles after the answer.
 
 `Limiter` is what the engine calls; `Unlimited` lets everything through (used when no limit is known).
+`LocalLimiter` (limiter_local.py) paces one process, `RedisLimiter` (limiter_redis.py) every process
+sharing a Redis; both follow the rules below, so they are interchangeable.
+
+Limits are per `LimitKey`: requests per minute (RPM) and tokens per minute (TPM), each given by the
+user (a `LimitTable`), learned from the `x-ratelimit-limit-*` headers, or unknown. When both are
+known the lower one is in force. While a limit is unknown and no answer with headers has been seen,
+at most PROBE_IN_FLIGHT requests of the key are in flight: the first answers teach the limits.
+
+Limits-file format (`LimitTable.from_file`): a JSON or TOML (by the `.toml` suffix) object mapping a
+model name, or "*" for every other model, to `rpm` and/or `tpm` (positive integers; JSON null or
+leaving the field out means "not given"). Unknown fields are an error.
+
+    {"gpt-4o-mini": {"rpm": 5000, "tpm": 2000000}, "*": {"rpm": 500}}
+
+    ["gpt-4o-mini"]
+    rpm = 5000
+    tpm = 2000000
+    ["*"]
+    rpm = 500
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.classify import parse_duration
+from pipeline.errors import ConfigError
+
+#: Fraction of a limit the limiters aim at. Servers count in short windows and requests arrive with
+#: network jitter; 2% slack keeps 429s rare while the sustained rate stays above 97%.
+MARGIN = 0.98
+#: Burst capacity, in seconds of the (margined) rate. Small on purpose: a server counting in
+#: 1-second buckets refuses a full second's burst that lands in a bucket which also gets the
+#: steady flow; a quarter second still absorbs timer jitter and keeps the bucket from idling.
+BURST_SECONDS = 0.25
+#: Requests of a key allowed in flight while its limits are unknown and no answer has been seen.
+PROBE_IN_FLIGHT = 4
+#: A probe slot whose answer never came (a crashed process) is given back after this many seconds.
+PROBE_TIMEOUT = 120.0
+#: How often a sender waiting for the probes' answers looks again, in seconds.
+PROBE_POLL = 0.1
+#: Time constant, in seconds, of the moving average behind the send rates in `snapshot`.
+RATE_WINDOW = 10.0
+#: Shortest sleep between two tries, so that rounding never makes a sender spin.
+MIN_SLEEP = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +64,154 @@ class LimitKey:
 
     def __str__(self) -> str:
         return f"{self.base_url}|{self.key_fingerprint}|{self.organization or '-'}|{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Requests and tokens per minute; None is "not given"."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class LimitTable(Mapping[str, Limits]):
+    """Given limits by model name; "*" applies to every model not named. Immutable."""
+
+    def __init__(self, table: Mapping[str, Limits] | None = None) -> None:
+        self._table = dict(table or {})
+
+    def __getitem__(self, model: str) -> Limits:
+        return self._table[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"LimitTable({self._table!r})"
+
+    def for_model(self, model: str) -> Limits:
+        """The limits given for `model`: its own entry, else "*", else none."""
+        return self._table.get(model) or self._table.get("*") or Limits()
+
+    def with_default(self, default: Limits) -> LimitTable:
+        """A copy whose "*" entry takes the fields `default` sets (e.g. --rpm/--tpm over the file's)."""
+        base = self._table.get("*", Limits())
+        star = Limits(default.rpm or base.rpm, default.tpm or base.tpm)
+        return LimitTable({**self._table, "*": star})
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "limits") -> LimitTable:
+        """Validate `{"model": {"rpm": int, "tpm": int}, ...}` (see the module docstring)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected an object mapping model names to limits")
+        table: dict[str, Limits] = {}
+        for model, entry in data.items():
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"{source}: {model!r}: expected an object with rpm and/or tpm")
+            unknown = sorted(set(entry) - {"rpm", "tpm"})
+            if unknown:
+                raise ConfigError(f"{source}: {model!r}: unknown field(s): {', '.join(unknown)}")
+            table[str(model)] = Limits(
+                _positive(entry.get("rpm"), f"{source}: {model!r}: rpm"),
+                _positive(entry.get("tpm"), f"{source}: {model!r}: tpm"),
+            )
+        return cls(table)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LimitTable:
+        """Read a JSON file, or a TOML one when the name ends in `.toml`."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data: Any = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot read limits file {path}: {exc.strerror or exc}") from exc
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+
+def _positive(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what}: expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """What one answer's `x-ratelimit-*` headers say; None where a header is absent or unreadable."""
+
+    #: The answer had any headers at all (a transport failure has none).
+    seen: bool = False
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    #: Seconds until the request / token budget is whole again.
+    reset_requests: float | None = None
+    reset_tokens: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
+        found = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+        return cls(
+            seen=bool(headers),
+            limit_requests=_count(found.get("x-ratelimit-limit-requests")),
+            limit_tokens=_count(found.get("x-ratelimit-limit-tokens")),
+            remaining_requests=_count(found.get("x-ratelimit-remaining-requests")),
+            remaining_tokens=_count(found.get("x-ratelimit-remaining-tokens")),
+            reset_requests=parse_duration(found.get("x-ratelimit-reset-requests")),
+            reset_tokens=parse_duration(found.get("x-ratelimit-reset-tokens")),
+        )
+
+
+def _count(text: str | None) -> int | None:
+    try:
+        value = int(float(text)) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is None or value >= 0 else None
+
+
+def in_force(given: int | None, learned: int | None) -> tuple[int | None, str | None]:
+    """The limit that applies and where it comes from: the lower of given and learned."""
+    if given is not None and (learned is None or given <= learned):
+        return given, "given"
+    if learned is not None:
+        return learned, "learned"
+    return None, None
+
+
+def describe(
+    key: LimitKey,
+    given: Limits,
+    learned: Limits,
+    *,
+    probing: bool,
+    cooldown_until: float | None,
+    sent_per_second: tuple[float, float],
+) -> dict[str, Any]:
+    """The `snapshot` dict both limiters return (times are Unix seconds, rates per minute)."""
+    rpm, rpm_source = in_force(given.rpm, learned.rpm)
+    tpm, tpm_source = in_force(given.tpm, learned.tpm)
+    return {
+        "key": str(key),
+        "rpm": rpm,
+        "rpm_source": rpm_source,
+        "tpm": tpm,
+        "tpm_source": tpm_source,
+        "given": {"rpm": given.rpm, "tpm": given.tpm},
+        "learned": {"rpm": learned.rpm, "tpm": learned.tpm},
+        "probing": probing,
+        "cooldown_until": cooldown_until,
+        "sent_rpm": round(sent_per_second[0] * 60.0, 1),
+        "sent_tpm": round(sent_per_second[1] * 60.0, 1),
+    }
 
 
 class Limiter(Protocol):

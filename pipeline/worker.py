@@ -10,6 +10,7 @@ unsent rows go back to queued and their chunk message back to the broker (Reject
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections import defaultdict
@@ -41,7 +42,7 @@ class WorkerRuntime:
         self.loop = asyncio.new_event_loop()
         self.engine: Engine | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-engine", daemon=True)
-        self._keeper: asyncio.Future[None] | None = None
+        self._keeper: concurrent.futures.Future[None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -111,11 +112,11 @@ def install(app: Celery, settings: Settings, queues: list[str]) -> WorkerRuntime
     def run_chunk(batch_id: str, ids: list[int]) -> None:
         runtime.run_chunk(batch_id, ids)
 
-    @signals.worker_shutting_down.connect(weak=False)
+    @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutting_down(**_: Any) -> None:
         runtime.drain()
 
-    @signals.worker_shutdown.connect(weak=False)
+    @signals.worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutdown(**_: Any) -> None:
         runtime.stop()
 

@@ -12,6 +12,8 @@ from click.testing import CliRunner, Result
 from pipeline.cli import cli
 from pipeline.fakeapi import FakeConfig, FakeServer
 
+pytest_plugins = ["tests.services"]
+
 #: The key every test uses: tests assert it never leaks anywhere.
 TEST_KEY = "sk-test-SECRET-8f3a2b1c9d7e6f5a4b3c2d1e"
 

@@ -1,0 +1,209 @@
+"""LocalLimiter: the rate limits of one process, paced in memory (asyncio).
+
+Per key and per limit (requests, tokens) a GCRA, i.e. a token bucket kept as one number: `tat`, the
+time at which the bucket is full again. The rate is MARGIN x the per-minute limit / 60 per second and
+the bucket holds BURST_SECONDS of it. A request fits when its cost, clipped to the bucket, fits
+(a request bigger than the bucket waits for a full bucket, then goes); it is charged in full (clipped
+to one minute's worth), so big requests borrow from the following seconds and the long-run rate
+holds. Buckets start empty, so a fresh key ramps at the steady rate instead of bursting.
+
+The arithmetic is in `KeyState`; limiter_redis.py runs the same rules in Lua. Senders of one key
+queue FIFO: only the head of the queue computes and sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.limits import (
+    BURST_SECONDS,
+    MARGIN,
+    MIN_SLEEP,
+    PROBE_IN_FLIGHT,
+    PROBE_POLL,
+    PROBE_TIMEOUT,
+    RATE_WINDOW,
+    LimitKey,
+    Limits,
+    LimitTable,
+    RateHeaders,
+    describe,
+    in_force,
+)
+
+#: A wait this short counts as none (float rounding after sleeping exactly the wait asked for).
+EPSILON = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How close to the limits to run: see MARGIN, BURST_SECONDS and PROBE_IN_FLIGHT."""
+
+    margin: float = MARGIN
+    burst: float = BURST_SECONDS
+    probe_in_flight: int = PROBE_IN_FLIGHT
+    #: Give back the unused part of a reservation (False: only charge answers that used more).
+    refund: bool = True
+
+    def rate(self, limit: int) -> float:
+        """Units per second aimed at for a per-minute `limit`."""
+        return limit * self.margin / 60.0
+
+    def wait(self, tat: float | None, now: float, cost: float, limit: int) -> float:
+        """Seconds until `cost` fits the bucket (<= 0: it fits now)."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now) - now - (self.burst - min(cost / self.rate(limit), self.burst))
+
+    def charge(self, tat: float | None, now: float, cost: float, limit: int) -> float:
+        """The bucket's `tat` after taking `cost` (clipped to one minute's worth)."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now) + min(cost, limit) / self.rate(limit)
+
+    def tighten(self, tat: float | None, now: float, limit: int, remaining: int, reset: float) -> float:
+        """Empty the bucket enough that at most `remaining` go out in the next `reset` seconds."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now + self.burst + reset - remaining / self.rate(limit))
+
+
+@dataclass
+class KeyState:
+    """Everything known about one key. Times are `time.monotonic()` seconds."""
+
+    learned: Limits = Limits()
+    #: An answer with headers has been seen: no more probing.
+    seen: bool = False
+    probes: int = 0
+    probe_at: float = -math.inf
+    tat_requests: float | None = None
+    tat_tokens: float | None = None
+    cool_until: float = -math.inf
+    sent_requests: float = 0.0  #: moving average, per second
+    sent_tokens: float = 0.0  #: moving average, per second
+    sent_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def take(self, now: float, tokens: int, given: Limits, pace: Pace) -> float:
+        """Reserve one request of `tokens` and return 0, or return the seconds to wait first."""
+        if self.cool_until > now:
+            return self.cool_until - now
+        rpm, _ = in_force(given.rpm, self.learned.rpm)
+        tpm, _ = in_force(given.tpm, self.learned.tpm)
+        probing = not self.seen and (rpm is None or tpm is None)
+        if probing and now - self.probe_at >= PROBE_TIMEOUT:
+            self.probes = 0
+        if probing and self.probes >= pace.probe_in_flight:
+            return PROBE_POLL
+        wait = 0.0
+        if rpm is not None:
+            wait = max(wait, pace.wait(self.tat_requests, now, 1, rpm))
+        if tpm is not None:
+            wait = max(wait, pace.wait(self.tat_tokens, now, tokens, tpm))
+        if wait > EPSILON:
+            return wait
+        if rpm is not None:
+            self.tat_requests = pace.charge(self.tat_requests, now, 1, rpm)
+        if tpm is not None:
+            self.tat_tokens = pace.charge(self.tat_tokens, now, tokens, tpm)
+        if probing:
+            self.probes, self.probe_at = self.probes + 1, now
+        self.count(now, 1, tokens)
+        return 0.0
+
+    def settle(
+        self, now: float, reserved: int, used: int | None, rh: RateHeaders, given: Limits, pace: Pace
+    ) -> None:
+        """Learn from the headers, then charge or refund `used - reserved` and tighten the buckets."""
+        if not self.seen:
+            self.probes = max(0, self.probes - 1)
+        self.seen = self.seen or rh.seen
+        self.learned = Limits(rh.limit_requests or self.learned.rpm, rh.limit_tokens or self.learned.tpm)
+        rpm, _ = in_force(given.rpm, self.learned.rpm)
+        tpm, _ = in_force(given.tpm, self.learned.tpm)
+        if tpm is not None and used is not None and self.tat_tokens is not None:
+            delta = min(used, tpm) - min(reserved, tpm)
+            if delta > 0 or pace.refund:
+                self.tat_tokens = max(max(self.tat_tokens, now) + delta / pace.rate(tpm), now)
+                self.count(now, 0, delta)
+        if rpm is not None and rh.remaining_requests is not None and rh.reset_requests is not None:
+            self.tat_requests = pace.tighten(
+                self.tat_requests, now, rpm, rh.remaining_requests, rh.reset_requests
+            )
+        if tpm is not None and rh.remaining_tokens is not None and rh.reset_tokens is not None:
+            self.tat_tokens = pace.tighten(self.tat_tokens, now, tpm, rh.remaining_tokens, rh.reset_tokens)
+
+    def cooldown(self, now: float, seconds: float, pace: Pace) -> None:
+        """Hold every sender until now + seconds; the buckets restart empty then (no burst)."""
+        self.cool_until = max(self.cool_until, now + seconds)
+        restart = self.cool_until + pace.burst
+        self.tat_requests = restart if self.tat_requests is None else max(self.tat_requests, restart)
+        self.tat_tokens = restart if self.tat_tokens is None else max(self.tat_tokens, restart)
+
+    def count(self, now: float, requests: int, tokens: int) -> None:
+        """Feed the moving averages of the send rate."""
+        decay = math.exp(-max(0.0, now - self.sent_at) / RATE_WINDOW)
+        self.sent_requests = self.sent_requests * decay + requests / RATE_WINDOW
+        self.sent_tokens = self.sent_tokens * decay + tokens / RATE_WINDOW
+        self.sent_at = now
+
+    def sent(self, now: float) -> tuple[float, float]:
+        """(requests, tokens) per second, averaged over about RATE_WINDOW seconds."""
+        decay = math.exp(-max(0.0, now - self.sent_at) / RATE_WINDOW)
+        return self.sent_requests * decay, max(0.0, self.sent_tokens * decay)
+
+
+class LocalLimiter:
+    """Paces the requests of this process to the given or learned limits of each key."""
+
+    def __init__(
+        self,
+        limits: LimitTable | None = None,
+        *,
+        margin: float = MARGIN,
+        burst_seconds: float = BURST_SECONDS,
+        probe_in_flight: int = PROBE_IN_FLIGHT,
+        refund: bool = True,
+    ) -> None:
+        self.limits = limits or LimitTable()
+        self.pace = Pace(margin, burst_seconds, probe_in_flight, refund)
+        self._states: dict[LimitKey, KeyState] = {}
+
+    def _state(self, key: LimitKey) -> KeyState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = KeyState()
+        return state
+
+    async def acquire(self, key: LimitKey, tokens: int) -> None:
+        state, given = self._state(key), self.limits.for_model(key.model)
+        async with state.lock:
+            while (wait := state.take(time.monotonic(), max(0, tokens), given, self.pace)) > 0:
+                await asyncio.sleep(max(wait, MIN_SLEEP))
+
+    def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
+        given = self.limits.for_model(key.model)
+        rh = RateHeaders.parse(headers)
+        self._state(key).settle(time.monotonic(), max(0, reserved), used, rh, given, self.pace)
+
+    def cooldown(self, key: LimitKey, seconds: float) -> None:
+        self._state(key).cooldown(time.monotonic(), max(0.0, seconds), self.pace)
+
+    def snapshot(self, key: LimitKey) -> dict[str, Any]:
+        """Limits in force, their source, cooldown end (Unix time) and send rates (per minute)."""
+        state, now = self._state(key), time.monotonic()
+        given = self.limits.for_model(key.model)
+        rpm, _ = in_force(given.rpm, state.learned.rpm)
+        tpm, _ = in_force(given.tpm, state.learned.tpm)
+        cooling = state.cool_until > now
+        return describe(
+            key,
+            given,
+            state.learned,
+            probing=not state.seen and (rpm is None or tpm is None),
+            cooldown_until=time.time() + state.cool_until - now if cooling else None,
+            sent_per_second=state.sent(now),
+        )

@@ -1,0 +1,157 @@
+"""Real Redis, PostgreSQL and `pipeline worker` processes for integration tests.
+
+The servers are started by scripts/test (TEST_REDIS_URL, TEST_POSTGRES_URL). Without them a test that needs
+one is skipped locally and fails under CI=true. Every process a test starts is stopped by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+#: Seconds a worker may take to start consuming.
+WORKER_START_SECONDS = 30
+
+
+def need(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        message = f"{var} is not set: start the services with scripts/test"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis, emptied before the test."""
+    url = need("TEST_REDIS_URL")
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, dropped after."""
+    server = need("TEST_POSTGRES_URL")
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@dataclass
+class Fleet:
+    """Starts `pipeline worker` processes with one environment; kills any left at the end of the test."""
+
+    env: dict[str, str]
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    def start(self, *args: str) -> Worker:
+        log = self.tmp / f"worker-{len(self.workers)}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "worker", "--loglevel", "INFO", *args],
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = Worker(proc, log)
+        self.workers.append(worker)
+        wait_for(lambda: "ready." in worker.output() or proc.poll() is not None, WORKER_START_SECONDS)
+        assert proc.poll() is None, worker.output()
+        return worker
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    fleets: list[Fleet] = []
+
+    def make(**env: str) -> Fleet:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "OPENAI_", "TEST_"))}
+        fleet = Fleet({**base, "PIPELINE_DATA_DIR": str(tmp_path / "data"), **env}, tmp_path)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop_all()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
