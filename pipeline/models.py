@@ -87,6 +87,7 @@ class Request(Base):
         UniqueConstraint("batch_id", "custom_id", name="uq_requests_batch_custom_id"),
         Index("ix_requests_batch_status", "batch_id", "status"),
         Index("ix_requests_status_lease", "status", "lease_until"),
+        Index("ix_requests_batch_id_id", "batch_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -327,9 +327,14 @@ def mark_enqueued(db: Database, batch_id: str) -> None:
 def requeue_expired(db: Database) -> list[tuple[str, int]]:
     """Rows whose worker died (lease ran out) go back to queued; returns (batch id, row id) to re-publish."""
     now = utcnow()
+    broker_batches = select(Batch.id).where(Batch.dispatch == Dispatch.BROKER)
     stmt = (
         update(Request)
-        .where(Request.status == RequestStatus.RUNNING, Request.lease_until < now)
+        .where(
+            Request.status == RequestStatus.RUNNING,
+            Request.lease_until < now,
+            Request.batch_id.in_(broker_batches),  # a `pipeline run` batch is picked up by its next run
+        )
         .values(status=RequestStatus.QUEUED, worker=None, lease_until=None, enqueued_at=now)
         .returning(Request.batch_id, Request.id)
     )

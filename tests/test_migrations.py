@@ -30,3 +30,33 @@ def test_db_upgrade_command_and_migration_on_first_use(tmp_path: Path) -> None:
     result = invoke("status", "--database-url", fresh)
     assert result.exit_code == 1 and "no batches yet" in result.stderr
     assert Database(fresh).has_schema()
+
+
+def test_upgrading_an_old_schema_keeps_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from pipeline.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    db = Database(url)
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, created_at, source, content_hash, state, base_url, key_fingerprint,"
+                " total, options) VALUES ('b1', '2026-01-01', 'old.jsonl', 'h', 'active', 'u', 'k', 1, '{}')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO requests (batch_id, line, custom_id, url, body, status, attempts, created_at)"
+                " VALUES ('b1', 1, 'c1', '/v1/chat/completions', '{}', 'queued', 0, '2026-01-01')"
+            )
+        )
+    db.ensure_schema()
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT custom_id, status, enqueued_at FROM requests")).one()
+        dispatch = conn.execute(text("SELECT dispatch FROM batches")).scalar_one()
+    assert tuple(row) == ("c1", "queued", None)
+    assert dispatch == "local"
