@@ -98,6 +98,10 @@ class KeyState:
             self.probes = 0
         if probing and self.probes >= pace.probe_in_flight:
             return PROBE_POLL
+        if rpm is not None and self.tat_requests is None:  # a new bucket starts empty
+            self.tat_requests = now + pace.burst
+        if tpm is not None and self.tat_tokens is None:
+            self.tat_tokens = now + pace.burst
         wait = 0.0
         if rpm is not None:
             wait = max(wait, pace.wait(self.tat_requests, now, 1, rpm))

@@ -107,6 +107,11 @@ local probes = num(s[5]) or 0
 if probing and now - (num(s[6]) or 0) >= probe_timeout then probes = 0 end
 if probing and probes >= probe_max then return fmt(probe_poll) end
 local tat_r, tat_t = num(s[7]), num(s[8])
+if (rpm and not tat_r) or (tpm and not tat_t) then -- a new bucket starts empty
+  if rpm and not tat_r then tat_r = now + burst; redis.call('HSET', key, 'tat_r', fmt(tat_r)) end
+  if tpm and not tat_t then tat_t = now + burst; redis.call('HSET', key, 'tat_t', fmt(tat_t)) end
+  redis.call('EXPIRE', key, ttl)
+end
 local wait = 0
 if rpm then wait = math.max(wait, wait_for(tat_r, 1, rpm)) end
 if tpm then wait = math.max(wait, wait_for(tat_t, tokens, tpm)) end
