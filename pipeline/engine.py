@@ -25,10 +25,11 @@ import orjson
 from sqlalchemy.exc import OperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline import store
+from pipeline import audio, store
+from pipeline.audio import AUDIO_URLS
 from pipeline.classify import backoff_delay, classify
 from pipeline.db import Database
-from pipeline.errors import APIError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
 from pipeline.limits import Limiter, LimitKey, Unlimited
 from pipeline.models import BatchState, RequestStatus, utcnow
 from pipeline.responses import parse_success, usage_of
@@ -184,7 +185,9 @@ class Engine:
             self.settings.organization,
             str(body.get("model")),
         )
-        estimate = estimate_request(body)
+        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
+        # models are charged their real usage when the answer settles.
+        estimate = 0 if row.url in AUDIO_URLS else estimate_request(body)
         records: list[AttemptRecord] = []
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
@@ -246,13 +249,23 @@ class Engine:
     async def _send(self, row: Claimed) -> tuple[int | None, Mapping[str, str], bytes, APIError | None]:
         """One HTTP exchange. Transport failures come back as a RetryableError, never raised."""
         assert self._http is not None
+        payload: bytes | aiohttp.FormData = row.body.encode()
+        headers = {"Content-Type": "application/json"}
+        if row.url in AUDIO_URLS:
+            # Loaded for every attempt, from the database: a retry sends the same bytes, and only the clips
+            # in flight are in memory. aiohttp sets the multipart Content-Type with its boundary.
+            if row.blob_sha256 is None:
+                return None, {}, b"", PermanentError("no stored audio file", error_type="missing_audio")
+            try:
+                data = await asyncio.to_thread(store.load_blob, self.db, row.blob_sha256)
+            except LookupError as exc:
+                return None, {}, b"", PermanentError(str(exc), error_type="missing_audio")
+            payload, headers = audio.form_data(orjson.loads(row.body), data), {}
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         try:
             async with self._http.post(
-                self.settings.base_url + row.url.removeprefix("/v1"),
-                data=row.body.encode(),
-                headers={"Content-Type": "application/json"},
+                self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
             ) as resp:
                 return resp.status, resp.headers, await resp.read(), None
         except TimeoutError:

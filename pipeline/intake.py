@@ -2,7 +2,8 @@
 
 Lines are validated and inserted in one write transaction as they stream past; if any line is bad (and
 invalid lines are not to be skipped) or the same file was stored before, the transaction rolls back, so
-nothing is stored and nothing can be sent.
+nothing is stored and nothing can be sent. The audio clips that lines name are copied into the database in
+that same transaction (`pipeline.audio`), so workers on other machines can send them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import orjson
 from sqlalchemy import insert, select, update
 
+from pipeline.audio import BlobWriter, UnreadableAudio
 from pipeline.db import Database
 from pipeline.errors import DuplicateBatch, JobFileError, LineError
-from pipeline.jobfile import JobLine, JobReader
+from pipeline.jobfile import STDIN_NAME, JobLine, JobReader
 from pipeline.models import Batch, BatchState, Request, RequestStatus, utcnow
 from pipeline.settings import Settings
 
@@ -63,7 +65,12 @@ def store_job_file(
         )
         s.flush()
         pending: list[dict[str, Any]] = []
-        for item in reader:
+        blobs = BlobWriter(s)
+        source = STDIN_NAME if str(path) == "-" else str(path)  # as the reader names it in LineErrors
+        for line in reader:
+            # Once a line is bad and bad lines are not skipped, everything rolls back: read no more clips.
+            doomed = bad > 0 and not skip_invalid
+            item, blob = (line, None) if doomed else _store_audio(blobs, line, source)
             if isinstance(item, LineError):
                 bad += 1
                 if len(shown) < MAX_SHOWN_ERRORS:
@@ -72,7 +79,7 @@ def store_job_file(
                     continue
             else:
                 good += 1
-            pending.append(_row(batch_id, item))
+            pending.append(_row(batch_id, item, blob))
             if len(pending) >= INSERT_CHUNK:
                 _insert(s, pending)
         if bad and (not skip_invalid or not good):
@@ -88,7 +95,22 @@ def store_job_file(
     return Intake(batch_id, good + bad, bad)
 
 
-def _row(batch_id: str, item: JobLine | LineError) -> dict[str, Any]:
+def _store_audio(
+    blobs: BlobWriter, item: JobLine | LineError, source: str
+) -> tuple[JobLine | LineError, str | None]:
+    """Store the clip of an audio line in the intake's transaction: the line and its blob's sha256.
+
+    A clip that vanished or changed since validation makes the line bad, like any other problem with it.
+    """
+    if isinstance(item, LineError) or item.audio_path is None:
+        return item, None
+    try:
+        return item, blobs.add(item.audio_path, str(item.body["file"]))
+    except UnreadableAudio as exc:
+        return LineError(source, item.line, exc.problem), None
+
+
+def _row(batch_id: str, item: JobLine | LineError, blob: str | None = None) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
             "batch_id": batch_id,
@@ -102,6 +124,7 @@ def _row(batch_id: str, item: JobLine | LineError) -> dict[str, Any]:
             "error_message": str(item),
             "finished_at": utcnow(),
             "created_at": utcnow(),
+            "blob_sha256": None,
         }
     return {
         "batch_id": batch_id,
@@ -115,6 +138,7 @@ def _row(batch_id: str, item: JobLine | LineError) -> dict[str, Any]:
         "error_message": None,
         "finished_at": None,
         "created_at": utcnow(),
+        "blob_sha256": blob,
     }
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -105,6 +106,22 @@ class Request(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: the audio file of a transcription or translation, stored at intake; None for other endpoints
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blobs.sha256"))
+
+
+class Blob(Base):
+    """An uploaded file (an audio clip), content-addressed: stored once however many requests name it.
+
+    Kept in the database because workers on other machines must read it, and the original file may be gone
+    by the time a worker sends the request.
+    """
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  #: hex sha256 of `data`
+    size: Mapped[int] = mapped_column(Integer)  #: bytes
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Attempt(Base):

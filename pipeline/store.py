@@ -22,6 +22,7 @@ from pipeline.models import (
     Attempt,
     Batch,
     BatchState,
+    Blob,
     Dispatch,
     Request,
     RequestStatus,
@@ -46,6 +47,8 @@ class Claimed:
     url: str
     body: str
     attempts: int
+    #: the stored audio file of a transcription or translation (see `load_blob`)
+    blob_sha256: str | None = None
 
 
 @dataclass(slots=True)
@@ -89,13 +92,28 @@ def claim(db: Database, ids: Sequence[int], worker: str, lease_seconds: float) -
                 lease_until=now + timedelta(seconds=lease_seconds),
             )
             .returning(
-                Request.id, Request.batch_id, Request.custom_id, Request.url, Request.body, Request.attempts
+                Request.id,
+                Request.batch_id,
+                Request.custom_id,
+                Request.url,
+                Request.body,
+                Request.attempts,
+                Request.blob_sha256,
             )
         )
         with db.write() as s:
             claimed.extend(Claimed(*row) for row in s.execute(stmt))
     claimed.sort(key=lambda c: c.id)
     return claimed
+
+
+def load_blob(db: Database, sha256: str) -> bytes:
+    """The bytes of a stored file (an audio clip). Raises LookupError when there is none."""
+    with db.read() as s:
+        data = s.scalar(select(Blob.data).where(Blob.sha256 == sha256))
+    if data is None:
+        raise LookupError(f"no stored file with sha256 {sha256}")
+    return bytes(data)
 
 
 def claimable_ids(db: Database, batch_id: str, after: int, limit: int) -> list[int]:
