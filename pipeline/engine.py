@@ -35,7 +35,7 @@ from pipeline.models import BatchState, RequestStatus, utcnow
 from pipeline.responses import parse_success, usage_of
 from pipeline.settings import Settings
 from pipeline.store import AttemptRecord, Claimed, Outcome
-from pipeline.tokens import estimate_request
+from pipeline.tokens import estimate_many
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ class EngineStats:
     attempts: int = 0
     rate_limited: int = 0
     total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A claimed row ready to send: whose budget it spends and how many tokens to reserve."""
+
+    row: Claimed
+    key: LimitKey
+    estimate: int
 
 
 class _Stop(Exception):
@@ -134,23 +143,40 @@ class Engine:
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
-        for row in rows:
-            self._start(row)
+        for job in await asyncio.to_thread(self._prepare, rows):
+            self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
             await self._room.wait()
 
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored (a worker's chunk)."""
-        outcomes = await asyncio.gather(*(self._start(row) for row in rows))
+        jobs = await asyncio.to_thread(self._prepare, rows)
+        outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
         return list(outcomes)
 
-    def _start(self, row: Claimed) -> asyncio.Task[Outcome]:
+    def _prepare(self, rows: list[Claimed]) -> list[_Job]:
+        """Parse the bodies and estimate their tokens, all at once and off the event loop."""
+        bodies: list[dict[str, Any]] = [orjson.loads(row.body) for row in rows]
+        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
+        # models are charged their real usage when the answer settles.
+        chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
+        estimates = [0] * len(rows)
+        for i, n in zip(chat, estimate_many([bodies[i] for i in chat]), strict=True):
+            estimates[i] = n
+        fingerprint, org = self._key.fingerprint(), self.settings.organization
+        return [
+            _Job(row, LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))), estimate)
+            for row, body, estimate in zip(rows, bodies, estimates, strict=True)
+        ]
+
+    def _start(self, job: _Job) -> asyncio.Task[Outcome]:
+        row = job.row
         self._held[row.id] = row
         self._states.setdefault(row.batch_id, BatchState.ACTIVE)
-        task = asyncio.create_task(self._run_one(row))
+        task = asyncio.create_task(self._run_one(job))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -167,39 +193,25 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.error("request task crashed", exc_info=task.exception())
 
-    async def _run_one(self, row: Claimed) -> Outcome:
+    async def _run_one(self, job: _Job) -> Outcome:
         try:
-            outcome = await self._execute(row)
+            outcome = await self._execute(job)
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
-            log.exception("unexpected error on request %s", row.id)
-            outcome = Outcome(row.id, RequestStatus.QUEUED, error_type="internal", error_message=repr(exc))
+            log.exception("unexpected error on request %s", job.row.id)
+            outcome = Outcome(
+                job.row.id, RequestStatus.QUEUED, error_type="internal", error_message=repr(exc)
+            )
         self._count(outcome)
         self._outbox.put_nowait(outcome)
         return outcome
 
-    async def _execute(self, row: Claimed) -> Outcome:
-        body: dict[str, Any] = orjson.loads(row.body)
-        key = LimitKey(
-            self.settings.base_url,
-            self._key.fingerprint(),
-            self.settings.organization,
-            str(body.get("model")),
-        )
-        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
-        # models are charged their real usage when the answer settles.
-        estimate = 0 if row.url in AUDIO_URLS else estimate_request(body)
-        records: list[AttemptRecord] = []
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=_wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
+    async def _execute(self, job: _Job) -> Outcome:
+        row, records = job.row, list[AttemptRecord]()
         try:
-            async for attempt in retrying:
-                with attempt:
-                    status, headers, raw = await self._attempt(row, key, estimate, records)
+            try:
+                status, headers, raw = await self._attempt(job, records)
+            except RetryableError as first:
+                status, headers, raw = await self._retry(job, records, first)
         except _Stop as stop:
             return Outcome(row.id, stop.status, records, error_type=stop.reason, error_message=stop.reason)
         except QuotaExhausted as exc:
@@ -210,9 +222,28 @@ class Engine:
             return Outcome(row.id, RequestStatus.FAILED, records, result, exc.error_type, exc.message)
         return Outcome(row.id, RequestStatus.SUCCEEDED, records, _result_row(status, None, headers, raw))
 
-    async def _attempt(
-        self, row: Claimed, key: LimitKey, estimate: int, records: list[AttemptRecord]
+    async def _retry(
+        self, job: _Job, records: list[AttemptRecord], first: RetryableError
     ) -> tuple[int, Mapping[str, str], bytes]:
+        """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
+        retry loop for every request costs more than the HTTP call itself on a fast server."""
+        if self.settings.max_attempts < 2:
+            raise first
+        await self._sleep(backoff_delay(1, first.retry_after))
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.settings.max_attempts - 1),
+            wait=_wait_after_first,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(job, records)
+        raise AssertionError("tenacity ended without a result or an error")
+
+    async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> tuple[int, Mapping[str, str], bytes]:
+        row, key, estimate = job.row, job.key, job.estimate
         assert self._http is not None, "use the engine as an async context manager"
         self._check_stop(row)
         await self.limiter.acquire(key, estimate)
@@ -355,10 +386,11 @@ class Engine:
                     self._states.update(await asyncio.to_thread(store.batch_states, self.db, batch_ids))
 
 
-def _wait(state: RetryCallState) -> float:
+def _wait_after_first(state: RetryCallState) -> float:
+    """tenacity's wait; its attempt 1 is the request's second, so the backoff is one step further."""
     exc = state.outcome.exception() if state.outcome else None
     server_wait = exc.retry_after if isinstance(exc, APIError) else None
-    return backoff_delay(state.attempt_number, server_wait)
+    return backoff_delay(state.attempt_number + 1, server_wait)
 
 
 def _result_row(

@@ -24,6 +24,7 @@ from pipeline import store
 from pipeline.broker import TASK_NAME, publish_chunks, queue_size
 from pipeline.db import Database, open_database
 from pipeline.engine import Engine
+from pipeline.runner import new_event_loop
 from pipeline.models import RequestStatus
 from pipeline.settings import Settings
 
@@ -39,7 +40,7 @@ class WorkerRuntime:
         self.app = app
         self.queues = queues
         self.db: Database = open_database(settings.db_url)
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.engine: Engine | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-engine", daemon=True)
         self._keeper: concurrent.futures.Future[None] | None = None

@@ -12,7 +12,7 @@ from pipeline.cli.progress import LiveProgress
 from pipeline.cli.render import print_summary
 from pipeline.db import Database
 from pipeline.models import BatchState, Dispatch
-from pipeline.runner import run_batch
+from pipeline.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
 
 #: Some requests of the batch failed or were cancelled (the rest are stored).
@@ -41,7 +41,8 @@ def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     counts = store.status_counts(db, batch_id)
     done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
     with LiveProgress(counts["total"], done) as progress:
-        asyncio.run(run_batch(settings, db, batch_id, on_start=progress.attach))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(run_batch(settings, db, batch_id, on_start=progress.attach))
     batch = store.get_batch(db, batch_id)
     counts = store.status_counts(db, batch_id)
     print_summary(db, batch, counts)
