@@ -64,6 +64,13 @@ class Pace:
         tat = now + self.burst if tat is None else tat
         return max(tat, now) + min(cost, limit) / self.rate(limit)
 
+    def available(self, tat: float | None, now: float, limit: int | None) -> float | None:
+        """What the bucket holds now (negative: borrowed from the coming seconds); None without a limit."""
+        if limit is None:
+            return None
+        tat = now + self.burst if tat is None else tat
+        return (self.burst - (max(tat, now) - now)) * self.rate(limit)
+
     def tighten(self, tat: float | None, now: float, limit: int, remaining: int, reset: float) -> float:
         """Empty the bucket enough that at most `remaining` go out in the next `reset` seconds."""
         tat = now + self.burst if tat is None else tat
@@ -93,7 +100,7 @@ class KeyState:
             return self.cool_until - now
         rpm, _ = in_force(given.rpm, self.learned.rpm)
         tpm, _ = in_force(given.tpm, self.learned.tpm)
-        probing = not self.seen and (rpm is None or tpm is None)
+        probing = not self.seen and rpm is None and tpm is None
         if probing and now - self.probe_at >= PROBE_TIMEOUT:
             self.probes = 0
         if probing and self.probes >= pace.probe_in_flight:
@@ -207,7 +214,11 @@ class LocalLimiter:
             key,
             given,
             state.learned,
-            probing=not state.seen and (rpm is None or tpm is None),
+            probing=not state.seen and rpm is None and tpm is None,
             cooldown_until=time.time() + state.cool_until - now if cooling else None,
             sent_per_second=state.sent(now),
+            available=(
+                self.pace.available(state.tat_requests, now, rpm),
+                self.pace.available(state.tat_tokens, now, tpm),
+            ),
         )

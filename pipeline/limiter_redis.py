@@ -102,7 +102,7 @@ local s = redis.call('HMGET', key, 'cool', 'rpm', 'tpm', 'seen', 'probes', 'prob
 local cool = num(s[1])
 if cool and cool > now then return fmt(cool - now) end
 local rpm, tpm = in_force(rpm_given, num(s[2])), in_force(tpm_given, num(s[3]))
-local probing = s[4] ~= '1' and (not rpm or not tpm)
+local probing = s[4] ~= '1' and not rpm and not tpm
 local probes = num(s[5]) or 0
 if probing and now - (num(s[6]) or 0) >= probe_timeout then probes = 0 end
 if probing and probes >= probe_max then return fmt(probe_poll) end
@@ -183,8 +183,9 @@ return fmt(cool - now)
 SNAPSHOT = (
     _COMMON
     + """
-local s = redis.call('HMGET', key, 'rpm', 'tpm', 'seen', 'cool', 'sent_r', 'sent_t', 'sent_at')
-return {fmt(now), s[1], s[2], s[3], s[4], s[5], s[6], s[7]}
+local s = redis.call('HMGET', key, 'rpm', 'tpm', 'seen', 'cool', 'sent_r', 'sent_t', 'sent_at',
+                     'tat_r', 'tat_t')
+return {fmt(now), s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9]}
 """
 )
 
@@ -234,9 +235,13 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         """Finish the settles and cooldowns under way, then close the connections."""
+        await self.drain()
+        await self._redis.aclose()
+
+    async def drain(self) -> None:
+        """Wait until every settle and cooldown issued so far has reached Redis (or failed)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose()
 
     def _pacing(self, key: LimitKey) -> list[str]:
         given = self.limits.for_model(key.model)
@@ -297,19 +302,21 @@ class RedisLimiter:
     async def snapshot(self, key: LimitKey) -> dict[str, Any]:
         """Like LocalLimiter.snapshot, read from Redis (so it shows every process's sends)."""
         reply = await self._snapshot(keys=[redis_key(key)], args=self._pacing(key))
-        now, rpm, tpm, seen, cool, sent_r, sent_t, sent_at = (None if v is None else float(v) for v in reply)
+        values = [None if v is None else float(v) for v in reply]
+        now, rpm, tpm, seen, cool, sent_r, sent_t, sent_at, tat_r, tat_t = values
         assert now is not None
         given = self.limits.for_model(key.model)
         learned = Limits(int(rpm) if rpm else None, int(tpm) if tpm else None)
         decay = math.exp(-max(0.0, now - (sent_at or now)) / RATE_WINDOW)
+        rpm_now, tpm_now = in_force(given.rpm, learned.rpm)[0], in_force(given.tpm, learned.tpm)[0]
         return describe(
             key,
             given,
             learned,
-            probing=seen != 1.0
-            and (in_force(given.rpm, learned.rpm)[0] is None or in_force(given.tpm, learned.tpm)[0] is None),
+            probing=seen != 1.0 and rpm_now is None and tpm_now is None,
             cooldown_until=cool if cool is not None and cool > now else None,
             sent_per_second=((sent_r or 0.0) * decay, max(0.0, (sent_t or 0.0) * decay)),
+            available=(self.pace.available(tat_r, now, rpm_now), self.pace.available(tat_t, now, tpm_now)),
         )
 
     async def _cool(self, key: LimitKey, args: list[str]) -> None:

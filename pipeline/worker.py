@@ -24,8 +24,8 @@ from pipeline import store
 from pipeline.broker import TASK_NAME, publish_chunks, queue_size
 from pipeline.db import Database, open_database
 from pipeline.engine import Engine
-from pipeline.runner import new_event_loop
 from pipeline.models import RequestStatus
+from pipeline.runner import new_event_loop
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
