@@ -220,7 +220,9 @@ class Engine:
         except APIError as exc:
             result = _result_row(exc.status, exc.request_id, None, exc.body) if exc.body is not None else None
             return Outcome(row.id, RequestStatus.FAILED, records, result, exc.error_type, exc.message)
-        return Outcome(row.id, RequestStatus.SUCCEEDED, records, _result_row(status, None, headers, raw))
+        result = _result_row(status, None, headers, raw)
+        result["model"] = result["model"] or job.key.model  # audio answers do not name their model
+        return Outcome(row.id, RequestStatus.SUCCEEDED, records, result)
 
     async def _retry(
         self, job: _Job, records: list[AttemptRecord], first: RetryableError

@@ -191,6 +191,7 @@ _JSONL_SELECT: tuple[_Column, ...] = (
     Result.prompt_tokens,
     Result.completion_tokens,
     Result.total_tokens,
+    Result.audio_seconds,
     _last_latency().label("latency_ms"),
 )
 
@@ -214,6 +215,7 @@ def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
         prompt_tokens,
         completion_tokens,
         total_tokens,
+        audio_seconds,
         latency_ms,
     ) in rows:
         record = {
@@ -223,7 +225,7 @@ def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
             "attempts": attempts,
             "request": _parse_json(request_body),
             "response": _response(http_status, x_request_id, content_type, body),
-            "usage": _usage(prompt_tokens, completion_tokens, total_tokens),
+            "usage": _usage(prompt_tokens, completion_tokens, total_tokens, audio_seconds),
             "finish_reasons": finish_reasons.split("|") if finish_reasons else [],
             "output": output,
             "error": _error(error_type, error_message),
@@ -234,9 +236,12 @@ def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
     return count
 
 
-def _usage(prompt: int | None, completion: int | None, total: int | None) -> dict[str, int | None] | None:
+def _usage(
+    prompt: int | None, completion: int | None, total: int | None, seconds: float | None
+) -> dict[str, str | float | None] | None:
+    """Token usage; for audio billed by duration (whisper-1), `{"type": "duration", "seconds": N}`."""
     if prompt is None and completion is None and total is None:
-        return None
+        return None if seconds is None else {"type": "duration", "seconds": seconds}
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
