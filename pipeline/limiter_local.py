@@ -8,7 +8,7 @@ to one minute's worth), so big requests borrow from the following seconds and th
 holds. Buckets start empty, so a fresh key ramps at the steady rate instead of bursting.
 
 The arithmetic is in `KeyState`; limiter_redis.py runs the same rules in Lua. Senders of one key
-queue FIFO: only the head of the queue computes and sleeps.
+queue FIFO: only the head of the queue computes and sleeps. `snapshot` is synchronous here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.limits import (
@@ -92,7 +92,6 @@ class KeyState:
     sent_requests: float = 0.0  #: moving average, per second
     sent_tokens: float = 0.0  #: moving average, per second
     sent_at: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def take(self, now: float, tokens: int, given: Limits, pace: Pace) -> float:
         """Reserve one request of `tokens` and return 0, or return the seconds to wait first."""
@@ -182,6 +181,10 @@ class LocalLimiter:
         self.limits = limits or LimitTable()
         self.pace = Pace(margin, burst_seconds, probe_in_flight, refund)
         self._states: dict[LimitKey, KeyState] = {}
+        # Senders of a key queue on its lock. Locks belong to one event loop; the state outlives it
+        # (a worker may run one asyncio.run per chunk with the same limiter).
+        self._locks: dict[LimitKey, asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _state(self, key: LimitKey) -> KeyState:
         state = self._states.get(key)
@@ -189,9 +192,18 @@ class LocalLimiter:
             state = self._states[key] = KeyState()
         return state
 
+    def _lock(self, key: LimitKey) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._locks = loop, {}
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
     async def acquire(self, key: LimitKey, tokens: int) -> None:
         state, given = self._state(key), self.limits.for_model(key.model)
-        async with state.lock:
+        async with self._lock(key):
             while (wait := state.take(time.monotonic(), max(0, tokens), given, self.pace)) > 0:
                 await asyncio.sleep(max(wait, MIN_SLEEP))
 

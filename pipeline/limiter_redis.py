@@ -19,12 +19,15 @@ ARGV[1..7] = given rpm, given tpm ("" when not given), margin, burst seconds, pr
             limit, remaining and reset (seconds) of requests then tokens ("" when absent), [17] "1"
             to refund, [18] name -> "ok".
 * COOLDOWN  ARGV[8] = seconds -> seconds until the (possibly longer, already set) cooldown ends.
-* SNAPSHOT  -> [now, learned rpm, learned tpm, seen, cool, sent_r, sent_t, sent_at] (nil when unset).
+* SNAPSHOT  -> [now, learned rpm, learned tpm, seen, cool, sent_r, sent_t, sent_at, tat_r, tat_t]
+            (nil where unset); changes nothing.
 
 The client sleeps the wait ACQUIRE returns and asks again; in each process only the head of a key's
 FIFO queue asks, so Redis sees one caller per process and key. `settle` and `cooldown` are synchronous
 (the engine calls them so): they run the script in a background task, and `cooldown` also holds this
-process's senders at once. `aclose` waits for those tasks, then closes the connections.
+process's senders at once. `snapshot` is async. `aclose` waits for those tasks, then closes the
+connections. Like its Redis client, a RedisLimiter belongs to the event loop that first uses it.
+Needs Redis >= 5 (scripts that write after reading TIME).
 """
 
 from __future__ import annotations
@@ -260,6 +263,7 @@ class RedisLimiter:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
+        name = redis_key(key)
         args = [*self._pacing(key), str(max(0, tokens)), repr(PROBE_TIMEOUT), repr(PROBE_POLL)]
         async with lock:
             while True:
@@ -267,7 +271,7 @@ class RedisLimiter:
                 if held > 0:
                     await asyncio.sleep(held)
                     continue
-                wait = float(await self._acquire(keys=[redis_key(key)], args=args))
+                wait = float(await self._acquire(keys=[name], args=args))
                 if wait <= 0:
                     return
                 await asyncio.sleep(max(wait, MIN_SLEEP))

@@ -48,7 +48,7 @@ PROBE_IN_FLIGHT = 4
 #: A probe slot whose answer never came (a crashed process) is given back after this many seconds.
 PROBE_TIMEOUT = 120.0
 #: How often a sender waiting for the probes' answers looks again, in seconds.
-PROBE_POLL = 0.1
+PROBE_POLL = 0.05
 #: Time constant, in seconds, of the moving average behind the send rates in `snapshot`.
 RATE_WINDOW = 10.0
 #: Shortest sleep between two tries, so that rounding never makes a sender spin.
