@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -30,12 +31,12 @@ from pipeline.audio import AUDIO_URLS
 from pipeline.classify import backoff_delay, classify
 from pipeline.db import Database
 from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
-from pipeline.limits import Limiter, LimitKey, Unlimited
+from pipeline.limits import Limiter, LimitKey, make_limiter
 from pipeline.models import BatchState, RequestStatus, utcnow
 from pipeline.responses import parse_success, usage_of
 from pipeline.settings import Settings
 from pipeline.store import AttemptRecord, Claimed, Outcome
-from pipeline.tokens import estimate_many
+from pipeline.tokens import completion_budget, estimate_many
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 WRITE_BATCH = 1000
 #: Seconds between checks of the batches' state (paused or cancelled elsewhere).
 STATE_POLL_SECONDS = 1.0
+#: State polls between two saves of the limiter's view (limits in force, send rate) for `status`.
+LIMITS_SAVE_POLLS = 5
 
 
 def worker_id() -> str:
@@ -71,6 +74,8 @@ class _Job:
     row: Claimed
     key: LimitKey
     estimate: int
+    #: max_tokens x n when the body sets max_tokens: what the API charges against the TPM limit
+    completion_cap: int | None
 
 
 class _Stop(Exception):
@@ -90,7 +95,8 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.limiter: Limiter = limiter or Unlimited()
+        self.limiter: Limiter = limiter if limiter is not None else make_limiter(settings, settings.redis_url)
+        self._keys: set[LimitKey] = set()
         self.worker = worker or worker_id()
         self.stats = EngineStats()
         self.draining = False
@@ -101,6 +107,7 @@ class Engine:
         self._flushed = asyncio.Condition()
         self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._room = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
@@ -128,8 +135,12 @@ class Engine:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            await self._save_limits()
             if self._http is not None:
                 await self._http.close()
+            closer = getattr(self.limiter, "aclose", None)
+            if closer is not None:
+                await closer()
 
     @property
     def held(self) -> int:
@@ -168,14 +179,20 @@ class Engine:
             estimates[i] = n
         fingerprint, org = self._key.fingerprint(), self.settings.organization
         return [
-            _Job(row, LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))), estimate)
+            _Job(
+                row,
+                LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))),
+                estimate,
+                completion_budget(body) if row.url not in AUDIO_URLS else None,
+            )
             for row, body, estimate in zip(rows, bodies, estimates, strict=True)
         ]
 
     def _start(self, job: _Job) -> asyncio.Task[Outcome]:
         row = job.row
+        self._keys.add(job.key)
         self._held[row.id] = row
-        self._states.setdefault(row.batch_id, BatchState.ACTIVE)
+        self._states[row.batch_id] = BatchState.ACTIVE  # the claim just found it active (e.g. resumed)
         task = asyncio.create_task(self._run_one(job))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -247,13 +264,19 @@ class Engine:
     async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> tuple[int, Mapping[str, str], bytes]:
         row, key, estimate = job.row, job.key, job.estimate
         assert self._http is not None, "use the engine as an async context manager"
-        self._check_stop(row)
-        await self.limiter.acquire(key, estimate)
-        started, t0 = utcnow(), time.perf_counter()
-        status, headers, raw, error = await self._send(row)
+        async with self._slots:  # max in flight: the stop checks below happen right before sending
+            self._check_stop(row)
+            await self.limiter.acquire(key, estimate)
+            try:
+                self._check_stop(row)  # the wait for budget may have outlasted the batch (paused, cancelled)
+            except _Stop:
+                self.limiter.settle(key, estimate, 0, {})
+                raise
+            started, t0 = utcnow(), time.perf_counter()
+            status, headers, raw, error = await self._send(row)
         latency = (time.perf_counter() - t0) * 1000.0
         prompt, completion, total = usage_of(raw) if raw else (None, None, None)
-        self.limiter.settle(key, estimate, total, headers)
+        self.limiter.settle(key, estimate, _charged(job, status, prompt, total), headers)
         error = error or classify(status or 0, headers, raw)
         records.append(
             AttemptRecord(
@@ -379,13 +402,44 @@ class Engine:
                         self.settings.lease_seconds,
                     )
 
+    async def _save_limits(self) -> None:
+        """Save what the limiter says of every key this engine used, for `pipeline status`."""
+        snapshot = getattr(self.limiter, "snapshot", None)
+        if snapshot is None or not self._keys:
+            return
+        snapshots = []
+        for key in list(self._keys):
+            snap = snapshot(key)
+            snapshots.append((key, await snap if inspect.isawaitable(snap) else snap))
+        await asyncio.to_thread(store.save_limit_states, self.db, snapshots)
+
     async def _watch_states(self) -> None:
+        polls = 0
         while True:
             await asyncio.sleep(STATE_POLL_SECONDS)
+            polls += 1
+            if polls % LIMITS_SAVE_POLLS == 0:
+                try:
+                    await self._save_limits()
+                except Exception:  # a display aid: never worth stopping the engine
+                    log.warning("could not save limiter state", exc_info=True)
             batch_ids = {row.batch_id for row in self._held.values()}
             if batch_ids:
                 with contextlib.suppress(OperationalError):
                     self._states.update(await asyncio.to_thread(store.batch_states, self.db, batch_ids))
+
+
+def _charged(job: _Job, status: int | None, prompt: int | None, total: int | None) -> int | None:
+    """Tokens the API counted against the TPM limit for this attempt.
+
+    It counts prompt + max_tokens x n when the request arrives (not the shorter real answer), so that is what
+    the limiter is settled with; a 429 was refused before counting; None (no usage) keeps the reservation.
+    """
+    if status == 429:
+        return 0
+    if job.completion_cap is not None and prompt is not None:
+        return prompt + job.completion_cap
+    return total
 
 
 def _wait_after_first(state: RetryCallState) -> float:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from pipeline.classify import parse_duration
 from pipeline.errors import ConfigError
+from pipeline.settings import Settings
 
 #: Fraction of a limit the limiters aim at. Servers count in short windows (6,000 RPM as 100 per second)
 #: and requests reach them with some jitter: 1% slack (one request a second at 6,000 RPM) kept 429s
@@ -246,3 +247,29 @@ class Unlimited:
 
     def cooldown(self, key: LimitKey, seconds: float) -> None:
         return None
+
+
+def limit_table(settings: Settings) -> LimitTable:
+    """The given limits: the limits file, with --rpm/--tpm over its "*" entry."""
+    table = LimitTable.from_file(settings.limits_file) if settings.limits_file else LimitTable()
+    return table.with_default(Limits(settings.rpm, settings.tpm))
+
+
+def shared_redis_url(settings: Settings) -> str | None:
+    """Where limiter state is shared: PIPELINE_REDIS_URL, else a Redis broker; None keeps it in-process."""
+    if settings.redis_url:
+        return settings.redis_url
+    broker = settings.broker_url or ""
+    return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+def make_limiter(settings: Settings, redis_url: str | None) -> Limiter:
+    """A Redis-backed limiter shared by every process when `redis_url` is given, else an in-process one."""
+    table = limit_table(settings)
+    if redis_url:
+        from pipeline.limiter_redis import RedisLimiter
+
+        return RedisLimiter(redis_url, table)
+    from pipeline.limiter_local import LocalLimiter
+
+    return LocalLimiter(table)

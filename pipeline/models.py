@@ -161,3 +161,26 @@ class Result(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage, or verbose_json duration
+
+
+class LimitState(Base):
+    """The limits in force for one key and its send rate, as a worker's limiter last saw them.
+
+    Written by every engine every few seconds, read by `pipeline status`. `key` is the LimitKey
+    (base URL | key fingerprint | organization | model): the API key itself is never stored.
+    """
+
+    __tablename__ = "limit_states"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    base_url: Mapped[str] = mapped_column(Text)
+    key_fingerprint: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    rpm_source: Mapped[str | None] = mapped_column(String(16))  #: given or learned
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    tpm_source: Mapped[str | None] = mapped_column(String(16))
+    sent_rpm: Mapped[float | None] = mapped_column(Float)  #: requests per minute sent lately
+    sent_tpm: Mapped[float | None] = mapped_column(Float)
+    cooldown_until: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

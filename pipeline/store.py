@@ -10,19 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Integer, Table, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeline.db import Database
 from pipeline.errors import BatchNotFound
+from pipeline.limits import LimitKey
 from pipeline.models import (
     Attempt,
     Batch,
     BatchState,
     Blob,
     Dispatch,
+    LimitState,
     Request,
     RequestStatus,
     Result,
@@ -477,3 +480,49 @@ def running_count(db: Database, batch_id: str) -> int:
             )
             or 0
         )
+
+
+def save_limit_states(db: Database, snapshots: Sequence[tuple[LimitKey, dict[str, Any]]]) -> None:
+    """Upsert what the limiter says of each key (limits in force, send rate) for `pipeline status`."""
+    if not snapshots:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "key": str(key),
+            "base_url": key.base_url,
+            "key_fingerprint": key.key_fingerprint,
+            "model": key.model,
+            "rpm": snap.get("rpm"),
+            "rpm_source": snap.get("rpm_source"),
+            "tpm": snap.get("tpm"),
+            "tpm_source": snap.get("tpm_source"),
+            "sent_rpm": snap.get("sent_rpm"),
+            "sent_tpm": snap.get("sent_tpm"),
+            "cooldown_until": _from_unix(snap.get("cooldown_until")),
+            "updated_at": now,
+        }
+        for key, snap in snapshots
+    ]
+    table = cast(Table, LimitState.__table__)
+    with db.write() as s:
+        dialect_insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table)
+        updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != "key"}
+        s.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=updated), rows)
+
+
+def limit_states(db: Database, base_url: str, key_fingerprint: str) -> list[LimitState]:
+    """The saved limit states of every model used with this base URL and API key."""
+    with db.read() as s:
+        return list(
+            s.scalars(
+                select(LimitState)
+                .where(LimitState.base_url == base_url, LimitState.key_fingerprint == key_fingerprint)
+                .order_by(LimitState.model)
+            )
+        )
+
+
+def _from_unix(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC).replace(tzinfo=None) if value else None

@@ -93,6 +93,14 @@ def estimate_many(
     ]
 
 
+def completion_budget(body: dict[str, Any]) -> int | None:
+    """max_tokens (or max_completion_tokens) x n when the body sets one, else None."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    return _completion_budget(body, limit)
+
+
 def _completion_budget(body: dict[str, Any], completion_default: int) -> int:
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     per_choice = limit if isinstance(limit, int) and limit > 0 else completion_default

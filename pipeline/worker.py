@@ -24,6 +24,7 @@ from pipeline import store
 from pipeline.broker import TASK_NAME, publish_chunks, queue_size
 from pipeline.db import Database, open_database
 from pipeline.engine import Engine
+from pipeline.limits import make_limiter, shared_redis_url
 from pipeline.models import RequestStatus
 from pipeline.runner import new_event_loop
 from pipeline.settings import Settings
@@ -77,7 +78,10 @@ class WorkerRuntime:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def _open_engine(self) -> Engine:
-        engine = Engine(self.settings, self.db)
+        # One budget for every worker: the limiter lives in Redis when there is one.
+        engine = Engine(
+            self.settings, self.db, limiter=make_limiter(self.settings, shared_redis_url(self.settings))
+        )
         return await engine.__aenter__()
 
     async def _keep(self) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -34,12 +35,12 @@ def fleet_env(fake: FakeServer, database_url: str, broker_url: str) -> dict[str,
     }
 
 
-def status(fleet: Fleet, batch_id: str) -> dict[str, int]:
-    result: dict[str, int] = orjson.loads(fleet.cli("status", batch_id, "--json").stdout)
+def status(fleet: Fleet, batch_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(fleet.cli("status", batch_id, "--json").stdout)
     return result
 
 
-def wait_final(fleet: Fleet, batch_id: str, timeout: float) -> dict[str, int]:
+def wait_final(fleet: Fleet, batch_id: str, timeout: float) -> dict[str, Any]:
     def final() -> bool:
         s = status(fleet, batch_id)
         return s["succeeded"] + s["failed"] + s["cancelled"] == s["total"]

@@ -49,6 +49,11 @@ def store_options(fn: F) -> F:
 
 def broker_options(fn: F) -> F:
     """Where chunk messages go: submit, worker and the batch controls take these."""
+    fn = click.option(
+        "--redis-url",
+        metavar="URL",
+        help="Redis for the shared rate limit [env PIPELINE_REDIS_URL; default: the broker if it is Redis]",
+    )(fn)
     return click.option(
         "--broker-url",
         metavar="URL",
@@ -81,6 +86,17 @@ def api_options(fn: F) -> F:
             ),
             click.option(
                 "--max-attempts", type=int, help="Attempts per request [env PIPELINE_MAX_ATTEMPTS; 10]"
+            ),
+            click.option(
+                "--rpm", type=int, help="Requests per minute for every model [env PIPELINE_RPM; learned]"
+            ),
+            click.option(
+                "--tpm", type=int, help="Tokens per minute for every model [env PIPELINE_TPM; learned]"
+            ),
+            click.option(
+                "--limits-file",
+                type=click.Path(dir_okay=False),
+                help="JSON or TOML of per-model rpm/tpm limits [env PIPELINE_LIMITS_FILE]",
             ),
         ]
     ):

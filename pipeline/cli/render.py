@@ -33,7 +33,34 @@ def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = Non
         "attempts": attempts["attempts"],
         "rate_limited": attempts["rate_limited"],
         "errors": dict(store.error_breakdown(db, batch.id)),
+        "limits": _limits(db, batch),
     }
+
+
+#: A saved limiter state older than this is not "current" (no engine is using the key now).
+FRESH_SECONDS = 30
+
+
+def _limits(db: Database, batch: Batch) -> list[dict[str, Any]]:
+    """The limits in force for the batch's API and key, with the recent send rate where it is fresh."""
+    states = store.limit_states(db, batch.base_url, batch.key_fingerprint)
+    now = utcnow()
+    return [
+        {
+            "model": st.model,
+            "rpm": st.rpm,
+            "rpm_source": st.rpm_source,
+            "tpm": st.tpm,
+            "tpm_source": st.tpm_source,
+            "sent_rpm": st.sent_rpm if (now - st.updated_at).total_seconds() < FRESH_SECONDS else 0.0,
+            "sent_tpm": st.sent_tpm if (now - st.updated_at).total_seconds() < FRESH_SECONDS else 0.0,
+            "cooldown_until": _iso(st.cooldown_until)
+            if st.cooldown_until and st.cooldown_until > now
+            else None,
+            "updated_at": _iso(st.updated_at),
+        }
+        for st in states
+    ]
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -55,6 +82,17 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if report["errors"]:
         console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
+    for lim in report["limits"]:
+        console.print(
+            f"limits {lim['model']}: rpm {_limit(lim['rpm'], lim['rpm_source'])}, "
+            f"tpm {_limit(lim['tpm'], lim['tpm_source'])}; sending {lim['sent_rpm']:,.0f} req/min, "
+            f"{lim['sent_tpm']:,.0f} tokens/min"
+            + (f"; cooling down until {lim['cooldown_until']}" if lim["cooldown_until"] else "")
+        )
+
+
+def _limit(value: int | None, source: str | None) -> str:
+    return f"{value:,} ({source})" if value else "unknown"
 
 
 def print_summary(db: Database, batch: Batch, counts: dict[str, int]) -> None:
