@@ -69,7 +69,7 @@ class Settings:
     api_key_env: str = "OPENAI_API_KEY"
     api_key: Secret | None = field(default=None, compare=False)
     organization: str | None = None
-    max_in_flight: int = 256
+    max_in_flight: int = 512
     timeout: float = 600.0
     connect_timeout: float = 10.0
     max_attempts: int = 10

@@ -13,7 +13,7 @@ from tests.conftest import invoke
 
 def test_defaults_and_environment() -> None:
     s = Settings.load(environ={"OPENAI_API_KEY": "sk-1"})
-    assert s.base_url == DEFAULT_BASE_URL and s.max_in_flight == 256 and s.api_key is not None
+    assert s.base_url == DEFAULT_BASE_URL and s.max_in_flight == 512 and s.api_key is not None
     s = Settings.load(environ={"PIPELINE_MAX_IN_FLIGHT": "7", "OPENAI_BASE_URL": "http://x/v1/"})
     assert s.max_in_flight == 7 and s.base_url == "http://x/v1" and s.api_key is None
 

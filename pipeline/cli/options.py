@@ -79,7 +79,7 @@ def api_options(fn: F) -> F:
             click.option(
                 "--max-in-flight",
                 type=int,
-                help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 256]",
+                help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 512]",
             ),
             click.option(
                 "--timeout", type=float, help="Seconds to wait for one answer [env PIPELINE_TIMEOUT; 600]"
