@@ -11,9 +11,8 @@ import click
 from pipeline import store
 from pipeline.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_chunks
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
-from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option
+from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option, store_from_params
 from pipeline.errors import DuplicateBatch
-from pipeline.intake import store_job_file
 from pipeline.worker import install
 
 
@@ -38,14 +37,7 @@ def submit(**params: Any) -> None:
     app = make_celery(settings)
     check_broker(app)
     try:
-        intake = store_job_file(
-            db,
-            settings,
-            params["job_file"],
-            endpoint=params["endpoint"],
-            skip_invalid=params["skip_invalid"],
-            force=params["force"],
-        )
+        intake = store_from_params(db, settings, params)
     except DuplicateBatch as dup:
         click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
         click.echo(dup.batch_id)

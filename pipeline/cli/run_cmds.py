@@ -9,9 +9,11 @@ import click
 
 from pipeline.cli.dispatch import run_here
 from pipeline.cli.options import api_options, database, pop_settings, store_options
+from pipeline.db import Database
 from pipeline.errors import DuplicateBatch
-from pipeline.intake import store_job_file
+from pipeline.intake import Intake, store_job_file
 from pipeline.jobfile import ENDPOINTS
+from pipeline.settings import Settings
 
 endpoint_option = click.option(
     "--endpoint",
@@ -24,6 +26,18 @@ skip_invalid_option = click.option(
 force_option = click.option(
     "--force", is_flag=True, help="Make a new batch even if this file was submitted before"
 )
+
+
+def store_from_params(db: Database, settings: Settings, params: dict[str, Any]) -> Intake:
+    """Store the job file named by the FILE/--endpoint/--skip-invalid/--force parameters."""
+    return store_job_file(
+        db,
+        settings,
+        params["job_file"],
+        endpoint=params["endpoint"],
+        skip_invalid=params["skip_invalid"],
+        force=params["force"],
+    )
 
 
 @click.command()
@@ -44,14 +58,7 @@ def run(**params: Any) -> None:
     settings.require_api_key()
     db = database(settings)
     try:
-        intake = store_job_file(
-            db,
-            settings,
-            params["job_file"],
-            endpoint=params["endpoint"],
-            skip_invalid=params["skip_invalid"],
-            force=params["force"],
-        )
+        intake = store_from_params(db, settings, params)
         batch_id = intake.batch_id
         click.echo(f"stored {intake.total} requests as batch {batch_id}", err=True)
         if intake.invalid:
