@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
+from pipeline import store
 from pipeline.audio import BlobWriter, UnreadableAudio
 from pipeline.db import Database
 from pipeline.errors import DuplicateBatch, JobFileError, LineError
 from pipeline.jobfile import STDIN_NAME, JobLine, JobReader
-from pipeline.models import Batch, BatchState, Request, RequestStatus, utcnow
+from pipeline.models import Batch, BatchState, RequestStatus, utcnow
 from pipeline.settings import Settings
 
 #: Rows per INSERT statement.
@@ -65,6 +66,7 @@ def store_job_file(
         )
         s.flush()
         pending: list[dict[str, Any]] = []
+        now = store.db_time(db, utcnow())
         blobs = BlobWriter(s)
         source = STDIN_NAME if str(path) == "-" else str(path)  # as the reader names it in LineErrors
         for line in reader:
@@ -79,12 +81,13 @@ def store_job_file(
                     continue
             else:
                 good += 1
-            pending.append(_row(batch_id, item, blob))
+            pending.append(_row(batch_id, item, blob, now))
             if len(pending) >= INSERT_CHUNK:
-                _insert(s, pending)
+                store.insert_requests(db, s, pending)
+                pending.clear()
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
-        _insert(s, pending)
+        store.insert_requests(db, s, pending)
         if not force and (existing := _same_content(s, reader.content_hash)):
             raise DuplicateBatch(existing)
         s.execute(
@@ -110,7 +113,7 @@ def _store_audio(
         return LineError(source, item.line, exc.problem), None
 
 
-def _row(batch_id: str, item: JobLine | LineError, blob: str | None = None) -> dict[str, Any]:
+def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
             "batch_id": batch_id,
@@ -118,12 +121,12 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None = None) -> d
             "custom_id": f"invalid-line-{item.line}",
             "url": "",
             "body": "null",
-            "status": RequestStatus.FAILED,
+            "status": RequestStatus.FAILED.value,
             "attempts": 0,
             "error_type": "invalid_line",
             "error_message": str(item),
-            "finished_at": utcnow(),
-            "created_at": utcnow(),
+            "finished_at": now,
+            "created_at": now,
             "blob_sha256": None,
         }
     return {
@@ -137,15 +140,9 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None = None) -> d
         "error_type": None,
         "error_message": None,
         "finished_at": None,
-        "created_at": utcnow(),
+        "created_at": now,
         "blob_sha256": blob,
     }
-
-
-def _insert(s: Any, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        s.execute(insert(Request), rows)
-        rows.clear()
 
 
 def _same_content(s: Any, content_hash: str) -> str | None:
