@@ -97,6 +97,8 @@ class Engine:
         self.db = db
         self.limiter: Limiter = limiter if limiter is not None else make_limiter(settings, settings.redis_url)
         self._keys: set[LimitKey] = set()
+        #: model -> moving average of completion tokens per choice, for estimates without max_tokens
+        self._completion_avg: dict[str, float] = {}
         self.worker = worker or worker_id()
         self.stats = EngineStats()
         self.draining = False
@@ -175,7 +177,7 @@ class Engine:
         # models are charged their real usage when the answer settles.
         chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
         estimates = [0] * len(rows)
-        for i, n in zip(chat, estimate_many([bodies[i] for i in chat]), strict=True):
+        for i, n in zip(chat, estimate_many([bodies[i] for i in chat], self._completion_avg), strict=True):
             estimates[i] = n
         fingerprint, org = self._key.fingerprint(), self.settings.organization
         return [
@@ -239,6 +241,7 @@ class Engine:
             return Outcome(row.id, RequestStatus.FAILED, records, result, exc.error_type, exc.message)
         result = _result_row(status, None, headers, raw)
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
+        self._learn_completion(job.key.model, result)
         return Outcome(row.id, RequestStatus.SUCCEEDED, records, result)
 
     async def _retry(
@@ -331,6 +334,17 @@ class Engine:
         finally:
             self.stats.in_flight -= 1
         return None, {}, b"", error
+
+    def _learn_completion(self, model: str, result: dict[str, Any]) -> None:
+        """Average real completion length per choice, reserved for later requests that set no max_tokens."""
+        tokens, reasons = result.get("completion_tokens"), result.get("finish_reasons")
+        if not isinstance(tokens, int) or not reasons:
+            return
+        per_choice = tokens / (reasons.count("|") + 1)
+        previous = self._completion_avg.get(model)
+        self._completion_avg[model] = (
+            per_choice if previous is None else previous + 0.05 * (per_choice - previous)
+        )
 
     def _check_stop(self, row: Claimed) -> None:
         state = self._states.get(row.batch_id, BatchState.ACTIVE)

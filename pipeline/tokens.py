@@ -7,6 +7,7 @@ else ceil(len/4). Nothing here touches the network.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -52,9 +53,14 @@ def prompt_text(body: dict[str, Any]) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def estimate_request(body: dict[str, Any], completion_default: int = DEFAULT_COMPLETION_TOKENS) -> int:
-    """Tokens to reserve: the prompt, plus max_tokens (or `completion_default`) for each of `n` choices."""
-    return estimate_many([body], completion_default)[0]
+def estimate_request(body: dict[str, Any], learned: Mapping[str, float] | None = None) -> int:
+    """Tokens to reserve: the prompt, plus max_tokens (or a learned or default length) per choice of `n`."""
+    return estimate_many([body], learned)[0]
+
+
+def _default_for(body: dict[str, Any], learned: Mapping[str, float]) -> int:
+    average = learned.get(str(body.get("model", "")))
+    return math.ceil(average) if average else DEFAULT_COMPLETION_TOKENS
 
 
 def _text_of(content: Any) -> str:
@@ -69,10 +75,13 @@ def _text_of(content: Any) -> str:
     return str(content)
 
 
-def estimate_many(
-    bodies: list[dict[str, Any]], completion_default: int = DEFAULT_COMPLETION_TOKENS
-) -> list[int]:
-    """`estimate_request` for many bodies at once: one tokenizer call per encoding (about 50x cheaper)."""
+def estimate_many(bodies: list[dict[str, Any]], learned: Mapping[str, float] | None = None) -> list[int]:
+    """`estimate_request` for many bodies at once: one tokenizer call per encoding (about 50x cheaper).
+
+    Without max_tokens, a choice is assumed as long as `learned[model]` (the real average so far), else
+    DEFAULT_COMPLETION_TOKENS.
+    """
+    learned = learned or {}
     texts = [prompt_text(body) for body in bodies]
     counts = [0] * len(bodies)
     if toktok is not None:
@@ -88,7 +97,7 @@ def estimate_many(
     return [
         counts[i]
         + TOKENS_PER_MESSAGE * len(body.get("messages") or [])
-        + _completion_budget(body, completion_default)
+        + _completion_budget(body, _default_for(body, learned))
         for i, body in enumerate(bodies)
     ]
 
