@@ -10,6 +10,7 @@ rows, and a watcher notices batches paused or cancelled by others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -33,7 +34,7 @@ from pipeline.db import Database
 from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
 from pipeline.limits import Limiter, LimitKey, make_limiter
 from pipeline.models import BatchState, RequestStatus, utcnow
-from pipeline.responses import parse_success, usage_of
+from pipeline.responses import Parsed, parse_success, usage_of
 from pipeline.settings import Settings
 from pipeline.store import AttemptRecord, Claimed, Outcome
 from pipeline.tokens import completion_budget, estimate_many
@@ -65,6 +66,52 @@ class EngineStats:
     attempts: int = 0
     rate_limited: int = 0
     total_tokens: int = 0
+
+
+class _Slots:
+    """A FIFO counting semaphore whose acquire and release are O(1).
+
+    asyncio.Semaphore scans all its waiters on every acquire; with thousands of claimed rows waiting for one
+    of max-in-flight slots that scan dominated the event loop.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the releaser hands its slot over: _free is not incremented in between
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot while being cancelled: pass it on
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A 2xx answer: what `_attempt` hands back on success."""
+
+    status: int
+    headers: Mapping[str, str]
+    raw: bytes
+    parsed: Parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +156,7 @@ class Engine:
         self._flushed = asyncio.Condition()
         self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._room = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._slots = _Slots(settings.max_in_flight)
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
@@ -225,28 +272,31 @@ class Engine:
         return outcome
 
     async def _execute(self, job: _Job) -> Outcome:
-        row, records = job.row, list[AttemptRecord]()
+        row = job.row
+        records: list[AttemptRecord] = []
         try:
             try:
-                status, headers, raw = await self._attempt(job, records)
+                answer = await self._attempt(job, records)
             except RetryableError as first:
-                status, headers, raw = await self._retry(job, records, first)
+                answer = await self._retry(job, records, first)
         except _Stop as stop:
             return Outcome(row.id, stop.status, records, error_type=stop.reason, error_message=stop.reason)
         except QuotaExhausted as exc:
             await self._pause(row.batch_id, exc.message)
             return Outcome(row.id, RequestStatus.QUEUED, records)
         except APIError as exc:
-            result = _result_row(exc.status, exc.request_id, None, exc.body) if exc.body is not None else None
+            result = (
+                _result_row(exc.status, exc.request_id, None, exc.body, None)
+                if exc.body is not None
+                else None
+            )
             return Outcome(row.id, RequestStatus.FAILED, records, result, exc.error_type, exc.message)
-        result = _result_row(status, None, headers, raw)
+        result = _result_row(answer.status, None, answer.headers, answer.raw, answer.parsed)
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
         self._learn_completion(job.key.model, result)
         return Outcome(row.id, RequestStatus.SUCCEEDED, records, result)
 
-    async def _retry(
-        self, job: _Job, records: list[AttemptRecord], first: RetryableError
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _retry(self, job: _Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
         retry loop for every request costs more than the HTTP call itself on a fast server."""
         if self.settings.max_attempts < 2:
@@ -264,7 +314,7 @@ class Engine:
                 return await self._attempt(job, records)
         raise AssertionError("tenacity ended without a result or an error")
 
-    async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> tuple[int, Mapping[str, str], bytes]:
+    async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> _Answer:
         row, key, estimate = job.row, job.key, job.estimate
         assert self._http is not None, "use the engine as an async context manager"
         async with self._slots:  # max in flight: the stop checks below happen right before sending
@@ -278,7 +328,12 @@ class Engine:
             started, t0 = utcnow(), time.perf_counter()
             status, headers, raw, error = await self._send(row)
         latency = (time.perf_counter() - t0) * 1000.0
-        prompt, completion, total = usage_of(raw) if raw else (None, None, None)
+        parsed = None
+        if status is not None and 200 <= status < 300:
+            parsed = parse_success(raw, headers.get("Content-Type"))  # parsed once: usage and result
+            prompt, completion, total = parsed.prompt_tokens, parsed.completion_tokens, parsed.total_tokens
+        else:
+            prompt, completion, total = usage_of(raw) if raw else (None, None, None)
         self.limiter.settle(key, estimate, _charged(job, status, prompt, total), headers)
         error = error or classify(status or 0, headers, raw)
         records.append(
@@ -302,8 +357,8 @@ class Engine:
             self.limiter.cooldown(key, error.retry_after or 1.0)
         if error is not None:
             raise error
-        assert status is not None
-        return status, headers, raw
+        assert status is not None and parsed is not None
+        return _Answer(status, headers, raw, parsed)
 
     async def _send(self, row: Claimed) -> tuple[int | None, Mapping[str, str], bytes, APIError | None]:
         """One HTTP exchange. Transport failures come back as a RetryableError, never raised."""
@@ -464,10 +519,13 @@ def _wait_after_first(state: RetryCallState) -> float:
 
 
 def _result_row(
-    status: int | None, request_id: str | None, headers: Mapping[str, str] | None, raw: bytes
+    status: int | None,
+    request_id: str | None,
+    headers: Mapping[str, str] | None,
+    raw: bytes,
+    parsed: Parsed | None,
 ) -> dict[str, Any]:
     content_type = headers.get("Content-Type") if headers is not None else None
-    parsed = parse_success(raw, content_type) if status is not None and 200 <= status < 300 else None
     return {
         "http_status": status or 0,
         "x_request_id": request_id or (headers.get("x-request-id") if headers is not None else None),

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from pipeline.classify import parse_duration
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
@@ -162,7 +164,8 @@ class RateHeaders:
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
-        found = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+        # aiohttp's headers are already case-insensitive; copying them per answer showed in profiles.
+        found = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else _lowered(headers)
         return cls(
             seen=bool(headers),
             limit_requests=_count(found.get("x-ratelimit-limit-requests")),
@@ -273,3 +276,7 @@ def make_limiter(settings: Settings, redis_url: str | None) -> Limiter:
     from pipeline.limiter_local import LocalLimiter
 
     return LocalLimiter(table)
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
