@@ -102,7 +102,11 @@ def _transport_options(settings: Settings, url: str) -> dict[str, Any]:
         folder = Path(settings.data_dir).resolve() / "broker"
         (folder / "queue").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         return {
+            "control_folder": str(
+                folder / "control"
+            ),  # kombu's default is ./control in the working directory
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
