@@ -100,7 +100,9 @@ def open_database(url: str) -> Database:
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         try:
-            return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            # A worker holds several connections at once (claims from each chunk thread, the writer, the
+            # lease keeper, the state watcher): leave room so none waits on the pool.
+            return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         except Exception as exc:  # bad driver name, malformed URL
             raise ConnectError(f"cannot use database {mask_url(url)}: {_first_line(exc)}") from None
     path = url.split("///", 1)[-1]

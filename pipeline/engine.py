@@ -24,7 +24,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from sqlalchemy.exc import OperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pipeline import audio, store
@@ -175,6 +174,8 @@ class Engine:
             asyncio.create_task(self._keep_leases()),
             asyncio.create_task(self._watch_states()),
         ]
+        for task in self._background:
+            task.add_done_callback(_report_death)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -447,22 +448,28 @@ class Engine:
                 self._flushed.notify_all()
 
     async def _store(self, batch: list[Outcome]) -> None:
-        for delay in (0.5, 1, 2, 4, 8, 16, 32, None):
+        """Store a batch of outcomes, trying until it works.
+
+        The writer must never die: a dead writer leaves every chunk waiting for its rows to be stored while
+        the lease keeper keeps their leases alive, so nothing would ever recover them. Any failure (database
+        restarting, pool exhausted, lock timeout) is logged and retried; the rows stay leased meanwhile.
+        """
+        delay = 0.5
+        while True:
             try:
                 await asyncio.to_thread(store.record, self.db, self.worker, batch)
                 return
-            except OperationalError as exc:  # database restarting or locked: the rows stay leased meanwhile
-                if delay is None:
-                    raise
-                log.warning("storing %d outcomes failed (%s); retrying in %ss", len(batch), exc.orig, delay)
+            except Exception as exc:
+                log.warning("storing %d outcomes failed (%r); retrying in %.1fs", len(batch), exc, delay)
                 await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _keep_leases(self) -> None:
         period = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(period)
             if self._held:
-                with contextlib.suppress(OperationalError):
+                with contextlib.suppress(Exception):  # the database is busy or restarting: next period
                     await asyncio.to_thread(
                         store.renew_leases,
                         self.db,
@@ -494,8 +501,14 @@ class Engine:
                     log.warning("could not save limiter state", exc_info=True)
             batch_ids = {row.batch_id for row in self._held.values()}
             if batch_ids:
-                with contextlib.suppress(OperationalError):
+                with contextlib.suppress(Exception):  # the database is busy or restarting: next period
                     self._states.update(await asyncio.to_thread(store.batch_states, self.db, batch_ids))
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    """A background task must only end by cancellation; say loudly if one crashed."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("engine task %s crashed", task.get_coro(), exc_info=task.exception())
 
 
 def _charged(job: _Job, status: int | None, prompt: int | None, total: int | None) -> int | None:
