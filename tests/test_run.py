@@ -184,3 +184,28 @@ def test_export_to_a_file(fake: FakeServer, tmp_path: Path, fmt: str) -> None:
     assert result.stdout == ""
     text = out.read_text()
     assert len(parse_csv(text) if fmt == "csv" else parse_jsonl(text)) == 5
+
+
+def test_a_failing_write_is_retried_and_nothing_is_lost(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer must survive any error (here the pool's TimeoutError), or chunks would wait forever."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from pipeline import store
+
+    real_record, failures = store.record, []
+
+    def flaky_record(*args: object, **kwargs: object) -> None:
+        if len(failures) < 2:
+            failures.append(1)
+            raise PoolTimeout("QueuePool limit reached")
+        real_record(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "record", flaky_record)
+    code, out, err = run(fake, chat_file(tmp_path / "jobs.jsonl", 50))
+    assert code == 0, err
+    assert len(failures) == 2
+    status = orjson.loads(invoke("status", out.split()[-1], "--json").stdout)
+    assert status["succeeded"] == 50 and status["running"] == 0
+    assert fake.stats()["received"] == 50
