@@ -1,6 +1,6 @@
 """The rate-limiter seam: every attempt acquires before sending and settles after the answer.
 
-`Limiter` is what the engine calls; `Unlimited` lets everything through (used when no limit is known).
+`Limiter` is what the engine calls; `make_limiter` builds one from the settings.
 `LocalLimiter` (limiter_local.py) paces one process, `RedisLimiter` (limiter_redis.py) every process
 sharing a Redis; both follow the rules below, so they are interchangeable.
 
@@ -237,19 +237,6 @@ class Limiter(Protocol):
 
     def cooldown(self, key: LimitKey, seconds: float) -> None:
         """A 429 said wait: hold every sender of this key for `seconds`."""
-
-
-class Unlimited:
-    """Lets every request through at once."""
-
-    async def acquire(self, key: LimitKey, tokens: int) -> None:
-        return None
-
-    def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
-        return None
-
-    def cooldown(self, key: LimitKey, seconds: float) -> None:
-        return None
 
 
 def limit_table(settings: Settings) -> LimitTable:
