@@ -192,11 +192,6 @@ class Engine:
             if closer is not None:
                 await closer()
 
-    @property
-    def held(self) -> int:
-        """Rows claimed and not yet stored."""
-        return len(self._held)
-
     def drain(self) -> None:
         """Send nothing new: in-flight requests finish and are stored, the rest go back to the queue."""
         self.draining = True
