@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from pipeline.db import Database
 from pipeline.export import FORMATS, export_batch
-from pipeline.models import Attempt, Batch, Request, Result
+from pipeline.store.db import Database
+from pipeline.store.models import Attempt, Batch, Request, Result
 
 OUT = Path(__file__).resolve().parent / "out"
 CHUNK = 20_000

@@ -30,8 +30,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from pipeline import store
-from pipeline.db import open_database
+from pipeline.store import batches as store
+from pipeline.store.db import open_database
 
 KEY = "sk-bench-ratelimit"
 

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from pipeline.models import Base
 from pipeline.settings import Settings
+from pipeline.store.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings.load().db_url

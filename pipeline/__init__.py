@@ -17,8 +17,8 @@ from pipeline.errors import (
     RateLimited,
     RetryableError,
 )
-from pipeline.models import BatchState, RequestStatus
 from pipeline.settings import Settings
+from pipeline.store.models import BatchState, RequestStatus
 
 __all__ = [
     "APIError",

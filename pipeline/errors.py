@@ -13,11 +13,40 @@
             └── QuotaExhausted      429 insufficient_quota: pauses the whole batch
 
 Retry policy keys on RetryableError alone; the engine stores PermanentError on the row.
+
+`error_type` on a row or an attempt is the API's own error code when its answer gave one
+(`invalid_api_key`, `context_length_exceeded`, ...), else one of `ErrorType`, or `http_<status>` for an
+HTTP error status the table does not name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorType(StrEnum):
+    """Our names for what went wrong, stored in `error_type` when the API gave no code of its own."""
+
+    RATE_LIMITED = "rate_limit_exceeded"  #: 429 rate_limit_exceeded: retried after a cooldown
+    INSUFFICIENT_QUOTA = "insufficient_quota"  #: 429 insufficient_quota: the batch pauses
+    REQUEST_TOO_LARGE = "request_too_large"  #: 429 "Request too large": can never succeed
+    BAD_REQUEST = "bad_request"  #: 400
+    UNAUTHORIZED = "unauthorized"  #: 401
+    FORBIDDEN = "forbidden"  #: 403
+    NOT_FOUND = "not_found"  #: 404
+    REQUEST_TIMEOUT = "request_timeout"  #: 408
+    CONFLICT = "conflict"  #: 409
+    PAYLOAD_TOO_LARGE = "payload_too_large"  #: 413
+    UNPROCESSABLE = "unprocessable_entity"  #: 422
+    SERVER_ERROR = "server_error"  #: 5xx
+    API_ERROR = "api_error"  #: any other HTTP error without a code
+    TIMEOUT = "timeout"  #: no answer within the timeout
+    CONNECTION_ERROR = "connection_error"  #: the connection failed or broke
+    MISSING_AUDIO = "missing_audio"  #: the stored clip of an audio request is gone
+    INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
+    CANCELLED = "cancelled"  #: cancelled before it was sent
+    INTERNAL = "internal"  #: a bug in pipeline: the row went back to the queue
 
 
 class PipelineError(Exception):
@@ -69,7 +98,7 @@ class APIError(PipelineError):
         message: str,
         *,
         status: int | None = None,
-        error_type: str = "api_error",
+        error_type: str = ErrorType.API_ERROR,
         retry_after: float | None = None,
         body: bytes | None = None,
         request_id: str | None = None,

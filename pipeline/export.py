@@ -24,11 +24,12 @@ import orjson
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import InstrumentedAttribute
 
-from pipeline.db import Database
-from pipeline.errors import BatchNotFound, ConfigError
-from pipeline.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
+from pipeline.errors import BatchNotFound, ConfigError, ErrorType
+from pipeline.ids import openai_request_id
+from pipeline.store.db import Database
+from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "openai_id"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch"]
 
 #: Export formats, as the CLI offers them.
 FORMATS = ("csv", "jsonl", "openai")
@@ -266,14 +267,9 @@ _OPENAI_SELECT: tuple[_Column, ...] = (
 )
 
 
-def openai_id(request_id: int) -> str:
-    """The Batch API style id of a request: stable, since it derives from the row's primary key."""
-    return f"batch_req_{request_id:032x}"
-
-
 def _openai_error(status: str, error_type: str | None, message: str | None) -> dict[str, str | None]:
     if status == RequestStatus.CANCELLED:
-        return {"code": "cancelled", "message": message or "cancelled before it was sent"}
+        return {"code": ErrorType.CANCELLED, "message": message or "cancelled before it was sent"}
     return {"code": error_type or status, "message": message}
 
 
@@ -286,7 +282,7 @@ def _write_openai(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
         # reports it; `error` is for requests that never got one (timeouts, connection errors, cancelled).
         response = _response(*result)
         record = {
-            "id": openai_id(request_id),
+            "id": openai_request_id(request_id),
             "custom_id": custom_id,
             "response": response,
             "error": None if response is not None else _openai_error(status, error_type, error_message),

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from pipeline.db import open_database
-from pipeline.models import Attempt, Request, Result
 from pipeline.settings import Settings
+from pipeline.store.db import open_database
+from pipeline.store.models import Attempt, Request, Result
 
 
 def chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:

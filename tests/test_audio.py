@@ -23,12 +23,13 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import audio
 from pipeline.cli import EXIT_INVALID_INPUT
-from pipeline.db import open_database
 from pipeline.fakeapi import FakeServer
-from pipeline.models import Batch, Blob, Request
+from pipeline.send import transport
 from pipeline.settings import Settings
+from pipeline.store import blobs
+from pipeline.store.db import open_database
+from pipeline.store.models import Batch, Blob, Request
 from tests.conftest import TEST_KEY, invoke
 from tests.helpers import attempt_count, chat_line, db_rows, parse_csv, parse_jsonl, write_jsonl
 from tests.services import Fleet, wait_for
@@ -222,13 +223,13 @@ def test_a_clip_named_by_100_lines_is_stored_once(
 ) -> None:
     data = write_wav(tmp_path / "clips" / "same.wav", 1.0)
     hashed: list[Path] = []
-    real_hash = audio.hash_file
+    real_hash = blobs.hash_file
 
     def counting_hash(path: Path) -> tuple[str, int]:
         hashed.append(path)
         return real_hash(path)
 
-    monkeypatch.setattr(audio, "hash_file", counting_hash)
+    monkeypatch.setattr(blobs, "hash_file", counting_hash)
     # relative and absolute name one path; the `..` spelling is another path to the same content
     names = ["clips/same.wav", str(tmp_path / "clips" / "same.wav"), "clips/../clips/same.wav"]
     lines = [audio_line(f"l{i}", TRANSCRIPTIONS, names[i % 3], prompt=f"line {i}") for i in range(100)]
@@ -290,7 +291,7 @@ def test_form_fields_are_sent_in_order_with_lists_repeated() -> None:
         "timestamp_granularities": ["word", "segment"],
         "prompt": None,
     }
-    raw = asyncio.run(_render(audio.form_data(body, b"ID3 bytes")))
+    raw = asyncio.run(_render(transport.form_data(body, b"ID3 bytes")))
     names = re.findall(rb'; name="([^"]*)"', raw)
     granularities = [b"timestamp_granularities[]"] * 2
     assert names == [b"file", b"model", b"language", b"temperature", *granularities]

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from pipeline.cli import EXIT_INVALID_INPUT
-from pipeline.db import open_database
 from pipeline.fakeapi import FakeServer
-from pipeline.models import Batch, Request
 from pipeline.settings import Settings
+from pipeline.store.db import open_database
+from pipeline.store.models import Batch, Request
 from tests.conftest import invoke
 from tests.helpers import chat_line
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.classify import backoff_delay, classify, parse_duration, retry_after
 from pipeline.errors import PermanentError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.ratelimit.rules import parse_duration
+from pipeline.send.classify import backoff_delay, classify, retry_after
 
 
 def body(message: str, kind: str | None = None, code: str | None = None) -> bytes:

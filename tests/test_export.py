@@ -13,10 +13,11 @@ import orjson
 import pytest
 
 from pipeline import export
-from pipeline.db import Database
 from pipeline.errors import BatchNotFound, ConfigError
-from pipeline.export import CSV_COLUMNS, FORMATS, export_batch, openai_id
-from pipeline.models import Attempt, Batch, Request, Result
+from pipeline.export import CSV_COLUMNS, FORMATS, export_batch
+from pipeline.ids import openai_request_id as openai_id
+from pipeline.store.db import Database
+from pipeline.store.models import Attempt, Batch, Request, Result
 
 T0 = datetime(2026, 11, 1, 12, 0, 0)
 

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.endpoints import ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
-from pipeline.jobfile import ENDPOINTS, MAX_AUDIO_BYTES, JobLine, JobReader
+from pipeline.jobs.reader import JobLine, JobReader
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -31,9 +31,9 @@ from pipeline.fakeapi import FakeConfig
 # The fake's meter, driven in process: a server enforcing the limit in 1-second buckets, without HTTP.
 from pipeline.fakeapi._limits import RateLimiter
 from pipeline.fakeapi._protocol import ApiError
-from pipeline.limiter_local import LocalLimiter
-from pipeline.limiter_redis import RedisLimiter, redis_key
-from pipeline.limits import (
+from pipeline.ratelimit.local import LocalLimiter
+from pipeline.ratelimit.redis import RedisLimiter, redis_key
+from pipeline.ratelimit.rules import (
     BURST_SECONDS,
     MARGIN,
     PROBE_IN_FLIGHT,
@@ -418,8 +418,8 @@ def test_redis_shares_cooldowns_and_learned_limits(limiter_redis_url: str) -> No
 
 CHILD = """
 import asyncio, json, sys, time
-from pipeline.limiter_redis import RedisLimiter
-from pipeline.limits import LimitKey, LimitTable, Limits
+from pipeline.ratelimit.redis import RedisLimiter
+from pipeline.ratelimit.rules import LimitKey, LimitTable, Limits
 
 url, fingerprint, start, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pipeline.db import Database
-from pipeline.models import Base
+from pipeline.store.db import Database
+from pipeline.store.models import Base
 from tests.conftest import invoke
 
 
@@ -36,7 +36,7 @@ def test_upgrading_an_old_schema_keeps_its_rows(tmp_path: Path) -> None:
     from alembic import command
     from sqlalchemy import text
 
-    from pipeline.db import alembic_config
+    from pipeline.store.db import alembic_config
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.upgrade(alembic_config(url), "0001")

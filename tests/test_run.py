@@ -192,9 +192,9 @@ def test_a_failing_write_is_retried_and_nothing_is_lost(
     """The writer must survive any error (here the pool's TimeoutError), or chunks would wait forever."""
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    from pipeline import store
+    from pipeline.store import claims
 
-    real_record, failures = store.record, []
+    real_record, failures = claims.record, []
 
     def flaky_record(*args: object, **kwargs: object) -> None:
         if len(failures) < 2:
@@ -202,7 +202,7 @@ def test_a_failing_write_is_retried_and_nothing_is_lost(
             raise PoolTimeout("QueuePool limit reached")
         real_record(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "record", flaky_record)
+    monkeypatch.setattr(claims, "record", flaky_record)
     code, out, err = run(fake, chat_file(tmp_path / "jobs.jsonl", 50))
     assert code == 0, err
     assert len(failures) == 2

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, select
 
-from pipeline.db import open_database
-from pipeline.engine import Engine
 from pipeline.errors import APIError
 from pipeline.fakeapi import FakeServer
+from pipeline.ratelimit.local import LocalLimiter
+from pipeline.send.engine import Engine
 from pipeline.settings import Settings
+from pipeline.store.db import open_database
 from tests.conftest import TEST_KEY, invoke
 from tests.helpers import chat_file, chat_line, write_jsonl
 
@@ -48,7 +49,7 @@ def test_the_key_leaks_nowhere(
         repr(settings),
         str(settings),
         repr(settings.api_key),
-        repr(Engine(settings, open_database(settings.db_url))),
+        repr(Engine(settings, open_database(settings.db_url), LocalLimiter())),
     ]
     outputs += [record.getMessage() + str(record.exc_info) for record in caplog.records]
     outputs.append(_dump_database(settings))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.tokens import (
+from pipeline.send.tokens import (
     DEFAULT_COMPLETION_TOKENS,
     TOKENS_PER_MESSAGE,
     completion_budget,

@@ -1,7 +1,7 @@
 """The `pipeline` command. Commands parse, call the library, and format: data to stdout, the rest to stderr.
 
 Exit codes: 0 success; 1 an expected failure (message on stderr); 2 a bad invocation; and the named
-EXIT_* constants below.
+EXIT_* constants of exits.py.
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ from typing import Any
 
 import click
 
-from pipeline.cli.dispatch import EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.exits import EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
 from pipeline.errors import JobFileError, PipelineError
-
-#: The job file has invalid lines; nothing was stored or sent.
-EXIT_INVALID_INPUT = 4
 
 __all__ = ["EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 

@@ -10,11 +10,12 @@ from typing import Any, BinaryIO
 import click
 import orjson
 
-from pipeline import store
-from pipeline.cli.dispatch import dispatch
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
 from pipeline.cli.render import batch_report, print_batches, print_report
+from pipeline.cli.sending import send
 from pipeline.export import FORMATS, export_batch
+from pipeline.store import batches as batch_store
+from pipeline.store.models import RequestStatus
 
 
 @click.command()
@@ -28,7 +29,7 @@ def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
     running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors.
     """
     db = database(pop_settings(params))
-    report = batch_report(db, store.get_batch(db, batch_id))
+    report = batch_report(db, batch_store.get_batch(db, batch_id))
     if as_json:
         click.echo(orjson.dumps(report).decode())
     else:
@@ -50,7 +51,7 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
     db = database(pop_settings(params))
-    batch = store.get_batch(db, batch_id)
+    batch = batch_store.get_batch(db, batch_id)
     with ExitStack() as stack:
         out: BinaryIO = sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
         n = export_batch(db, batch.id, fmt, out)
@@ -68,7 +69,7 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
 def batches(as_json: bool, limit: int, **params: Any) -> None:
     """List the newest batches with their counts by status."""
     db = database(pop_settings(params))
-    rows = store.list_batches(db, limit)
+    rows = batch_store.list_batches(db, limit)
     if as_json:
         for batch, counts in rows:
             click.echo(
@@ -91,11 +92,11 @@ def cancel(batch_id: str, wait: float, **params: Any) -> None:
     API receives nothing more for this batch.
     """
     db = database(pop_settings(params))
-    batch = store.get_batch(db, batch_id)
-    cancelled = store.cancel_batch(db, batch.id)
+    batch = batch_store.get_batch(db, batch_id)
+    cancelled = batch_store.cancel_batch(db, batch.id)
     click.echo(f"batch {batch.id}: {cancelled} queued requests cancelled", err=True)
     deadline = time.monotonic() + wait
-    while (running := store.running_count(db, batch.id)) and time.monotonic() < deadline:
+    while (running := batch_store.running_count(db, batch.id)) and time.monotonic() < deadline:
         time.sleep(0.2)
     if running:
         click.echo(f"{running} requests still in flight after {wait:g}s; they will finish", err=True)
@@ -123,10 +124,10 @@ def retry(batch_id: str, statuses: tuple[str, ...], **params: Any) -> None:
     """
     settings = pop_settings(params)
     db = database(settings)
-    batch = store.get_batch(db, batch_id)
-    count = store.requeue_final(db, batch.id, statuses)
+    batch = batch_store.get_batch(db, batch_id)
+    count = batch_store.requeue_final(db, batch.id, [RequestStatus(s) for s in statuses])
     click.echo(f"batch {batch.id}: {count} requests queued again", err=True)
-    sys.exit(dispatch(settings, db, batch.id))
+    sys.exit(send(settings, db, batch.id))
 
 
 @click.command()
@@ -138,10 +139,10 @@ def resume(batch_id: str, **params: Any) -> None:
     """Continue a paused BATCH (for example after the account's quota was restored)."""
     settings = pop_settings(params)
     db = database(settings)
-    batch = store.get_batch(db, batch_id)
-    store.requeue_final(db, batch.id, [])
+    batch = batch_store.get_batch(db, batch_id)
+    batch_store.requeue_final(db, batch.id, [])
     click.echo(f"batch {batch.id} resumed", err=True)
-    sys.exit(dispatch(settings, db, batch.id))
+    sys.exit(send(settings, db, batch.id))
 
 
 COMMANDS = [status, export, batches, cancel, retry, resume]

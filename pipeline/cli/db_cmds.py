@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from pipeline.cli.options import pop_settings, store_options
-from pipeline.db import Database
 from pipeline.settings import mask_url
+from pipeline.store.db import Database
 
 
 @click.group()

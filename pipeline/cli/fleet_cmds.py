@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
-from pipeline import store
-from pipeline.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_chunks
+from pipeline import dispatch
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
 from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option, store_from_params
 from pipeline.errors import DuplicateBatch
-from pipeline.worker import install
+from pipeline.fleet.broker import DEFAULT_QUEUE
+from pipeline.fleet.worker import install
 
 
 @click.command()
@@ -34,18 +34,14 @@ def submit(**params: Any) -> None:
     queue = params.pop("queue")
     settings = pop_settings(params)
     db = database(settings)
-    app = make_celery(settings)
-    check_broker(app)
+    app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
     try:
         intake = store_from_params(db, settings, params)
     except DuplicateBatch as dup:
         click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
         click.echo(dup.batch_id)
         return
-    store.mark_enqueued(db, intake.batch_id)
-    messages = publish_chunks(
-        app, intake.batch_id, store.queued_ids(db, intake.batch_id), settings.chunk_size, queue
-    )
+    messages = dispatch.enqueue(app, settings, db, intake.batch_id, queue)
     click.echo(
         f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued", err=True
     )
@@ -72,8 +68,7 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     settings = pop_settings(params)
     settings.require_api_key()
     database(settings)
-    app = make_celery(settings)
-    check_broker(app)
+    app = dispatch.connect_broker(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     install(app, settings, queue_list)
     app.worker_main(

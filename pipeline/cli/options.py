@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.db import Database, open_database
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
+from pipeline.store.db import Database, open_database
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.engine import Engine
+from pipeline.send.engine import Engine
 
 #: Seconds between redraws.
 REFRESH_SECONDS = 0.25
@@ -51,7 +51,7 @@ class LiveProgress:
             self._progress.update(
                 self._task,
                 completed=self.done_before + s.succeeded + s.failed + s.cancelled,
-                detail=f"ok {s.succeeded}  failed {s.failed}  in flight {s.in_flight}  "
+                detail=f"ok {s.succeeded}  failed {s.failed}  in flight {engine.in_flight}  "
                 f"429s {s.rate_limited}  tokens {s.total_tokens:,}",
             )
             await asyncio.sleep(REFRESH_SECONDS)

@@ -9,15 +9,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import store
-from pipeline.db import Database
-from pipeline.models import Batch, RequestStatus, utcnow
+from pipeline.store import batches, limit_states
+from pipeline.store.db import Database
+from pipeline.store.models import Batch, RequestStatus, utcnow
 
 
 def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = None) -> dict[str, Any]:
     """Everything `status` shows, as plain JSON-ready values."""
-    counts = counts or store.status_counts(db, batch.id)
-    attempts = store.attempt_stats(db, batch.id)
+    counts = counts or batches.status_counts(db, batch.id)
+    attempts = batches.attempt_stats(db, batch.id)
     unfinished = counts[RequestStatus.QUEUED] + counts[RequestStatus.RUNNING]
     end = utcnow() if unfinished or attempts["last_finished_at"] is None else attempts["last_finished_at"]
     elapsed = (end - batch.created_at).total_seconds()
@@ -29,10 +29,10 @@ def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = Non
         "created_at": _iso(batch.created_at),
         "elapsed_seconds": round(elapsed, 3),
         **counts,
-        "tokens": store.token_totals(db, batch.id),
+        "tokens": batches.token_totals(db, batch.id),
         "attempts": attempts["attempts"],
         "rate_limited": attempts["rate_limited"],
-        "errors": dict(store.error_breakdown(db, batch.id)),
+        "errors": dict(batches.error_breakdown(db, batch.id)),
         "limits": _limits(db, batch),
     }
 
@@ -43,7 +43,7 @@ FRESH_SECONDS = 30
 
 def _limits(db: Database, batch: Batch) -> list[dict[str, Any]]:
     """The limits in force for the batch's API and key, with the recent send rate where it is fresh."""
-    states = store.limit_states(db, batch.base_url, batch.key_fingerprint)
+    states = limit_states.limit_states(db, batch.base_url, batch.key_fingerprint)
     now = utcnow()
     return [
         {

@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from pipeline.cli.dispatch import run_here
 from pipeline.cli.options import api_options, database, pop_settings, store_options
-from pipeline.db import Database
+from pipeline.cli.sending import run_here
+from pipeline.endpoints import ENDPOINTS
 from pipeline.errors import DuplicateBatch
-from pipeline.intake import Intake, store_job_file
-from pipeline.jobfile import ENDPOINTS
+from pipeline.jobs.intake import Intake, store_job_file
 from pipeline.settings import Settings
+from pipeline.store.db import Database
 
 endpoint_option = click.option(
     "--endpoint",

@@ -32,7 +32,7 @@ def broker_url(settings: Settings) -> str:
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for these settings. Tasks are registered by `pipeline.worker` when a worker starts."""
+    """A Celery app for these settings. `pipeline.fleet.worker` registers the tasks when a worker starts."""
     url = broker_url(settings)
     app = Celery("pipeline", broker=url, set_as_current=False)
     app.conf.update(

@@ -26,7 +26,7 @@ SQLITE_BUSY_SECONDS = 60
 
 
 def migrations_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(url: str) -> Any:

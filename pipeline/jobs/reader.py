@@ -22,31 +22,15 @@ from typing import IO, Any
 
 import orjson
 
-from pipeline._validate import (
-    AUDIO_EXTENSIONS,
-    AUDIO_URLS,
-    BODY_CHECKS,
-    ENDPOINTS,
-    MAX_AUDIO_BYTES,
-    check_audio_file,
-    check_audio_params,
-    json_type,
-)
+from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
 from pipeline.errors import ConfigError, LineError
+from pipeline.ids import line_custom_id
+from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, json_type
 
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "AUDIO_URLS",
-    "ENDPOINTS",
-    "MAX_AUDIO_BYTES",
-    "JobLine",
-    "JobReader",
-]
+__all__ = ["JobLine", "JobReader"]
 
 #: the keys of a Batch API line; any other top-level key is reported, never dropped
 BATCH_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "body"})
-#: every url a line may name
-_URLS: frozenset[str] = frozenset(ENDPOINTS.values())
 _UTF8_BOM = b"\xef\xbb\xbf"
 #: the name LineError gives standard input
 STDIN_NAME = "<stdin>"
@@ -86,7 +70,7 @@ class JobReader:
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
         self._base_dir = Path.cwd() if self._stdin else Path(path).absolute().parent
-        self._url = ENDPOINTS[endpoint] if endpoint is not None else None
+        self._url = ENDPOINTS[endpoint].url if endpoint is not None else None
         self._hash: str | None = None
         self._started = False
 
@@ -139,7 +123,7 @@ class JobReader:
         if not isinstance(value, dict):
             return LineError(self._name, number, f"expected a JSON object, got {json_type(value)}")
         if self._url is not None and not ("url" in value and "body" in value):
-            custom_id = f"line-{number}"
+            custom_id = line_custom_id(number)
             problem = _register(custom_id, number, seen)
             if problem is None:
                 return self._check_body(number, custom_id, self._url, value)
@@ -216,8 +200,8 @@ def _check_request(value: dict[str, Any]) -> str | None:
     url = value["url"]
     if not isinstance(url, str):
         return f"url: must be a string, got {json_type(url)}"
-    if url not in _URLS:
-        return f"url: unknown endpoint {url!r} (expected one of {', '.join(ENDPOINTS.values())})"
+    if url not in BY_URL:
+        return f"url: unknown endpoint {url!r} (expected one of {', '.join(BY_URL)})"
     if "body" not in value:
         return "body: required"
     if not isinstance(value["body"], dict):

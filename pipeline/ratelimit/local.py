@@ -7,7 +7,7 @@ the bucket holds BURST_SECONDS of it. A request fits when its cost, clipped to t
 to one minute's worth), so big requests borrow from the following seconds and the long-run rate
 holds. Buckets start empty, so a fresh key ramps at the steady rate instead of bursting.
 
-The arithmetic is in `KeyState`; limiter_redis.py runs the same rules in Lua. Senders of one key
+The arithmetic is in `KeyState` (with rules.Pace); redis.py runs the same rules in Lua. Senders of one key
 queue FIFO: only the head of the queue computes and sleeps. `snapshot` is synchronous here.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.limits import (
+from pipeline.ratelimit.rules import (
     BURST_SECONDS,
     MARGIN,
     MIN_SLEEP,
@@ -31,6 +31,7 @@ from pipeline.limits import (
     LimitKey,
     Limits,
     LimitTable,
+    Pace,
     RateHeaders,
     describe,
     in_force,
@@ -38,43 +39,6 @@ from pipeline.limits import (
 
 #: A wait this short counts as none (float rounding after sleeping exactly the wait asked for).
 EPSILON = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class Pace:
-    """How close to the limits to run: see MARGIN, BURST_SECONDS and PROBE_IN_FLIGHT."""
-
-    margin: float = MARGIN
-    burst: float = BURST_SECONDS
-    probe_in_flight: int = PROBE_IN_FLIGHT
-    #: Give back the unused part of a reservation (False: only charge answers that used more).
-    refund: bool = True
-
-    def rate(self, limit: int) -> float:
-        """Units per second aimed at for a per-minute `limit`."""
-        return limit * self.margin / 60.0
-
-    def wait(self, tat: float | None, now: float, cost: float, limit: int) -> float:
-        """Seconds until `cost` fits the bucket (<= 0: it fits now)."""
-        tat = now + self.burst if tat is None else tat
-        return max(tat, now) - now - (self.burst - min(cost / self.rate(limit), self.burst))
-
-    def charge(self, tat: float | None, now: float, cost: float, limit: int) -> float:
-        """The bucket's `tat` after taking `cost` (clipped to one minute's worth)."""
-        tat = now + self.burst if tat is None else tat
-        return max(tat, now) + min(cost, limit) / self.rate(limit)
-
-    def available(self, tat: float | None, now: float, limit: int | None) -> float | None:
-        """What the bucket holds now (negative: borrowed from the coming seconds); None without a limit."""
-        if limit is None:
-            return None
-        tat = now + self.burst if tat is None else tat
-        return (self.burst - (max(tat, now) - now)) * self.rate(limit)
-
-    def tighten(self, tat: float | None, now: float, limit: int, remaining: int, reset: float) -> float:
-        """Empty the bucket enough that at most `remaining` go out in the next `reset` seconds."""
-        tat = now + self.burst if tat is None else tat
-        return max(tat, now + self.burst + reset - remaining / self.rate(limit))
 
 
 @dataclass

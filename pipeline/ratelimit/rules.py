@@ -1,8 +1,7 @@
-"""The rate-limiter seam: every attempt acquires before sending and settles after the answer.
+"""The rules both limiters follow: keys, given and learned limits, the rate-limit headers, the pacing.
 
-`Limiter` is what the engine calls; `make_limiter` builds one from the settings.
-`LocalLimiter` (limiter_local.py) paces one process, `RedisLimiter` (limiter_redis.py) every process
-sharing a Redis; both follow the rules below, so they are interchangeable.
+`LocalLimiter` (local.py) paces one process, `RedisLimiter` (redis.py) every process sharing a Redis;
+both follow the rules below, so they are interchangeable.
 
 Limits are per `LimitKey`: requests per minute (RPM) and tokens per minute (TPM), each given by the
 user (a `LimitTable`), learned from the `x-ratelimit-limit-*` headers, or unknown. When both are
@@ -25,17 +24,16 @@ leaving the field out means "not given"). Unknown fields are an error.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from pipeline.classify import parse_duration
 from pipeline.errors import ConfigError
-from pipeline.settings import Settings
 
 #: Fraction of a limit the limiters aim at. Servers count in short windows (6,000 RPM as 100 per second)
 #: and requests reach them with some jitter: 1% slack (one request a second at 6,000 RPM) kept 429s
@@ -148,6 +146,24 @@ def _positive(value: object, what: str) -> int | None:
     return value
 
 
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1h23m31s`); None when unparseable."""
+    if not text:
+        return None
+    text = text.strip()
+    found = _GO_DURATION.findall(text)
+    if not found or "".join(n + u for n, u in found) != text:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in found)
+
+
 @dataclass(frozen=True, slots=True)
 class RateHeaders:
     """What one answer's `x-ratelimit-*` headers say; None where a header is absent or unreadable."""
@@ -162,8 +178,15 @@ class RateHeaders:
     reset_requests: float | None = None
     reset_tokens: float | None = None
 
+    def reset(self, kind: str | None = None) -> float | None:
+        """Seconds until the `kind` budget (requests or tokens; the longer of both when None) is whole."""
+        resets = {"requests": self.reset_requests, "tokens": self.reset_tokens}
+        found = [v for k, v in resets.items() if v is not None and kind in (None, k)]
+        return max(found) if found else None
+
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
+        """The one reader of `x-ratelimit-*` headers, for the limiters and for retry waits."""
         # aiohttp's headers are already case-insensitive; copying them per answer showed in profiles.
         found = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else _lowered(headers)
         return cls(
@@ -228,42 +251,46 @@ def describe(
     }
 
 
-class Limiter(Protocol):
-    async def acquire(self, key: LimitKey, tokens: int) -> None:
-        """Wait until one request costing `tokens` may be sent, and reserve it."""
-
-    def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
-        """After an answer: refund or charge the difference, and learn from the x-ratelimit-* headers."""
-
-    def cooldown(self, key: LimitKey, seconds: float) -> None:
-        """A 429 said wait: hold every sender of this key for `seconds`."""
-
-
-def limit_table(settings: Settings) -> LimitTable:
-    """The given limits: the limits file, with --rpm/--tpm over its "*" entry."""
-    table = LimitTable.from_file(settings.limits_file) if settings.limits_file else LimitTable()
-    return table.with_default(Limits(settings.rpm, settings.tpm))
-
-
-def shared_redis_url(settings: Settings) -> str | None:
-    """Where limiter state is shared: PIPELINE_REDIS_URL, else a Redis broker; None keeps it in-process."""
-    if settings.redis_url:
-        return settings.redis_url
-    broker = settings.broker_url or ""
-    return broker if broker.startswith(("redis://", "rediss://")) else None
-
-
-def make_limiter(settings: Settings, redis_url: str | None) -> Limiter:
-    """A Redis-backed limiter shared by every process when `redis_url` is given, else an in-process one."""
-    table = limit_table(settings)
-    if redis_url:
-        from pipeline.limiter_redis import RedisLimiter
-
-        return RedisLimiter(redis_url, table)
-    from pipeline.limiter_local import LocalLimiter
-
-    return LocalLimiter(table)
-
-
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How close to the limits to run: see MARGIN, BURST_SECONDS and PROBE_IN_FLIGHT.
+
+    The arithmetic of a GCRA bucket kept as one number, `tat` (the time the bucket is full again); the Redis
+    limiter's Lua scripts repeat it.
+    """
+
+    margin: float = MARGIN
+    burst: float = BURST_SECONDS
+    probe_in_flight: int = PROBE_IN_FLIGHT
+    #: Give back the unused part of a reservation (False: only charge answers that used more).
+    refund: bool = True
+
+    def rate(self, limit: int) -> float:
+        """Units per second aimed at for a per-minute `limit`."""
+        return limit * self.margin / 60.0
+
+    def wait(self, tat: float | None, now: float, cost: float, limit: int) -> float:
+        """Seconds until `cost` fits the bucket (<= 0: it fits now)."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now) - now - (self.burst - min(cost / self.rate(limit), self.burst))
+
+    def charge(self, tat: float | None, now: float, cost: float, limit: int) -> float:
+        """The bucket's `tat` after taking `cost` (clipped to one minute's worth)."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now) + min(cost, limit) / self.rate(limit)
+
+    def available(self, tat: float | None, now: float, limit: int | None) -> float | None:
+        """What the bucket holds now (negative: borrowed from the coming seconds); None without a limit."""
+        if limit is None:
+            return None
+        tat = now + self.burst if tat is None else tat
+        return (self.burst - (max(tat, now) - now)) * self.rate(limit)
+
+    def tighten(self, tat: float | None, now: float, limit: int, remaining: int, reset: float) -> float:
+        """Empty the bucket enough that at most `remaining` go out in the next `reset` seconds."""
+        tat = now + self.burst if tat is None else tat
+        return max(tat, now + self.burst + reset - remaining / self.rate(limit))

@@ -1,6 +1,6 @@
 """RedisLimiter: one budget per key for every process on every machine that shares a Redis.
 
-The rules are LocalLimiter's (limiter_local.py); the state lives in one Redis hash per key,
+The rules are LocalLimiter's (local.py); the state lives in one Redis hash per key,
 `pipeline:limit:<sha1 of str(LimitKey)>`, and changes only inside Lua scripts, which Redis runs
 atomically and which read the clock with `TIME` (client clocks never matter). The hash expires
 TTL seconds after it was last touched, learned limits included.
@@ -43,8 +43,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 
-from pipeline.limiter_local import Pace
-from pipeline.limits import (
+from pipeline.ratelimit.rules import (
     BURST_SECONDS,
     MARGIN,
     MIN_SLEEP,
@@ -55,6 +54,7 @@ from pipeline.limits import (
     LimitKey,
     Limits,
     LimitTable,
+    Pace,
     RateHeaders,
     describe,
     in_force,

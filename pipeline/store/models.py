@@ -12,6 +12,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -56,6 +57,17 @@ class Dispatch(StrEnum):
     BROKER = "broker"  #: sent to workers through the broker (`pipeline submit`)
 
 
+def _states(enum: type[StrEnum]) -> Enum:
+    """A column holding one of `enum`'s values as a plain string (no database enum type, no constraint)."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -69,13 +81,13 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     source: Mapped[str] = mapped_column(Text)  #: the job file's path as given
     content_hash: Mapped[str] = mapped_column(String(64), index=True)  #: sha256 of the file and its options
-    state: Mapped[str] = mapped_column(String(16), default=BatchState.ACTIVE)
+    state: Mapped[BatchState] = mapped_column(_states(BatchState), default=BatchState.ACTIVE)
     pause_reason: Mapped[str | None] = mapped_column(Text)
     base_url: Mapped[str] = mapped_column(Text)
     organization: Mapped[str | None] = mapped_column(String(128))
     key_fingerprint: Mapped[str] = mapped_column(String(32))  #: a hash of the API key, never the key
     total: Mapped[int] = mapped_column(Integer, default=0)
-    dispatch: Mapped[str] = mapped_column(String(16), default="local")  #: local (pipeline run) or broker
+    dispatch: Mapped[Dispatch] = mapped_column(_states(Dispatch), default=Dispatch.LOCAL)
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
@@ -97,7 +109,7 @@ class Request(Base):
     custom_id: Mapped[str] = mapped_column(String(512))
     url: Mapped[str] = mapped_column(String(64))  #: /v1/chat/completions, /v1/completions, ...
     body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
-    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.QUEUED)
+    status: Mapped[RequestStatus] = mapped_column(_states(RequestStatus), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)  #: last time a broker message named it

@@ -1,4 +1,4 @@
-"""Per-endpoint checks of a request body, used by `pipeline.jobfile`.
+"""Per-endpoint checks of a request body, used by the job-file reader.
 
 Each check returns the first problem as `"body.messages[2].role: required"`, or None when the body is fine.
 Only what would make the request fail for certain is checked; every other parameter passes through untouched,
@@ -14,26 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: canonical url for each --endpoint shorthand name
-ENDPOINTS: dict[str, str] = {
-    "chat": "/v1/chat/completions",
-    "completions": "/v1/completions",
-    "transcriptions": "/v1/audio/transcriptions",
-    "translations": "/v1/audio/translations",
-}
-#: urls whose body names an audio file to upload
-AUDIO_URLS: frozenset[str] = frozenset({ENDPOINTS["transcriptions"], ENDPOINTS["translations"]})
-#: audio file extensions the API accepts (lower case, no dot)
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"}
+from pipeline.endpoints import (
+    AUDIO_EXTENSIONS,
+    AUDIO_RESPONSE_FORMATS,
+    ENDPOINTS,
+    MAX_AUDIO_BYTES,
 )
-#: the API's upload limit for one audio file
-MAX_AUDIO_BYTES = 25 * 1024 * 1024
 
 #: roles a chat message may have
 CHAT_ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-#: `response_format` values the audio endpoints accept
-AUDIO_RESPONSE_FORMATS: frozenset[str] = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 
 _PROMPT_TYPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
 
@@ -172,7 +161,7 @@ def check_audio_params(url: str, body: dict[str, Any]) -> str | None:
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             return f"body.{key}: must be a string, got {json_type(value)}"
-    if "language" in body and url == ENDPOINTS["translations"]:
+    if "language" in body and url == ENDPOINTS["translations"].url:
         return "body.language: not accepted by translations"
     return None
 
@@ -226,6 +215,6 @@ def _check_readable(path: Path, name: str, mode: int) -> str | None:
 
 #: body check for each non-audio url
 BODY_CHECKS: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    ENDPOINTS["chat"]: check_chat,
-    ENDPOINTS["completions"]: check_completions,
+    ENDPOINTS["chat"].url: check_chat,
+    ENDPOINTS["completions"].url: check_completions,
 }

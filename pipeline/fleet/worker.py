@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 from celery import Celery, signals
 from celery.exceptions import Reject
 
-from pipeline import store
-from pipeline.broker import TASK_NAME, publish_chunks, queue_size
-from pipeline.db import Database, open_database
-from pipeline.engine import Engine
-from pipeline.limits import make_limiter, shared_redis_url
-from pipeline.models import RequestStatus
-from pipeline.runner import new_event_loop
+from pipeline.fleet.broker import TASK_NAME, publish_chunks, queue_size
+from pipeline.ratelimit import make_limiter, shared_redis_url
+from pipeline.send.engine import Engine
+from pipeline.send.runner import new_event_loop
 from pipeline.settings import Settings
+from pipeline.store import claims, recovery
+from pipeline.store.db import Database, open_database
+from pipeline.store.models import RequestStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class WorkerRuntime:
     def run_chunk(self, batch_id: str, ids: list[int]) -> None:
         """Claim and work the chunk; raise Reject(requeue) if rows went back to the queue (drain, pause)."""
         assert self.engine is not None
-        rows = store.claim(self.db, ids, self.engine.worker, self.settings.lease_seconds)
+        rows = claims.claim(self.db, ids, self.engine.worker, self.settings.lease_seconds)
         if not rows:
             return
         outcomes = self._call(self.engine.process(rows))
@@ -79,9 +79,7 @@ class WorkerRuntime:
 
     async def _open_engine(self) -> Engine:
         # One budget for every worker: the limiter lives in Redis when there is one.
-        engine = Engine(
-            self.settings, self.db, limiter=make_limiter(self.settings, shared_redis_url(self.settings))
-        )
+        engine = Engine(self.settings, self.db, make_limiter(self.settings, shared_redis_url(self.settings)))
         return await engine.__aenter__()
 
     async def _keep(self) -> None:
@@ -95,9 +93,9 @@ class WorkerRuntime:
                 log.warning("recovery pass failed", exc_info=True)
 
     def _recover(self, period: float) -> None:
-        rows = store.requeue_expired(self.db)
+        rows = recovery.requeue_expired(self.db)
         if all(queue_size(self.app, q) == 0 for q in self.queues):
-            rows += store.take_unsent(self.db, older_than=4 * period)
+            rows += recovery.take_unsent(self.db, older_than=4 * period)
         by_batch: dict[str, list[int]] = defaultdict(list)
         for batch_id, request_id in rows:
             by_batch[batch_id].append(request_id)

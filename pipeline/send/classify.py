@@ -17,13 +17,14 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
 
-from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
-from pipeline.models import utcnow
+from pipeline.errors import APIError, ErrorType, PermanentError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.ratelimit.rules import RateHeaders
 
 #: First backoff when the server gives no hint, as the official client does.
 INITIAL_BACKOFF = 0.5
@@ -34,23 +35,7 @@ MAX_SERVER_WAIT = 600.0
 #: Statuses worth another attempt besides 429 and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409})
 
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1h23m31s`); None when unparseable."""
-    if not text:
-        return None
-    text = text.strip()
-    parts = _GO_DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        try:
-            return float(text)
-        except ValueError:
-            return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 def retry_after(headers: Mapping[str, str], message: str = "", kind: str | None = None) -> float | None:
@@ -70,15 +55,14 @@ def retry_after(headers: Mapping[str, str], message: str = "", kind: str | None 
             return float(ra)
         except ValueError:
             try:
-                return max(0.0, (parsedate_to_datetime(ra).replace(tzinfo=None) - utcnow()).total_seconds())
+                when = parsedate_to_datetime(ra)
+                return max(0.0, (when - datetime.now(UTC)).total_seconds())
             except (TypeError, ValueError):
                 pass
     if match := _TRY_AGAIN.search(message):
         value = float(match.group(1))
         return value / 1000.0 if match.group(2).lower() == "ms" else value
-    kinds = [kind] if kind in ("requests", "tokens") else ["requests", "tokens"]
-    resets = [d for k in kinds if (d := parse_duration(lower.get(f"x-ratelimit-reset-{k}"))) is not None]
-    return max(resets) if resets else None
+    return RateHeaders.parse(headers).reset(kind if kind in ("requests", "tokens") else None)
 
 
 def error_fields(body: bytes) -> tuple[str | None, str | None, str]:
@@ -108,11 +92,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> APIError |
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
     if status == 429:
         if code == "insufficient_quota" or kind == "insufficient_quota":
-            return QuotaExhausted(text, error_type="insufficient_quota", **common)
+            return QuotaExhausted(text, error_type=ErrorType.INSUFFICIENT_QUOTA, **common)
         if message.lower().startswith("request too large"):
-            return PermanentError(text, error_type="request_too_large", **common)
+            return PermanentError(text, error_type=ErrorType.REQUEST_TOO_LARGE, **common)
         wait = retry_after(headers, message, kind)
-        return RateLimited(text, error_type=code or "rate_limit_exceeded", retry_after=wait, **common)
+        return RateLimited(text, error_type=code or ErrorType.RATE_LIMITED, retry_after=wait, **common)
     if status >= 500 or status in RETRYABLE_STATUSES:
         wait = retry_after(headers, message)
         return RetryableError(
@@ -135,14 +119,20 @@ def backoff_delay(
     return base * (0.75 + 0.25 * rand())
 
 
+#: Our error type for an HTTP error status whose body names no code.
+_STATUS_TYPES = {
+    400: ErrorType.BAD_REQUEST,
+    401: ErrorType.UNAUTHORIZED,
+    403: ErrorType.FORBIDDEN,
+    404: ErrorType.NOT_FOUND,
+    408: ErrorType.REQUEST_TIMEOUT,
+    409: ErrorType.CONFLICT,
+    413: ErrorType.PAYLOAD_TOO_LARGE,
+    422: ErrorType.UNPROCESSABLE,
+}
+
+
 def _status_name(status: int) -> str:
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        408: "request_timeout",
-        409: "conflict",
-        413: "payload_too_large",
-        422: "unprocessable_entity",
-    }.get(status, "server_error" if status >= 500 else f"http_{status}")
+    if status >= 500:
+        return ErrorType.SERVER_ERROR
+    return _STATUS_TYPES.get(status, f"http_{status}")

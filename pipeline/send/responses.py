@@ -40,14 +40,15 @@ def parse_success(body: bytes, content_type: str | None) -> Parsed:
     audio_seconds = _number(data.get("duration"))
     if usage.get("type") == "duration":
         audio_seconds = _number(usage.get("seconds"))
+    prompt, completion, total = _tokens(usage)
     return Parsed(
         response_id=_str(data.get("id")),
         model=_str(data.get("model")),
         finish_reasons="|".join(reasons) if reasons else None,
         output=_first_output(choices) if choices is not None else _str(data.get("text")),
-        prompt_tokens=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
-        completion_tokens=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
-        total_tokens=_int(usage.get("total_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
         audio_seconds=audio_seconds,
     )
 
@@ -59,11 +60,14 @@ def usage_of(body: bytes) -> tuple[int | None, int | None, int | None]:
     except orjson.JSONDecodeError:
         return None, None, None
     usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return None, None, None
+    return _tokens(usage) if isinstance(usage, dict) else (None, None, None)
+
+
+def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """The one reading of a `usage` object: (prompt, completion, total), token-billed audio names included."""
     return (
-        _int(usage.get("prompt_tokens")),
-        _int(usage.get("completion_tokens")),
+        _int(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        _int(usage.get("completion_tokens", usage.get("output_tokens"))),
         _int(usage.get("total_tokens")),
     )
 

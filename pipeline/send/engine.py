@@ -1,10 +1,11 @@
 """The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
 
 The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
-take a slot (max in flight) -> check the batch still runs -> limiter.acquire -> HTTP -> classify ->
-limiter.settle -> record the attempt. tenacity owns retries (RetryableError only, `backoff_delay` waits).
-Outcomes go to a writer task that stores them in batched transactions; a keeper renews the leases of held
-rows, and a watcher notices batches paused or cancelled by others.
+take a slot (max in flight) -> check the batch still runs -> limiter.acquire -> HTTP (transport.py) ->
+classify -> limiter.settle -> record the attempt. tenacity owns retries (RetryableError only,
+`backoff_delay` waits). Outcomes go to the writer (writer.py), which stores them in batched transactions;
+a keeper renews the leases of held rows, and a watcher notices batches paused or cancelled by others.
+The caller chooses the limiter (`pipeline.ratelimit.make_limiter`).
 """
 
 from __future__ import annotations
@@ -12,44 +13,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline import audio, store
-from pipeline.audio import AUDIO_URLS
-from pipeline.classify import backoff_delay, classify
-from pipeline.db import Database
-from pipeline.errors import APIError, PermanentError, QuotaExhausted, RateLimited, RetryableError
-from pipeline.limits import Limiter, LimitKey, make_limiter
-from pipeline.models import BatchState, RequestStatus, utcnow
-from pipeline.responses import Parsed, parse_success, usage_of
+from pipeline.endpoints import AUDIO_URLS
+from pipeline.errors import APIError, ErrorType, QuotaExhausted, RateLimited, RetryableError
+from pipeline.ids import new_worker_id
+from pipeline.ratelimit import Limiter
+from pipeline.ratelimit.rules import LimitKey
+from pipeline.send.classify import backoff_delay, classify
+from pipeline.send.responses import Parsed, parse_success, usage_of
+from pipeline.send.tokens import completion_budget, estimate_many
+from pipeline.send.transport import Transport
+from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
-from pipeline.store import AttemptRecord, Claimed, Outcome
-from pipeline.tokens import completion_budget, estimate_many
+from pipeline.store import batches, blobs, claims, limit_states
+from pipeline.store.claims import AttemptRecord, Claimed, Outcome
+from pipeline.store.db import Database
+from pipeline.store.models import BatchState, RequestStatus, utcnow
 
 log = logging.getLogger(__name__)
 
-#: Outcomes stored per transaction at most.
-WRITE_BATCH = 1000
 #: Seconds between checks of the batches' state (paused or cancelled elsewhere).
 STATE_POLL_SECONDS = 1.0
 #: State polls between two saves of the limiter's view (limits in force, send rate) for `status`.
 LIMITS_SAVE_POLLS = 5
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -60,8 +56,6 @@ class EngineStats:
     failed: int = 0
     cancelled: int = 0
     released: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
     attempts: int = 0
     rate_limited: int = 0
     total_tokens: int = 0
@@ -137,45 +131,41 @@ class Engine:
     """Use as `async with Engine(...) as engine: await engine.submit(rows); await engine.join()`."""
 
     def __init__(
-        self, settings: Settings, db: Database, *, limiter: Limiter | None = None, worker: str | None = None
+        self, settings: Settings, db: Database, limiter: Limiter, *, worker: str | None = None
     ) -> None:
         self.settings = settings
         self.db = db
-        self.limiter: Limiter = limiter if limiter is not None else make_limiter(settings, settings.redis_url)
+        self.limiter = limiter
         self._keys: set[LimitKey] = set()
         #: model -> moving average of completion tokens per choice, for estimates without max_tokens
         self._completion_avg: dict[str, float] = {}
-        self.worker = worker or worker_id()
+        self.worker = worker or new_worker_id()
         self.stats = EngineStats()
         self.draining = False
         self._key = settings.require_api_key()
         self._held: dict[int, Claimed] = {}
-        self._states: dict[str, str] = {}
+        self._states: dict[str, BatchState] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._flushed = asyncio.Condition()
-        self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._room = asyncio.Event()
         self._slots = _Slots(settings.max_in_flight)
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._http: aiohttp.ClientSession | None = None
+        self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
+        self._writer = Writer(db, self.worker, self._stored)
 
     def __repr__(self) -> str:
         return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
 
     async def __aenter__(self) -> Engine:
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
-            connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
-            headers=self._auth_headers(),
-        )
+        await self._http.__aenter__()
+        await self._writer.__aenter__()
         self._background = [
-            asyncio.create_task(self._writer()),
             asyncio.create_task(self._keep_leases()),
             asyncio.create_task(self._watch_states()),
         ]
         for task in self._background:
-            task.add_done_callback(_report_death)
+            task.add_done_callback(report_death)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -185,12 +175,17 @@ class Engine:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            await self._writer.__aexit__(None, None, None)
             await self._save_limits()
-            if self._http is not None:
-                await self._http.close()
+            await self._http.__aexit__(None, None, None)
             closer = getattr(self.limiter, "aclose", None)
             if closer is not None:
                 await closer()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on the wire now."""
+        return self._http.in_flight
 
     def drain(self) -> None:
         """Send nothing new: in-flight requests finish and are stored, the rest go back to the queue."""
@@ -247,7 +242,7 @@ class Engine:
         """Wait until every submitted row is finished and stored."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self._outbox.join()
+        await self._writer.join()
 
     def _task_done(self, task: asyncio.Task[Outcome]) -> None:
         self._tasks.discard(task)
@@ -261,11 +256,21 @@ class Engine:
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
             log.exception("unexpected error on request %s", job.row.id)
             outcome = Outcome(
-                job.row.id, RequestStatus.QUEUED, error_type="internal", error_message=repr(exc)
+                job.row.id, RequestStatus.QUEUED, error_type=ErrorType.INTERNAL, error_message=repr(exc)
             )
         self._count(outcome)
-        self._outbox.put_nowait(outcome)
+        self._writer.put(outcome)
         return outcome
+
+    def _stored(self, outcomes: list[Outcome]) -> None:
+        """The writer stored these: let go of their rows and wake whoever waits for a chunk."""
+        for outcome in outcomes:
+            self._held.pop(outcome.request_id, None)
+        asyncio.get_running_loop().create_task(self._notify_flushed())
+
+    async def _notify_flushed(self) -> None:
+        async with self._flushed:
+            self._flushed.notify_all()
 
     async def _execute(self, job: _Job) -> Outcome:
         row = job.row
@@ -312,7 +317,6 @@ class Engine:
 
     async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> _Answer:
         row, key, estimate = job.row, job.key, job.estimate
-        assert self._http is not None, "use the engine as an async context manager"
         async with self._slots:  # max in flight: the stop checks below happen right before sending
             self._check_stop(row)
             await self.limiter.acquire(key, estimate)
@@ -322,7 +326,8 @@ class Engine:
                 self.limiter.settle(key, estimate, 0, {})
                 raise
             started, t0 = utcnow(), time.perf_counter()
-            status, headers, raw, error = await self._send(row)
+            exchange = await self._http.post(row)
+        status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
         latency = (time.perf_counter() - t0) * 1000.0
         parsed = None
         if status is not None and 200 <= status < 300:
@@ -356,36 +361,6 @@ class Engine:
         assert status is not None and parsed is not None
         return _Answer(status, headers, raw, parsed)
 
-    async def _send(self, row: Claimed) -> tuple[int | None, Mapping[str, str], bytes, APIError | None]:
-        """One HTTP exchange. Transport failures come back as a RetryableError, never raised."""
-        assert self._http is not None
-        payload: bytes | aiohttp.FormData = row.body.encode()
-        headers = {"Content-Type": "application/json"}
-        if row.url in AUDIO_URLS:
-            # Loaded for every attempt, from the database: a retry sends the same bytes, and only the clips
-            # in flight are in memory. aiohttp sets the multipart Content-Type with its boundary.
-            if row.blob_sha256 is None:
-                return None, {}, b"", PermanentError("no stored audio file", error_type="missing_audio")
-            try:
-                data = await asyncio.to_thread(store.load_blob, self.db, row.blob_sha256)
-            except LookupError as exc:
-                return None, {}, b"", PermanentError(str(exc), error_type="missing_audio")
-            payload, headers = audio.form_data(orjson.loads(row.body), data), {}
-        self.stats.in_flight += 1
-        self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
-        try:
-            async with self._http.post(
-                self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
-            ) as resp:
-                return resp.status, resp.headers, await resp.read(), None
-        except TimeoutError:
-            error = RetryableError(f"no answer within {self.settings.timeout:g}s", error_type="timeout")
-        except aiohttp.ClientError as exc:
-            error = RetryableError(f"connection error: {exc}", error_type="connection_error")
-        finally:
-            self.stats.in_flight -= 1
-        return None, {}, b"", error
-
     def _learn_completion(self, model: str, result: dict[str, Any]) -> None:
         """Average real completion length per choice, reserved for later requests that set no max_tokens."""
         tokens, reasons = result.get("completion_tokens"), result.get("finish_reasons")
@@ -400,7 +375,7 @@ class Engine:
     def _check_stop(self, row: Claimed) -> None:
         state = self._states.get(row.batch_id, BatchState.ACTIVE)
         if state == BatchState.CANCELLED:
-            raise _Stop(RequestStatus.CANCELLED, "cancelled")
+            raise _Stop(RequestStatus.CANCELLED, ErrorType.CANCELLED)
         if state == BatchState.PAUSED or self.draining:
             raise _Stop(RequestStatus.QUEUED, None)
 
@@ -413,7 +388,7 @@ class Engine:
         if self._states.get(batch_id) != BatchState.PAUSED:
             self._states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
-            await asyncio.to_thread(store.set_batch_state, self.db, batch_id, BatchState.PAUSED, reason)
+            await asyncio.to_thread(batches.set_batch_state, self.db, batch_id, BatchState.PAUSED, reason)
 
     def _count(self, outcome: Outcome) -> None:
         name = {
@@ -423,42 +398,6 @@ class Engine:
         }.get(outcome.status, "released")
         setattr(self.stats, name, getattr(self.stats, name) + 1)
 
-    def _auth_headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": "pipeline/0.1"}
-        if self.settings.organization:
-            headers["OpenAI-Organization"] = self.settings.organization
-        return headers
-
-    async def _writer(self) -> None:
-        while True:
-            batch = [await self._outbox.get()]
-            await asyncio.sleep(0.05)  # let a burst of outcomes gather into one transaction
-            while len(batch) < WRITE_BATCH and not self._outbox.empty():
-                batch.append(self._outbox.get_nowait())
-            await self._store(batch)
-            for outcome in batch:
-                self._held.pop(outcome.request_id, None)
-                self._outbox.task_done()
-            async with self._flushed:
-                self._flushed.notify_all()
-
-    async def _store(self, batch: list[Outcome]) -> None:
-        """Store a batch of outcomes, trying until it works.
-
-        The writer must never die: a dead writer leaves every chunk waiting for its rows to be stored while
-        the lease keeper keeps their leases alive, so nothing would ever recover them. Any failure (database
-        restarting, pool exhausted, lock timeout) is logged and retried; the rows stay leased meanwhile.
-        """
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.to_thread(store.record, self.db, self.worker, batch)
-                return
-            except Exception as exc:
-                log.warning("storing %d outcomes failed (%r); retrying in %.1fs", len(batch), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
     async def _keep_leases(self) -> None:
         period = self.settings.lease_seconds / 3
         while True:
@@ -466,7 +405,7 @@ class Engine:
             if self._held:
                 with contextlib.suppress(Exception):  # the database is busy or restarting: next period
                     await asyncio.to_thread(
-                        store.renew_leases,
+                        claims.renew_leases,
                         self.db,
                         self.worker,
                         list(self._held),
@@ -482,7 +421,7 @@ class Engine:
         for key in list(self._keys):
             snap = snapshot(key)
             snapshots.append((key, await snap if inspect.isawaitable(snap) else snap))
-        await asyncio.to_thread(store.save_limit_states, self.db, snapshots)
+        await asyncio.to_thread(limit_states.save_limit_states, self.db, snapshots)
 
     async def _watch_states(self) -> None:
         polls = 0
@@ -497,13 +436,7 @@ class Engine:
             batch_ids = {row.batch_id for row in self._held.values()}
             if batch_ids:
                 with contextlib.suppress(Exception):  # the database is busy or restarting: next period
-                    self._states.update(await asyncio.to_thread(store.batch_states, self.db, batch_ids))
-
-
-def _report_death(task: asyncio.Task[None]) -> None:
-    """A background task must only end by cancellation; say loudly if one crashed."""
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("engine task %s crashed", task.get_coro(), exc_info=task.exception())
+                    self._states.update(await asyncio.to_thread(batches.batch_states, self.db, batch_ids))
 
 
 def _charged(job: _Job, status: int | None, prompt: int | None, total: int | None) -> int | None:

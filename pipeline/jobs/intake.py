@@ -3,26 +3,25 @@
 Lines are validated and inserted in one write transaction as they stream past; if any line is bad (and
 invalid lines are not to be skipped) or the same file was stored before, the transaction rolls back, so
 nothing is stored and nothing can be sent. The audio clips that lines name are copied into the database in
-that same transaction (`pipeline.audio`), so workers on other machines can send them.
+that same transaction (`store.blobs`), so workers on other machines can send them.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import select, update
 
-from pipeline import store
-from pipeline.audio import BlobWriter, UnreadableAudio
-from pipeline.db import Database
-from pipeline.errors import DuplicateBatch, JobFileError, LineError
-from pipeline.jobfile import STDIN_NAME, JobLine, JobReader
-from pipeline.models import Batch, BatchState, RequestStatus, utcnow
+from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
+from pipeline.ids import invalid_line_id, new_batch_id
+from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
+from pipeline.store import batches
+from pipeline.store.blobs import BlobWriter, UnreadableAudio
+from pipeline.store.db import Database
+from pipeline.store.models import Batch, BatchState, RequestStatus, utcnow
+from pipeline.store.sql import db_time_for
 
 #: Rows per INSERT statement.
 INSERT_CHUNK = 5000
@@ -48,11 +47,12 @@ def store_job_file(
 ) -> Intake:
     """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
     reader = JobReader(path, endpoint)
-    batch_id = uuid.uuid4().hex[:12]
+    batch_id = new_batch_id()
     shown: list[LineError] = []
     bad = good = 0
     with db.write() as s:
-        s.add(
+        batches.new_batch(
+            s,
             Batch(
                 id=batch_id,
                 source=str(path),
@@ -62,11 +62,10 @@ def store_job_file(
                 organization=settings.organization,
                 key_fingerprint=settings.key_fingerprint(),
                 options={"endpoint": endpoint, "max_attempts": settings.max_attempts},
-            )
+            ),
         )
-        s.flush()
         pending: list[dict[str, Any]] = []
-        now = store.db_time(db, utcnow())
+        now = db_time_for(db.is_sqlite, utcnow())
         blobs = BlobWriter(s)
         source = STDIN_NAME if str(path) == "-" else str(path)  # as the reader names it in LineErrors
         for line in reader:
@@ -83,18 +82,14 @@ def store_job_file(
                 good += 1
             pending.append(_row(batch_id, item, blob, now))
             if len(pending) >= INSERT_CHUNK:
-                store.insert_requests(db, s, pending)
+                batches.insert_requests(s, pending)
                 pending.clear()
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
-        store.insert_requests(db, s, pending)
-        if not force and (existing := _same_content(s, reader.content_hash)):
+        batches.insert_requests(s, pending)
+        if not force and (existing := batches.batch_with_content(s, reader.content_hash)):
             raise DuplicateBatch(existing)
-        s.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values(content_hash=reader.content_hash, total=good + bad)
-        )
+        batches.seal_batch(s, batch_id, reader.content_hash, good + bad)
     return Intake(batch_id, good + bad, bad)
 
 
@@ -118,12 +113,12 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -
         return {
             "batch_id": batch_id,
             "line": item.line,
-            "custom_id": f"invalid-line-{item.line}",
+            "custom_id": invalid_line_id(item.line),
             "url": "",
             "body": "null",
             "status": RequestStatus.FAILED.value,
             "attempts": 0,
-            "error_type": "invalid_line",
+            "error_type": ErrorType.INVALID_LINE.value,
             "error_message": str(item),
             "finished_at": now,
             "created_at": now,
@@ -135,7 +130,7 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -
         "custom_id": item.custom_id,
         "url": item.url,
         "body": orjson.dumps(item.body).decode(),
-        "status": RequestStatus.QUEUED,
+        "status": RequestStatus.QUEUED.value,
         "attempts": 0,
         "error_type": None,
         "error_message": None,
@@ -143,10 +138,3 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -
         "created_at": now,
         "blob_sha256": blob,
     }
-
-
-def _same_content(s: Any, content_hash: str) -> str | None:
-    found: Iterable[str] = s.scalars(
-        select(Batch.id).where(Batch.content_hash == content_hash).order_by(Batch.created_at).limit(1)
-    )
-    return next(iter(found), None)

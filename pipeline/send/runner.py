@@ -11,12 +11,12 @@ import asyncio
 import signal
 from collections.abc import Callable
 
-from pipeline import store
-from pipeline.db import Database
-from pipeline.engine import Engine, EngineStats
-from pipeline.limits import Limiter
-from pipeline.models import BatchState
+from pipeline.ratelimit import Limiter
+from pipeline.send.engine import Engine, EngineStats
 from pipeline.settings import Settings
+from pipeline.store import batches, claims
+from pipeline.store.db import Database
+from pipeline.store.models import BatchState
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -32,12 +32,12 @@ async def run_batch(
     settings: Settings,
     db: Database,
     batch_id: str,
+    limiter: Limiter,
     *,
-    limiter: Limiter | None = None,
     on_start: Callable[[Engine], None] | None = None,
 ) -> EngineStats:
     """Send every claimable row of the batch until none is left; SIGINT/SIGTERM drain first."""
-    async with Engine(settings, db, limiter=limiter) as engine:
+    async with Engine(settings, db, limiter) as engine:
         if on_start is not None:
             on_start(engine)
         with _draining_on_signals(engine):
@@ -48,14 +48,14 @@ async def run_batch(
 async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine) -> None:
     after, found_since_start = 0, False
     while not engine.draining:
-        ids = await asyncio.to_thread(store.claimable_ids, db, batch_id, after, settings.chunk_size)
+        ids = await asyncio.to_thread(claims.claimable_ids, db, batch_id, after, settings.chunk_size)
         if ids:
-            rows = await asyncio.to_thread(store.claim, db, ids, engine.worker, settings.lease_seconds)
+            rows = await asyncio.to_thread(claims.claim, db, ids, engine.worker, settings.lease_seconds)
             await engine.submit(rows)
             after, found_since_start = ids[-1], True
             continue
         await engine.join()
-        states = await asyncio.to_thread(store.batch_states, db, [batch_id])
+        states = await asyncio.to_thread(batches.batch_states, db, [batch_id])
         if states.get(batch_id) != BatchState.ACTIVE or not found_since_start:
             return
         after, found_since_start = 0, False

@@ -1,0 +1,8 @@
+"""The exit codes of `pipeline` besides 0 (success), 1 (an expected failure) and 2 (a bad invocation)."""
+
+#: Some requests of the batch failed or were cancelled (the rest are stored).
+EXIT_SOME_FAILED = 3
+#: The job file has invalid lines; nothing was stored or sent.
+EXIT_INVALID_INPUT = 4
+#: The batch paused (for example the account ran out of quota); `pipeline resume` continues it.
+EXIT_PAUSED = 5

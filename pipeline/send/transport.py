@@ -1,0 +1,150 @@
+"""The HTTP side of an attempt: one pooled aiohttp session, auth headers, JSON or multipart bodies.
+
+`Transport.post` makes one exchange and never raises for transport failures: a timeout or a broken
+connection comes back as a RetryableError, so the engine classifies every attempt in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from pipeline.endpoints import AUDIO_CONTENT_TYPES, AUDIO_URLS
+from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
+from pipeline.settings import Secret, Settings
+from pipeline.store.claims import Claimed
+
+#: What the User-Agent header says.
+USER_AGENT = "pipeline/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One HTTP exchange: the answer (status, headers, body) or the transport error that prevented it."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    raw: bytes
+    error: APIError | None = None
+
+
+class Transport:
+    """Use as `async with Transport(...) as http: exchange = await http.post(row)`."""
+
+    def __init__(self, settings: Settings, key: Secret, load_blob: Callable[[str], bytes]) -> None:
+        self.settings = settings
+        self._key = key
+        self._load_blob = load_blob
+        self._session: aiohttp.ClientSession | None = None
+        #: requests on the wire now, and the most there were at once
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self.settings.base_url!r})"
+
+    async def __aenter__(self) -> Transport:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
+            connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
+            headers=self._auth_headers(),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def post(self, row: Claimed) -> Exchange:
+        """Send the row's request once. Transport failures come back as a RetryableError, never raised."""
+        assert self._session is not None, "use the transport as an async context manager"
+        payload: bytes | aiohttp.FormData = row.body.encode()
+        headers = {"Content-Type": "application/json"}
+        if row.url in AUDIO_URLS:
+            # Loaded for every attempt, from the database: a retry sends the same bytes, and only the clips
+            # in flight are in memory. aiohttp sets the multipart Content-Type with its boundary.
+            if row.blob_sha256 is None:
+                return _failed(PermanentError("no stored audio file", error_type=ErrorType.MISSING_AUDIO))
+            try:
+                data = await asyncio.to_thread(self._load_blob, row.blob_sha256)
+            except LookupError as exc:
+                return _failed(PermanentError(str(exc), error_type=ErrorType.MISSING_AUDIO))
+            payload, headers = form_data(orjson.loads(row.body), data), {}
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            async with self._session.post(
+                self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
+            ) as resp:
+                return Exchange(resp.status, resp.headers, await resp.read())
+        except TimeoutError:
+            error = RetryableError(
+                f"no answer within {self.settings.timeout:g}s", error_type=ErrorType.TIMEOUT
+            )
+        except aiohttp.ClientError as exc:
+            error = RetryableError(f"connection error: {exc}", error_type=ErrorType.CONNECTION_ERROR)
+        finally:
+            self.in_flight -= 1
+        return _failed(error)
+
+    def _auth_headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": USER_AGENT}
+        if self.settings.organization:
+            headers["OpenAI-Organization"] = self.settings.organization
+        return headers
+
+
+def _failed(error: APIError) -> Exchange:
+    return Exchange(None, {}, b"", error)
+
+
+def content_type_for(filename: str) -> str:
+    """The content type of an audio file, from its extension."""
+    extension = filename.rpartition(".")[2].lower()
+    guessed = AUDIO_CONTENT_TYPES.get(extension) or mimetypes.guess_type(filename)[0]
+    return guessed or "application/octet-stream"
+
+
+def form_data(body: dict[str, Any], data: bytes) -> aiohttp.FormData:
+    """The multipart form of an audio request, as the API expects it.
+
+    `file` first (the clip's bytes under its original file name), then `model`, then every other body key as
+    a text field: numbers and booleans as JSON spells them, lists as repeated `key[]` fields
+    (`timestamp_granularities[]`), objects as JSON. Null means "the default" and is not sent.
+    """
+    filename = Path(str(body["file"])).name
+    # Unquoted names, as the official client (httpx) sends them: aiohttp's default percent-encodes the file
+    # name, so the API would see "my%20clip.wav".
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("file", data, filename=_header_safe(filename), content_type=content_type_for(filename))
+    form.add_field("model", str(body["model"]))
+    for key, value in body.items():
+        if key in ("file", "model") or value is None:
+            continue
+        if isinstance(value, list):
+            name = key if key.endswith("[]") else f"{key}[]"
+            for item in value:
+                form.add_field(name, _field_text(item))
+        else:
+            form.add_field(key, _field_text(value))
+    return form
+
+
+def _header_safe(filename: str) -> str:
+    """Percent-escape what cannot stand inside a quoted header value (quotes, control characters),
+    as HTML5 forms and httpx do; aiohttp escapes backslashes itself."""
+    return "".join(f"%{ord(c):02X}" if c == '"' or ord(c) < 0x20 or c == "\x7f" else c for c in filename)
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    # JSON spelling: true/false, 0.2, {"type": "auto"}
+    return orjson.dumps(value).decode()

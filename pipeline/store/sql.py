@@ -1,0 +1,100 @@
+"""SQL the store's rooms share: column lists derived from the models, one upsert, driver-level executemany.
+
+The hot paths (intake of a million lines, the writer's outcomes) go straight to the driver's `executemany`
+with named parameters, because SQLAlchemy's per-row parameter processing cost more than SQLite itself. The
+statements are written once here, from the models' own column lists, in SQLite's `:name` style and turned
+into psycopg's `%(name)s` style for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table
+from sqlalchemy.orm import DeclarativeBase, Session
+
+#: Ids per IN (...) clause: under SQLite's default limit of host parameters.
+IDS_PER_STATEMENT = 900
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def columns(model: type[DeclarativeBase], *, without: Iterable[str] = ()) -> tuple[str, ...]:
+    """The model's column names in table order, leaving out `without` (e.g. an autoincrement id)."""
+    skip = set(without)
+    return tuple(c.name for c in table_of(model).columns if c.name not in skip)
+
+
+def insert_sql(model: type[DeclarativeBase], names: Sequence[str]) -> str:
+    """INSERT of `names` with named parameters of the same names."""
+    table = table_of(model).name
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + c for c in names)})"
+
+
+def upsert_sql(model: type[DeclarativeBase], key: str, names: Sequence[str], *, update: bool = True) -> str:
+    """INSERT of `names` that, on a conflict on `key`, updates every other column (or does nothing)."""
+    action = (
+        "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names if c != key)
+        if update
+        else "DO NOTHING"
+    )
+    return f"{insert_sql(model, names)} ON CONFLICT ({key}) {action}"
+
+
+def is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def executemany(session: Session, sql: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Run `sql` (named `:params`) once per row on the session's connection, in its transaction.
+
+    Datetimes must already be in the driver's form (`db_time`). Returns the rows affected where the driver
+    reports it (-1 otherwise).
+    """
+    if not rows:
+        return 0
+    text = sql if is_sqlite(session) else re.sub(r":(\w+)", r"%(\1)s", sql)
+    cursor = session.connection().connection.cursor()
+    try:
+        cursor.executemany(text, rows)
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+def upsert(
+    session: Session,
+    model: type[DeclarativeBase],
+    key: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    update: bool = True,
+) -> None:
+    """Insert `rows` (dicts of column values, datetimes as datetimes); on a conflict on `key`, update or skip.
+
+    The one upsert of the store: results, limit states and blobs all go through it.
+    """
+    if not rows:
+        return
+    names = list(rows[0])
+    sqlite = is_sqlite(session)
+    converted = [{k: db_time_for(sqlite, v) for k, v in row.items()} for row in rows] if sqlite else rows
+    executemany(session, upsert_sql(model, key, names, update=update), converted)
+
+
+def db_time_for(sqlite: bool, value: Any) -> Any:
+    """A value as the driver takes it: on SQLite a datetime becomes SQLAlchemy's text form."""
+    if sqlite and isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def parts(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    """`ids` cut into pieces that fit one IN (...) clause."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start : start + IDS_PER_STATEMENT]
