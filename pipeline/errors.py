@@ -8,7 +8,8 @@
     ├── DuplicateBatch              the same job file was submitted before; carries its batch id
     └── APIError                    one attempt at the remote API went wrong
         ├── RetryableError          worth another attempt: 408, 409, 429 rate_limit_exceeded, 5xx, timeouts
-        │   └── RateLimited         429 rate_limit_exceeded: cools down every sender of the key
+        │   ├── RateLimited         429 rate_limit_exceeded: cools down every sender of the key
+        │   └── BadResponse         a 2xx whose body is not the endpoint's answer (empty, HTML, truncated...)
         └── PermanentError          never retried: 400, 401, 403, 404, 413, 422, "request too large"
             └── QuotaExhausted      429 insufficient_quota: pauses the whole batch
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorType(StrEnum):
@@ -43,7 +45,10 @@ class ErrorType(StrEnum):
     API_ERROR = "api_error"  #: any other HTTP error without a code
     TIMEOUT = "timeout"  #: no answer within the timeout
     CONNECTION_ERROR = "connection_error"  #: the connection failed or broke
+    BAD_RESPONSE = "bad_response"  #: a 2xx whose body is not the endpoint's answer: retried
+    RESPONSE_TOO_LARGE = "response_too_large"  #: an answer above the size cap (PIPELINE_MAX_RESPONSE_BYTES)
     MISSING_AUDIO = "missing_audio"  #: the stored clip of an audio request is gone
+    UNSTORABLE = "unstorable"  #: the outcome could not be stored even on its own; the row failed
     INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
     CANCELLED = "cancelled"  #: cancelled before it was sent
     INTERNAL = "internal"  #: a bug in pipeline: the row went back to the queue
@@ -118,6 +123,13 @@ class RetryableError(APIError):
 
 class RateLimited(RetryableError):
     """429 rate_limit_exceeded: every sender of this key should cool down for `retry_after`."""
+
+
+class BadResponse(RetryableError):
+    """A 2xx whose body is not the endpoint's answer (empty, truncated, HTML, `{}`, an error object)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, error_type=ErrorType.BAD_RESPONSE, **kwargs)
 
 
 class PermanentError(APIError):

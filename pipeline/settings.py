@@ -75,6 +75,10 @@ class Settings:
     max_attempts: int = 10
     chunk_size: int = 500
     lease_seconds: float = 120.0
+    #: largest answer read; a bigger one fails its request (response_too_large) instead of filling memory
+    max_response_bytes: int = 32 * 1024 * 1024
+    #: seconds a draining engine keeps trying to store what it has before giving up (SIGTERM, Ctrl-C)
+    drain_seconds: float = 30.0
     rpm: int | None = None
     tpm: int | None = None
     limits_file: Path | None = None
@@ -128,6 +132,8 @@ ENV_FIELDS = {
     "PIPELINE_MAX_ATTEMPTS": "max_attempts",
     "PIPELINE_CHUNK_SIZE": "chunk_size",
     "PIPELINE_LEASE_SECONDS": "lease_seconds",
+    "PIPELINE_MAX_RESPONSE_BYTES": "max_response_bytes",
+    "PIPELINE_DRAIN_SECONDS": "drain_seconds",
     "PIPELINE_RPM": "rpm",
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
@@ -160,5 +166,23 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name}: must be positive, got {raw!r}")
         out[name] = value
     if "base_url" in out:
-        out["base_url"] = out["base_url"].rstrip("/")
+        out["base_url"] = check_base_url(out["base_url"])
     return out
+
+
+def check_base_url(url: str) -> str:
+    """The base URL without a trailing slash; ConfigError for one that cannot be an HTTP API or that carries
+    credentials (they would end up in the database and the logs: the key belongs in OPENAI_API_KEY)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
+        raise ConfigError(f"base URL {mask_url(url)!r}: expected http(s)://host[:port]/path")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"base URL {mask_url(url)!r} carries credentials: remove user:password@ and put the API key in "
+            "OPENAI_API_KEY (or the variable --api-key-env names)"
+        )
+    return url.rstrip("/")

@@ -68,6 +68,40 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@dataclass
+class PostgresServer:
+    """The test cluster itself, for outage tests: stopped and started as its administrator."""
+
+    directory: str
+    bin_dir: str
+    port: str
+
+    def _ctl(self, *args: str) -> None:
+        run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*run_as, f"{self.bin_dir}/pg_ctl", "-D", self.directory, *args], check=True, timeout=60
+        )
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        self._ctl("-l", f"{self.directory}/log", "-w", "-o", options, "start")
+
+
+@pytest.fixture
+def postgres_server(postgres_url: str) -> Iterator[PostgresServer]:
+    """The cluster behind `postgres_url`; started again after the test whatever happened."""
+    server = PostgresServer(need("TEST_POSTGRES_DIR"), need("TEST_POSTGRES_BIN"), need("TEST_POSTGRES_PORT"))
+    yield server
+    if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", server.port], capture_output=True).returncode:
+        server.start()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,6 +126,13 @@ class Worker:
         os.killpg(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
+    def pause(self) -> None:
+        """SIGSTOP the whole process group: a long GC, a frozen VM, a partition, as the others see it."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
 
 @dataclass
 class Fleet:
@@ -101,11 +142,12 @@ class Fleet:
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
 
-    def start(self, *args: str) -> Worker:
+    def start(self, *args: str, prefix: tuple[str, ...] = ()) -> Worker:
+        """A `pipeline worker` with `args`; `prefix` runs it under another command (e.g. faketime)."""
         log = self.tmp / f"worker-{len(self.workers)}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker", "--loglevel", "INFO", *args],
+                [*prefix, sys.executable, "-m", "pipeline", "worker", "--loglevel", "INFO", *args],
                 env=self.env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,

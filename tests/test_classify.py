@@ -133,4 +133,11 @@ def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
 def test_backoff_honours_the_server_wait_plus_a_little_spread() -> None:
     assert backoff_delay(1, 2.0, rand=lambda: 0.0) == pytest.approx(2.0)
     assert backoff_delay(1, 2.0, rand=lambda: 1.0) == pytest.approx(2.2)
-    assert backoff_delay(5, 10_000.0, rand=lambda: 0.0) == pytest.approx(600.0)
+    assert backoff_delay(5, 10_000.0, rand=lambda: 0.0) == pytest.approx(120.0)
+
+
+def test_a_retry_after_of_hours_is_capped_for_the_request_and_the_cooldown() -> None:
+    """The error's retry_after feeds both the request's backoff and the key's cooldown."""
+    for status, body in ((429, b'{"error": {"code": "rate_limit_exceeded"}}'), (503, b"{}")):
+        error = classify(status, {"Retry-After": "7200"}, body)
+        assert error is not None and error.retry_after == 120.0

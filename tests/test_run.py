@@ -196,11 +196,11 @@ def test_a_failing_write_is_retried_and_nothing_is_lost(
 
     real_record, failures = claims.record, []
 
-    def flaky_record(*args: object, **kwargs: object) -> None:
+    def flaky_record(*args: object, **kwargs: object) -> list[claims.Outcome]:
         if len(failures) < 2:
             failures.append(1)
             raise PoolTimeout("QueuePool limit reached")
-        real_record(*args, **kwargs)  # type: ignore[arg-type]
+        return real_record(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(claims, "record", flaky_record)
     code, out, err = run(fake, chat_file(tmp_path / "jobs.jsonl", 50))

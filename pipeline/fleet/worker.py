@@ -25,7 +25,7 @@ from pipeline.ratelimit import make_limiter, shared_redis_url
 from pipeline.send.engine import Engine
 from pipeline.send.runner import new_event_loop
 from pipeline.settings import Settings
-from pipeline.store import claims, recovery
+from pipeline.store import recovery
 from pipeline.store.db import Database, open_database
 from pipeline.store.models import RequestStatus
 
@@ -52,9 +52,16 @@ class WorkerRuntime:
         self._keeper = asyncio.run_coroutine_threadsafe(self._keep(), self.loop)
 
     def run_chunk(self, batch_id: str, ids: list[int]) -> None:
-        """Claim and work the chunk; raise Reject(requeue) if rows went back to the queue (drain, pause)."""
+        """Claim and work the chunk; raise Reject(requeue) if rows went back to the queue (drain, pause).
+
+        A claim that keeps failing (the database down) is retried until the worker drains; then the message
+        goes back to the broker rather than being acknowledged with its rows unsent.
+        """
         assert self.engine is not None
-        rows = claims.claim(self.db, ids, self.engine.worker, self.settings.lease_seconds)
+        try:
+            rows = self._call(self.engine.claim(ids))
+        except Exception as exc:
+            raise Reject(f"claiming the chunk failed: {exc!r}", requeue=True) from None
         if not rows:
             return
         outcomes = self._call(self.engine.process(rows))
@@ -83,25 +90,31 @@ class WorkerRuntime:
         return await engine.__aenter__()
 
     async def _keep(self) -> None:
-        """Every half lease: re-queue rows of dead workers; re-publish rows that lost their message."""
-        period = max(1.0, self.settings.lease_seconds / 2)
+        """Every quarter lease: bury dead engines (their rows go back to the queue and to the broker), and
+        re-publish rows whose message was lost."""
+        period = max(0.5, self.settings.lease_seconds / 4)
+        reaper = recovery.Reaper(self.db, self.settings.lease_seconds)
         while True:
             await asyncio.sleep(period)
+            assert self.engine is not None
             try:
-                await asyncio.to_thread(self._recover, period)
+                await asyncio.to_thread(self._recover, reaper, frozenset({self.engine.worker}), period)
             except Exception:  # the broker or database is restarting: try again next period
                 log.warning("recovery pass failed", exc_info=True)
 
-    def _recover(self, period: float) -> None:
-        rows = recovery.requeue_expired(self.db)
+    def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
+        rows = reaper.sweep(spare)
         if all(queue_size(self.app, q) == 0 for q in self.queues):
-            rows += recovery.take_unsent(self.db, older_than=4 * period)
+            rows += recovery.take_unsent(self.db, older_than=8 * period)
         by_batch: dict[str, list[int]] = defaultdict(list)
         for batch_id, request_id in rows:
             by_batch[batch_id].append(request_id)
+        broker = recovery.broker_batches(self.db, by_batch)
         for batch_id, ids in by_batch.items():
-            log.warning("re-publishing %d rows of batch %s", len(ids), batch_id)
-            publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
+            if batch_id in broker:  # a `pipeline run` batch is picked up by its run
+                log.warning("re-publishing %d rows of batch %s", len(ids), batch_id)
+                recovery.stamp_enqueued(self.db, ids)
+                publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
 
 
 def install(app: Celery, settings: Settings, queues: list[str]) -> WorkerRuntime:

@@ -42,6 +42,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from pipeline.ratelimit.rules import (
     BURST_SECONDS,
@@ -66,6 +67,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 3600
 #: Connections per limiter; settles beyond that queue for a free one instead of opening more.
 MAX_CONNECTIONS = 16
+#: Seconds any one Redis command may take (connect, send, answer) before it counts as failed.
+REDIS_TIMEOUT = 5.0
+#: Seconds between tries while Redis cannot be reached.
+REDIS_RETRY_SECONDS = 1.0
 
 _COMMON = """
 local function num(v) if v then return tonumber(v) end return nil end
@@ -220,7 +225,14 @@ class RedisLimiter:
         self.limits = limits or LimitTable()
         self.pace = Pace(margin, burst_seconds, probe_in_flight, refund)
         self.ttl = ttl
-        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, decode_responses=True)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            timeout=REDIS_TIMEOUT,  # waiting for a free connection of the pool
+        )
         self._redis = Redis.from_pool(pool)
         self._acquire = self._redis.register_script(ACQUIRE)
         self._settle = self._redis.register_script(SETTLE)
@@ -271,9 +283,15 @@ class RedisLimiter:
                 if held > 0:
                     await asyncio.sleep(held)
                     continue
-                wait = float(await self._acquire(keys=[name], args=args))
-                if wait <= 0:
-                    return
+                try:
+                    wait = float(await self._acquire(keys=[name], args=args))
+                except (RedisError, OSError) as exc:
+                    # Sending without the shared budget could overrun it for every process: wait for Redis.
+                    wait = REDIS_RETRY_SECONDS
+                    log.warning("rate limiter: Redis unavailable (%r); retrying in %gs", exc, wait)
+                else:
+                    if wait <= 0:
+                        return
                 await asyncio.sleep(max(wait, MIN_SLEEP))
 
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:

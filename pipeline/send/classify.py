@@ -30,8 +30,10 @@ from pipeline.ratelimit.rules import RateHeaders
 INITIAL_BACKOFF = 0.5
 #: Longest backoff when the server gives no hint.
 MAX_BACKOFF = 8.0
-#: Longest wait we honour from a server hint; a batch job can afford minutes, not hours.
-MAX_SERVER_WAIT = 600.0
+#: Longest wait we honour from a server hint (Retry-After, x-ratelimit-reset-*), for one request and for the
+#: cooldown of a whole key: a Retry-After of hours is a misconfigured proxy more often than a real limit,
+#: and past this the official client ignores the hint too. A longer real limit costs a few more 429s.
+MAX_SERVER_WAIT = 120.0
 #: Statuses worth another attempt besides 429 and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409})
 
@@ -95,14 +97,19 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> APIError |
             return QuotaExhausted(text, error_type=ErrorType.INSUFFICIENT_QUOTA, **common)
         if message.lower().startswith("request too large"):
             return PermanentError(text, error_type=ErrorType.REQUEST_TOO_LARGE, **common)
-        wait = retry_after(headers, message, kind)
+        wait = capped_wait(retry_after(headers, message, kind))
         return RateLimited(text, error_type=code or ErrorType.RATE_LIMITED, retry_after=wait, **common)
     if status >= 500 or status in RETRYABLE_STATUSES:
-        wait = retry_after(headers, message)
+        wait = capped_wait(retry_after(headers, message))
         return RetryableError(
             text, error_type=code or kind or _status_name(status), retry_after=wait, **common
         )
     return PermanentError(text, error_type=code or kind or _status_name(status), **common)
+
+
+def capped_wait(seconds: float | None) -> float | None:
+    """A server's wait hint, capped at MAX_SERVER_WAIT."""
+    return None if seconds is None else min(max(0.0, seconds), MAX_SERVER_WAIT)
 
 
 def backoff_delay(

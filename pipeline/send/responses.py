@@ -1,11 +1,24 @@
-"""Reading a successful answer: model, finish reasons, the text a person wants, and usage."""
+"""Reading a 2xx answer: checked to be the endpoint's answer, then model, finish reasons, text and usage.
+
+A 2xx counts only if it is what the endpoint answers: a JSON object with `choices` for chat and legacy
+completions; for audio a JSON object with `text` (json, verbose_json), or plain text (text, srt, vtt).
+An empty body, truncated JSON, an HTML page from a proxy, `{}` or an error object sent with 200 is a
+`BadResponse` (retried like a 5xx), never a success with nothing in it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from pipeline.endpoints import AUDIO_TEXT_FORMATS, AUDIO_URLS
+from pipeline.errors import BadResponse
+
+#: Bytes of a bad answer quoted in its error message.
+QUOTED_BYTES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,16 +37,51 @@ class Parsed:
     audio_seconds: float | None = None
 
 
-def parse_success(body: bytes, content_type: str | None) -> Parsed:
-    """Parse a 2xx body of any endpoint; a text body (audio text/srt/vtt) is the output itself."""
-    if content_type is not None and "json" not in content_type:
-        return Parsed(output=body.decode("utf-8", "replace"))
+def parse_answer(
+    url: str, response_format: str | None, status: int, body: bytes, content_type: str | None
+) -> Parsed:
+    """The 2xx `body` as `url`'s answer, parsed; BadResponse when it is not one."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if not body:
+        raise _bad(url, status, "an empty body", body)
+    if url in AUDIO_URLS and (response_format or "json") in AUDIO_TEXT_FORMATS:
+        if media and (not media.startswith("text/") or media == "text/html"):
+            raise _bad(url, status, f"a {media} body where {response_format} text was asked for", body)
+        try:
+            return Parsed(output=body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _bad(url, status, "text that is not UTF-8", body) from None
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return Parsed(output=body.decode("utf-8", "replace"))
+        what = "truncated or invalid JSON" if "json" in media else f"a {media or 'non-JSON'} body"
+        raise _bad(url, status, what, body) from None
+    problem = _answer_problem(url, data)
+    if problem:
+        raise _bad(url, status, problem, body)
+    return parse_success(data)
+
+
+def _answer_problem(url: str, data: Any) -> str | None:
     if not isinstance(data, dict):
-        return Parsed(output=body.decode("utf-8", "replace"))
+        return "JSON that is not an object"
+    if url in AUDIO_URLS:
+        return None if isinstance(data.get("text"), str) else "no `text` in the transcript"
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and all(isinstance(c, dict) for c in choices):
+        return None
+    return "an error object" if "error" in data else "no `choices`"
+
+
+def _bad(url: str, status: int, what: str, body: bytes) -> BadResponse:
+    quoted = body[:QUOTED_BYTES].decode("utf-8", "replace")
+    return BadResponse(
+        f"HTTP {status} but not a {url} answer: {what}; body starts {quoted!r}", status=status, body=body
+    )
+
+
+def parse_success(data: dict[str, Any]) -> Parsed:
+    """Parse an answer already known to be the endpoint's JSON object."""
     usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
     choices = data.get("choices") if isinstance(data.get("choices"), list) else None
     reasons = [str(c.get("finish_reason")) for c in choices or [] if isinstance(c, dict)]
@@ -98,3 +146,28 @@ def _int(value: Any) -> int | None:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def result_row(
+    status: int | None,
+    request_id: str | None,
+    headers: Mapping[str, str] | None,
+    raw: bytes,
+    parsed: Parsed | None,
+) -> dict[str, Any]:
+    """The `results` row of a final answer: the raw body and what was parsed from it."""
+    content_type = headers.get("Content-Type") if headers is not None else None
+    return {
+        "http_status": status or 0,
+        "x_request_id": request_id or (headers.get("x-request-id") if headers is not None else None),
+        "content_type": content_type or "application/json",
+        "body": raw.decode("utf-8", "replace"),
+        "response_id": parsed.response_id if parsed else None,
+        "model": parsed.model if parsed else None,
+        "finish_reasons": parsed.finish_reasons if parsed else None,
+        "output": parsed.output if parsed else None,
+        "prompt_tokens": parsed.prompt_tokens if parsed else None,
+        "completion_tokens": parsed.completion_tokens if parsed else None,
+        "total_tokens": parsed.total_tokens if parsed else None,
+        "audio_seconds": parsed.audio_seconds if parsed else None,
+    }

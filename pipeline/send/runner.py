@@ -1,13 +1,16 @@
 """Running one batch in this process with the engine: `pipeline run`'s loop.
 
 Rows are claimed a chunk at a time, so a million-line batch holds at most a few thousand rows in memory.
-When the scan reaches the end it waits for the engine to go idle and scans again from the start: rows
-released by a drain or a pause, or whose lease expired after a crash, are picked up until none is left.
+When a scan reaches the end it waits for the engine to go idle and scans again from the start: rows
+released by a drain or a pause, or freed from a dead engine, are picked up until none is left. Rows other
+engines hold are waited for; a reaper (store/recovery.py) frees them at once if their process on this host
+is gone (a rerun after a kill takes over in a second), or after a lease without a heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 
@@ -17,6 +20,9 @@ from pipeline.settings import Settings
 from pipeline.store import batches, claims
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
+from pipeline.store.recovery import Reaper
+
+log = logging.getLogger(__name__)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -35,30 +41,46 @@ async def run_batch(
     limiter: Limiter,
     *,
     on_start: Callable[[Engine], None] | None = None,
+    signals: bool = True,
 ) -> EngineStats:
-    """Send every claimable row of the batch until none is left; SIGINT/SIGTERM drain first."""
+    """Send every row of the batch until all are final; SIGINT/SIGTERM drain first (when `signals`)."""
     async with Engine(settings, db, limiter) as engine:
         if on_start is not None:
             on_start(engine)
-        with _draining_on_signals(engine):
+        if signals:
+            with _draining_on_signals(engine):
+                await _feed(settings, db, batch_id, engine)
+        else:
             await _feed(settings, db, batch_id, engine)
     return engine.stats
 
 
 async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine) -> None:
-    after, found_since_start = 0, False
+    reaper = Reaper(db, settings.lease_seconds)
+    period = max(0.5, settings.lease_seconds / 4)
+    await asyncio.to_thread(reaper.sweep, frozenset({engine.worker}))
+    after, told = 0, False
     while not engine.draining:
-        ids = await asyncio.to_thread(claims.claimable_ids, db, batch_id, after, settings.chunk_size)
+        ids = await asyncio.to_thread(claims.queued_ids, db, batch_id, after, settings.chunk_size)
         if ids:
-            rows = await asyncio.to_thread(claims.claim, db, ids, engine.worker, settings.lease_seconds)
-            await engine.submit(rows)
-            after, found_since_start = ids[-1], True
+            await engine.submit(await engine.claim(ids))
+            after = ids[-1]
             continue
         await engine.join()
         states = await asyncio.to_thread(batches.batch_states, db, [batch_id])
-        if states.get(batch_id) != BatchState.ACTIVE or not found_since_start:
+        if states.get(batch_id) != BatchState.ACTIVE:
             return
-        after, found_since_start = 0, False
+        if after:  # a scan ended: look again from the start for rows released meanwhile
+            after = 0
+            continue
+        held = await asyncio.to_thread(batches.running_count, db, batch_id)
+        if not held:
+            return
+        if not told:
+            log.warning("%d requests of batch %s are held by other engines; waiting for them", held, batch_id)
+            told = True
+        await asyncio.sleep(period)
+        await asyncio.to_thread(reaper.sweep, frozenset({engine.worker}))
 
 
 class _draining_on_signals:

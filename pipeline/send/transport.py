@@ -83,7 +83,7 @@ class Transport:
             async with self._session.post(
                 self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
             ) as resp:
-                return Exchange(resp.status, resp.headers, await resp.read())
+                return Exchange(resp.status, resp.headers, *await self._read(resp))
         except TimeoutError:
             error = RetryableError(
                 f"no answer within {self.settings.timeout:g}s", error_type=ErrorType.TIMEOUT
@@ -93,6 +93,25 @@ class Transport:
         finally:
             self.in_flight -= 1
         return _failed(error)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> tuple[bytes, APIError | None]:
+        """The body, unless it is larger than the cap: then as much as was read, and the error."""
+        cap = self.settings.max_response_bytes
+        if resp.content_length is not None and resp.content_length <= cap:
+            return await resp.read(), None
+        if resp.content_length is None:  # chunked: read up to one byte past the cap
+            body = bytearray()
+            while len(body) <= cap and (chunk := await resp.content.read(cap + 1 - len(body))):
+                body += chunk
+            if len(body) <= cap:
+                return bytes(body), None
+        size = f"{resp.content_length:,} bytes" if resp.content_length is not None else "more"
+        return b"", PermanentError(
+            f"HTTP {resp.status}: answer of {size} is over the {cap:,}-byte cap "
+            "(raise PIPELINE_MAX_RESPONSE_BYTES to accept it)",
+            status=resp.status,
+            error_type=ErrorType.RESPONSE_TOO_LARGE,
+        )
 
     def _auth_headers(self) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": USER_AGENT}

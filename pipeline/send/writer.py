@@ -1,36 +1,51 @@
-"""The writer: stores the engine's outcomes in batched transactions, in the background, and never dies.
+"""The writer: stores the engine's outcomes promptly, in batched transactions, in the background.
 
-The engine puts each outcome here as soon as it is known; a burst of outcomes gathers for a moment and goes
-into one transaction. `on_stored` tells the engine which rows are stored (so it can let go of them).
+The engine puts each outcome here as soon as it is known; a burst gathers for at most GATHER_SECONDS and
+goes into one transaction, so an answer is stored within a fraction of a second of its arrival and a kill
+loses few. `on_stored(stored, dropped)` tells the engine which rows are done with: stored, or dropped
+because their row was taken back by another engine (the fence moved).
+
+No outcome can block the others. A failure that another try may cure (the database restarting, busy, out
+of connections) is retried with backoff, forever, unless the engine drains: then for at most the drain
+time, after which the outcomes are given up (their requests will be sent again). Any other failure (a
+value the database refuses) splits the transaction in halves until the outcome that cannot be stored is
+alone; that one is stored as failed with the reason, without its answer, and all the others are stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from pipeline.store import claims
 from pipeline.store.claims import Outcome
-from pipeline.store.db import Database
+from pipeline.store.db import Database, first_line, is_transient
 
 log = logging.getLogger(__name__)
 
 #: Outcomes stored per transaction at most.
-WRITE_BATCH = 1000
+WRITE_BATCH = 500
 #: Seconds a first outcome waits for others to share its transaction.
 GATHER_SECONDS = 0.05
+#: Longest pause between two tries of a failing transaction.
+MAX_RETRY_SECONDS = 10.0
+
+T = TypeVar("T")
+OnStored = Callable[[list[Outcome], list[Outcome]], None]
 
 
 class Writer:
-    """Use as `async with Writer(db, worker, on_stored) as writer: writer.put(outcome)`."""
+    """Use as `async with Writer(db, on_stored) as writer: writer.put(outcome)`."""
 
-    def __init__(self, db: Database, worker: str, on_stored: Callable[[list[Outcome]], None]) -> None:
+    def __init__(self, db: Database, on_stored: OnStored) -> None:
         self.db = db
-        self.worker = worker
         self._on_stored = on_stored
         self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._give_up_at: float | None = None
 
     async def __aenter__(self) -> Writer:
         self._task = asyncio.create_task(self._run())
@@ -46,8 +61,13 @@ class Writer:
         self._outbox.put_nowait(outcome)
 
     async def join(self) -> None:
-        """Wait until every outcome put so far is stored."""
+        """Wait until every outcome put so far is stored (or given up, when draining)."""
         await self._outbox.join()
+
+    def drain(self, seconds: float) -> None:
+        """From now on, a transaction that keeps failing is given up after `seconds`."""
+        if self._give_up_at is None:
+            self._give_up_at = time.monotonic() + seconds
 
     async def _run(self) -> None:
         while True:
@@ -55,27 +75,55 @@ class Writer:
             await asyncio.sleep(GATHER_SECONDS)  # let a burst of outcomes gather into one transaction
             while len(batch) < WRITE_BATCH and not self._outbox.empty():
                 batch.append(self._outbox.get_nowait())
-            await self._store(batch)
-            self._on_stored(batch)
+            try:
+                dropped = await self._store(batch)
+            except Exception:  # a bug: give these up (they will be sent again), keep the writer alive
+                log.critical("storing %d outcomes crashed; they are given up", len(batch), exc_info=True)
+                dropped = batch
+            if dropped:
+                log.warning("%d outcomes not stored: their rows were taken back or given up", len(dropped))
+            gone = {id(o) for o in dropped}
+            self._on_stored([o for o in batch if id(o) not in gone], dropped)
             for _ in batch:
                 self._outbox.task_done()
 
-    async def _store(self, batch: list[Outcome]) -> None:
-        """Store a batch of outcomes, trying until it works.
+    async def _store(self, batch: list[Outcome]) -> list[Outcome]:
+        """Store what can be stored; returns the outcomes that were not."""
+        try:
+            return await self._retrying(claims.record, batch)
+        except Exception as exc:
+            if is_transient(exc):  # given up while draining
+                log.error("giving up storing %d outcomes (%s): sent again later", len(batch), first_line(exc))
+                return batch
+            return await self._store_apart(batch, exc)
 
-        The writer must never die: a dead writer leaves every chunk waiting for its rows to be stored while
-        the lease keeper keeps their leases alive, so nothing would ever recover them. Any failure (database
-        restarting, pool exhausted, lock timeout) is logged and retried; the rows stay leased meanwhile.
-        """
+    async def _store_apart(self, batch: list[Outcome], exc: Exception) -> list[Outcome]:
+        """A value the database refuses: find the outcome that cannot be stored by halving the batch."""
+        if len(batch) > 1:
+            mid = len(batch) // 2
+            return await self._store(batch[:mid]) + await self._store(batch[mid:])
+        outcome = batch[0]
+        reason = f"the answer could not be stored: {first_line(exc)}"
+        log.error("request %d: %s; stored as failed", outcome.request_id, reason)
+        try:
+            stored = await self._retrying(claims.fail_unstorable, outcome, reason)
+        except Exception:
+            log.critical("request %d could not be stored even as failed", outcome.request_id, exc_info=True)
+            return batch
+        return [] if stored else batch
+
+    async def _retrying(self, call: Callable[..., T], *args: object) -> T:
+        """`call(db, *args)` in a thread, tried again on transient errors (until given up, when draining)."""
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(claims.record, self.db, self.worker, batch)
-                return
+                return await asyncio.to_thread(call, self.db, *args)
             except Exception as exc:
-                log.warning("storing %d outcomes failed (%r); retrying in %.1fs", len(batch), exc, delay)
+                if not is_transient(exc) or (self._give_up_at and time.monotonic() >= self._give_up_at):
+                    raise
+                log.warning("storing outcomes failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
 
 
 def report_death(task: asyncio.Task[None]) -> None:

@@ -13,13 +13,12 @@ from sqlalchemy import Integer, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
-from pipeline.store.claims import claimable
 from pipeline.store.db import Database
 from pipeline.store.models import Attempt, Batch, BatchState, Request, RequestStatus, utcnow
 from pipeline.store.sql import columns, executemany, insert_sql
 
 #: The columns intake writes for each request row (the rest belong to claims and recovery).
-REQUEST_COLUMNS = columns(Request, without=("id", "lease_until", "enqueued_at", "worker"))
+REQUEST_COLUMNS = columns(Request, without=("id", "fence", "enqueued_at", "worker"))
 _INSERT_REQUEST = insert_sql(Request, REQUEST_COLUMNS)
 
 
@@ -175,13 +174,13 @@ def set_batch_state(db: Database, batch_id: str, state: BatchState, reason: str 
 
 
 def cancel_batch(db: Database, batch_id: str) -> int:
-    """Cancel the batch: queued rows (and rows of dead workers) become cancelled. Returns how many."""
+    """Cancel the batch: queued rows become cancelled (rows in flight finish). Returns how many."""
     now = utcnow()
     with db.write() as s:
         s.execute(update(Batch).where(Batch.id == batch_id).values(state=BatchState.CANCELLED))
         done = s.execute(
             update(Request)
-            .where(Request.batch_id == batch_id, claimable(now))
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
             .values(
                 status=RequestStatus.CANCELLED,
                 error_type=ErrorType.CANCELLED,

@@ -1,27 +1,50 @@
-"""Claims and outcomes: taking request rows to send, keeping them, and storing what became of them.
+"""Claims: which engine holds which rows, proven by heartbeats and fences, and storing what became of them.
 
-Claiming is one conditional UPDATE: a row is taken only while it is `queued`, or `running` with a lease that
-ran out (its worker died), and only while its batch is active. Two workers can never both hold a row, and a
-redelivered chunk finds its finished rows already final and skips them.
+Ownership is checked, never assumed:
+
+- Every engine registers a row in `workers` and bumps its `beat` while it lives (`beat`). Others watch the
+  beats (recovery.py): an engine whose beat did not move for a whole lease, timed on the watcher's own
+  monotonic clock, is dead, and its running rows go back to the queue in the transaction that deletes its
+  worker row. No process's wall clock is ever compared with another's.
+- A claim takes only queued rows of active batches and bumps each row's `fence`. The holder keeps
+  (id, fence) and writes attempts, result and status only where the row is still `running` with that
+  fence (`record`), so an engine that lost rows (declared dead, then back) writes nothing for them.
+- A claim by an engine whose worker row is gone fails (`WorkerGone`): rows are never taken in the name of
+  an engine the others already buried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
+from pipeline.errors import ErrorType, PipelineError
 from pipeline.store.db import Database
-from pipeline.store.models import Attempt, Batch, BatchState, Request, RequestStatus, Result, utcnow
-from pipeline.store.sql import columns, db_time_for, executemany, insert_sql, parts, upsert_sql
+from pipeline.store.models import (
+    Attempt,
+    Batch,
+    BatchState,
+    Request,
+    RequestStatus,
+    Result,
+    Worker,
+    utcnow,
+)
+from pipeline.store.sql import columns, db_time_for, executemany, fitter, insert_sql, parts, upsert_sql
+
+
+class WorkerGone(PipelineError):
+    """This engine's worker row is gone: the others declared it dead and took its rows back."""
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A request row this worker now holds under a lease."""
+    """A request row an engine now holds, under the fence its claim set."""
 
     id: int
     batch_id: str
@@ -29,8 +52,11 @@ class Claimed:
     url: str
     body: str
     attempts: int
+    fence: int
     #: the stored audio file of a transcription or translation (see `blobs.load_blob`)
     blob_sha256: str | None = None
+    #: the engine (worker id) that claimed it
+    worker: str = ""
 
 
 @dataclass(slots=True)
@@ -54,6 +80,7 @@ class Outcome:
     """What became of one claimed request: final (succeeded/failed/cancelled) or released back to queued."""
 
     request_id: int
+    fence: int
     status: RequestStatus
     attempts: list[AttemptRecord] = field(default_factory=list)
     result: dict[str, Any] | None = None  #: Result columns, without request_id
@@ -68,26 +95,81 @@ RESULT_COLUMNS = columns(Result)
 _INSERT_ATTEMPT = insert_sql(Attempt, ATTEMPT_COLUMNS)
 _UPSERT_RESULT = upsert_sql(Result, "request_id", RESULT_COLUMNS)
 _FINISH_REQUEST = (
-    "UPDATE requests SET status = :new_status, attempts = attempts + :sent, error_type = :etype, "
-    "error_message = :emsg, finished_at = :done, lease_until = NULL "
-    "WHERE id = :rid AND worker = :worker AND status = 'running'"
+    "UPDATE requests SET status = :new_status, attempts = attempts + :sent, error_type = :error_type, "
+    "error_message = :error_message, finished_at = :done "
+    "WHERE id = :rid AND fence = :fence AND status = 'running'"
 )
+_fit_attempt = fitter(Attempt)
+_fit_result = fitter(Result)
+_fit_request = fitter(Request)
 
 
-def claim(db: Database, ids: Sequence[int], worker: str, lease_seconds: float) -> list[Claimed]:
-    """Take the claimable rows among `ids` for `worker`; the others (finished, held, paused) are skipped."""
+# --- workers -------------------------------------------------------------------------------------------
+
+
+def register(db: Database, worker: str, host: str, pid: int) -> None:
+    """Add this engine's worker row (beat 0)."""
+    with db.write() as s:
+        s.add(Worker(id=worker, host=host, pid=pid, beat=0, started_at=utcnow()))
+
+
+def beat(db: Database, worker: str) -> bool:
+    """Bump the worker's beat; False when its row is gone (declared dead: its rows are no longer its own)."""
+    with db.write() as s:
+        done = s.execute(update(Worker).where(Worker.id == worker).values(beat=Worker.beat + 1))
+        return bool(getattr(done, "rowcount", 0))
+
+
+def retire(db: Database, worker: str) -> int:
+    """A clean exit: rows still running under the worker go back to the queue, and its row goes."""
+    with db.write() as s:
+        released = requeue_rows_of(s, worker)
+        s.execute(delete(Worker).where(Worker.id == worker))
+    return len(released)
+
+
+def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
+    """Every running row of `worker` back to queued (cancelled when its batch was), fences bumped."""
+    rows = [
+        (b, i)
+        for b, i in s.execute(
+            update(Request)
+            .where(Request.worker == worker, Request.status == RequestStatus.RUNNING)
+            .values(status=RequestStatus.QUEUED, worker=None, fence=Request.fence + 1, enqueued_at=None)
+            .returning(Request.batch_id, Request.id)
+        )
+    ]
+    if rows:  # a cancelled batch keeps no queued rows
+        cancelled = select(Batch.id).where(Batch.state == BatchState.CANCELLED)
+        s.execute(
+            update(Request)
+            .where(Request.status == RequestStatus.QUEUED, Request.batch_id.in_(cancelled))
+            .values(
+                status=RequestStatus.CANCELLED,
+                error_type=ErrorType.CANCELLED,
+                error_message="cancelled",
+                finished_at=utcnow(),
+            )
+        )
+    return rows
+
+
+# --- claims --------------------------------------------------------------------------------------------
+
+
+def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
+    """Take the queued rows among `ids` of active batches for `worker`; the others are skipped.
+
+    Raises WorkerGone when the worker's row is gone. On PostgreSQL the worker row is held FOR SHARE for
+    the claim, so the watcher that buries a worker (FOR UPDATE of that row) runs wholly before or after it.
+    """
     claimed: list[Claimed] = []
-    now = utcnow()
+    active = select(Batch.id).where(Batch.state == BatchState.ACTIVE)
     for part in parts(ids):
         stmt = (
             update(Request)
-            .where(Request.id.in_(part), claimable(now))
-            .where(Request.batch_id.in_(select(Batch.id).where(Batch.state == BatchState.ACTIVE)))
-            .values(
-                status=RequestStatus.RUNNING,
-                worker=worker,
-                lease_until=now + timedelta(seconds=lease_seconds),
-            )
+            .where(Request.id.in_(part), Request.status == RequestStatus.QUEUED, Request.batch_id.in_(active))
+            .values(status=RequestStatus.RUNNING, worker=worker, fence=Request.fence + 1)
             .returning(
                 Request.id,
                 Request.batch_id,
@@ -95,20 +177,23 @@ def claim(db: Database, ids: Sequence[int], worker: str, lease_seconds: float) -
                 Request.url,
                 Request.body,
                 Request.attempts,
+                Request.fence,
                 Request.blob_sha256,
             )
         )
         with db.write() as s:
-            claimed.extend(Claimed(*row) for row in s.execute(stmt))
+            if s.scalar(select(Worker.id).where(Worker.id == worker).with_for_update(read=True)) is None:
+                raise WorkerGone(f"worker {worker} was declared dead")
+            claimed.extend(Claimed(**row._asdict(), worker=worker) for row in s.execute(stmt))
     claimed.sort(key=lambda c: c.id)
     return claimed
 
 
-def claimable_ids(db: Database, batch_id: str, after: int, limit: int) -> list[int]:
-    """Ids of rows of the batch that could be claimed now, in id order, after `after`."""
+def queued_ids(db: Database, batch_id: str, after: int, limit: int) -> list[int]:
+    """Ids of queued rows of the batch, in id order, after `after`."""
     stmt = (
         select(Request.id)
-        .where(Request.batch_id == batch_id, Request.id > after, claimable(utcnow()))
+        .where(Request.batch_id == batch_id, Request.id > after, Request.status == RequestStatus.QUEUED)
         .order_by(Request.id)
         .limit(limit)
     )
@@ -116,60 +201,89 @@ def claimable_ids(db: Database, batch_id: str, after: int, limit: int) -> list[i
         return list(s.scalars(stmt))
 
 
-def renew_leases(db: Database, worker: str, ids: Iterable[int], lease_seconds: float) -> None:
-    until = utcnow() + timedelta(seconds=lease_seconds)
-    for part in parts(list(ids)):
-        with db.write() as s:
-            s.execute(
-                update(Request)
-                .where(
-                    Request.id.in_(part), Request.worker == worker, Request.status == RequestStatus.RUNNING
-                )
-                .values(lease_until=until)
-            )
+# --- outcomes ------------------------------------------------------------------------------------------
 
 
-def record(db: Database, worker: str, outcomes: Sequence[Outcome]) -> None:
-    """Store a batch of outcomes in one transaction: attempts, results, and the rows' new status.
+def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Store the outcomes whose rows are still held under their fence, in one transaction.
 
-    This is the hottest write path (every request passes here), so it goes straight to the driver's
-    executemany with named parameters.
+    Returns the outcomes NOT stored because their row was taken back (its holder lost it): their attempts,
+    results and status are not written. Values are fitted to the columns first (lengths, NUL characters),
+    so the same outcome stores alike on SQLite and PostgreSQL. The hottest write path: it goes straight
+    to the driver's executemany.
     """
     if not outcomes:
-        return
-    sqlite = db.is_sqlite
+        return []
+    with db.write() as s:
+        held = _held_fences(s, [o.request_id for o in outcomes])
+        kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
+        _write(s, kept, db.is_sqlite)
+    return [o for o in outcomes if held.get(o.request_id) != o.fence]
+
+
+def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:
+    """Fences of the running rows among `ids`, locked (PostgreSQL) until the transaction ends."""
+    fences: dict[int, int] = {}
+    for part in parts(sorted(ids)):
+        stmt = (
+            select(Request.id, Request.fence)
+            .where(Request.id.in_(part), Request.status == RequestStatus.RUNNING)
+            .order_by(Request.id)
+            .with_for_update()
+        )
+        fences.update({rid: fence for rid, fence in s.execute(stmt)})
+    return fences
+
+
+def _write(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> None:
     now = db_time_for(sqlite, utcnow())
     attempts = [
-        {
-            "request_id": o.request_id,
-            **{name: getattr(a, name) for name in _ATTEMPT_FIELDS},
-            "started_at": db_time_for(sqlite, a.started_at),
-        }
+        _fit_attempt(
+            {
+                "request_id": o.request_id,
+                **{name: getattr(a, name) for name in _ATTEMPT_FIELDS},
+                "started_at": db_time_for(sqlite, a.started_at),
+            }
+        )
         for o in outcomes
         for a in o.attempts
     ]
-    results = [{"request_id": o.request_id, **o.result} for o in outcomes if o.result is not None]
+    results = [_fit_result({"request_id": o.request_id, **o.result}) for o in outcomes if o.result]
     rows = [
-        {
-            "rid": o.request_id,
-            "worker": worker,
-            "new_status": o.status.value,
-            "sent": len(o.attempts),
-            "etype": o.error_type,
-            "emsg": o.error_message,
-            "done": now if o.status.final else None,
-        }
+        _fit_request(
+            {
+                "rid": o.request_id,
+                "fence": o.fence,
+                "new_status": o.status.value,
+                "sent": len(o.attempts),
+                "error_type": o.error_type,
+                "error_message": o.error_message,
+                "done": now if o.status.final else None,
+            }
+        )
         for o in outcomes
     ]
-    with db.write() as s:
-        executemany(s, _INSERT_ATTEMPT, attempts)
-        executemany(s, _UPSERT_RESULT, results)
-        executemany(s, _FINISH_REQUEST, rows)
+    executemany(s, _INSERT_ATTEMPT, attempts)
+    executemany(s, _UPSERT_RESULT, results)
+    executemany(s, _FINISH_REQUEST, rows)
 
 
-def claimable(now: Any) -> Any:
-    """Rows a worker may take: queued, or running under a lease that ran out."""
-    return or_(
-        Request.status == RequestStatus.QUEUED,
-        and_(Request.status == RequestStatus.RUNNING, Request.lease_until < now),
+def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
+    """Store `outcome` as failed with `reason`, without its attempts or answer (which could not be stored).
+
+    For an outcome that failed to store on its own: the row must not stay running forever. False when the
+    row is no longer held under the outcome's fence.
+    """
+    row = _fit_request(
+        {
+            "rid": outcome.request_id,
+            "fence": outcome.fence,
+            "new_status": RequestStatus.FAILED.value,
+            "sent": len(outcome.attempts),
+            "error_type": ErrorType.UNSTORABLE.value,
+            "error_message": reason,
+            "done": db_time_for(db.is_sqlite, utcnow()),
+        }
     )
+    with db.write() as s:
+        return executemany(s, _FINISH_REQUEST, [row]) != 0

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,6 +145,22 @@ def _migration_lock(db: Database) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error that trying the same statement again may cure: the database restarting, busy or unreachable,
+    the pool out of connections, a disk that was full. Anything else (a value the column refuses, a broken
+    constraint) fails the same way every time."""
+    if isinstance(exc, OSError | sqlalchemy.exc.TimeoutError | sqlalchemy.exc.DisconnectionError):
+        return True
+    # The writer's executemany raises the driver's own classes (sqlite3, psycopg), SQLAlchemy wraps the rest:
+    # both name them as DB-API 2.0 does.
+    return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a driver's message can run to many lines)."""
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -76,11 +76,14 @@ class Batch(Base):
     """One submitted job file."""
 
     __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("content_key", name="uq_batches_content_key"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     source: Mapped[str] = mapped_column(Text)  #: the job file's path as given
     content_hash: Mapped[str] = mapped_column(String(64), index=True)  #: sha256 of the file and its options
+    #: the content hash, unique: two intakes of the same file cannot both commit (None for --force copies)
+    content_key: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[BatchState] = mapped_column(_states(BatchState), default=BatchState.ACTIVE)
     pause_reason: Mapped[str | None] = mapped_column(Text)
     base_url: Mapped[str] = mapped_column(Text)
@@ -99,7 +102,7 @@ class Request(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "custom_id", name="uq_requests_batch_custom_id"),
         Index("ix_requests_batch_status", "batch_id", "status"),
-        Index("ix_requests_status_lease", "status", "lease_until"),
+        Index("ix_requests_status_worker", "status", "worker"),
         Index("ix_requests_batch_id_id", "batch_id", "id"),
     )
 
@@ -111,7 +114,8 @@ class Request(Base):
     body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
     status: Mapped[RequestStatus] = mapped_column(_states(RequestStatus), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    #: bumped by every claim: the holder writes only while the row still carries the fence it claimed
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)  #: last time a broker message named it
     worker: Mapped[str | None] = mapped_column(String(128))
     error_type: Mapped[str | None] = mapped_column(String(64))
@@ -120,6 +124,21 @@ class Request(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: the audio file of a transcription or translation, stored at intake; None for other endpoints
     blob_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blobs.sha256"))
+
+
+class Worker(Base):
+    """An engine that may hold rows (`pipeline run` or a worker process), alive while its beat moves.
+
+    Others watch `beat` on their own monotonic clocks; no process's wall clock is compared with another's.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  #: host:pid:suffix
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    beat: Mapped[int] = mapped_column(Integer, default=0)  #: bumped every lease/4 while it lives
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Blob(Base):
@@ -167,7 +186,7 @@ class Result(Base):
     body: Mapped[str] = mapped_column(Text)  #: the response body as received
     response_id: Mapped[str | None] = mapped_column(String(128))  #: the body's `id`, e.g. chatcmpl-...
     model: Mapped[str | None] = mapped_column(String(128))
-    finish_reasons: Mapped[str | None] = mapped_column(String(256))  #: every choice's, joined with |
+    finish_reasons: Mapped[str | None] = mapped_column(Text)  #: every choice's, joined with |
     output: Mapped[str | None] = mapped_column(Text)  #: the first choice's text, or the transcript
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)

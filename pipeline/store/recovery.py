@@ -1,18 +1,92 @@
-"""Recovery: rows whose worker died go back to the queue, and rows whose broker message was lost are found.
+"""Recovery: engines that died give their rows back, and rows whose broker message was lost are found again.
 
-Used by the workers' keeper (and by dispatch when it enqueues a batch). Each statement is one conditional
-`UPDATE ... RETURNING`, so when several workers recover at once each row is taken by one of them.
+`Reaper.sweep` is run by every worker's keeper and by `pipeline run` while it waits. It watches the beats of
+the other engines (store/claims.py) on this process's own monotonic clock: an engine whose beat has not
+moved for a whole lease is dead, and so is one on this host whose process is gone (found at once: a rerun
+of `pipeline run` after a kill takes over in a second, not a lease). Burying an engine is one transaction
+that locks its worker row, checks the beat is still the one watched, gives every row it held back to the
+queue with a new fence, and deletes the row; so it runs wholly before or after any claim or beat of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 
+from pipeline.store.claims import requeue_rows_of
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, utcnow
+from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Worker
+from pipeline.store.sql import db_clock, parts
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    """Remembers, per engine, the beat last seen and when (this process's monotonic clock)."""
+
+    def __init__(self, db: Database, lease_seconds: float) -> None:
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.host = socket.gethostname()
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def sweep(self, spare: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+        """Bury every dead engine but those in `spare` (this process's); returns the rows freed."""
+        now = time.monotonic()
+        with self.db.read() as s:
+            workers = list(s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.beat)))
+        self._seen = {w: v for w, v in self._seen.items() if any(w == row[0] for row in workers)}
+        freed: list[tuple[str, int]] = []
+        for worker, host, pid, beat in workers:
+            if worker in spare:
+                continue
+            silent = now - self._beat_seen_at(worker, beat, now)
+            gone = host == self.host and not process_alive(pid)
+            if gone or silent >= self.lease_seconds:
+                rows = bury(self.db, worker, beat)
+                why = "its process is gone" if gone else f"no beat for {silent:.0f}s"
+                log.warning("engine %s is dead (%s): %d rows back to the queue", worker, why, len(rows))
+                freed += rows
+        return freed
+
+    def _beat_seen_at(self, worker: str, beat: int, now: float) -> float:
+        """When this process first saw `worker` at `beat` (now, if the beat is new)."""
+        seen = self._seen.get(worker)
+        if seen is None or seen[0] != beat:
+            self._seen[worker] = seen = (beat, now)
+        return seen[1]
+
+
+def bury(db: Database, worker: str, beat: int) -> list[tuple[str, int]]:
+    """If `worker` still has the beat `beat`, give its rows back and delete it; returns the rows freed."""
+    with db.write() as s:
+        current = s.scalar(select(Worker.beat).where(Worker.id == worker).with_for_update())
+        if current != beat:  # it beat meanwhile (alive after all), or another watcher buried it
+            return []
+        rows = requeue_rows_of(s, worker)
+        s.execute(delete(Worker).where(Worker.id == worker))
+    return rows
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc (macOS): signal 0 said it exists
 
 
 def queued_ids(db: Database, batch_id: str, page: int = 10_000) -> Iterator[int]:
@@ -45,48 +119,47 @@ def mark_enqueued(db: Database, batch_id: str) -> None:
         s.execute(
             update(Request)
             .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
-            .values(enqueued_at=utcnow())
+            .values(enqueued_at=db_clock(s))
         )
 
 
-def requeue_expired(db: Database) -> list[tuple[str, int]]:
-    """Rows whose worker died (lease ran out) go back to queued; returns (batch id, row id) to re-publish."""
-    now = utcnow()
-    broker_batches = select(Batch.id).where(Batch.dispatch == Dispatch.BROKER)
-    stmt = (
-        update(Request)
-        .where(
-            Request.status == RequestStatus.RUNNING,
-            Request.lease_until < now,
-            Request.batch_id.in_(broker_batches),  # a `pipeline run` batch is picked up by its next run
-        )
-        .values(status=RequestStatus.QUEUED, worker=None, lease_until=None, enqueued_at=now)
-        .returning(Request.batch_id, Request.id)
-    )
+def broker_batches(db: Database, batch_ids: Iterable[str]) -> set[str]:
+    """Those of `batch_ids` that go through the broker (the others belong to a `pipeline run`)."""
+    ids = list(batch_ids)
+    if not ids:
+        return set()
+    with db.read() as s:
+        return set(s.scalars(select(Batch.id).where(Batch.id.in_(ids), Batch.dispatch == Dispatch.BROKER)))
+
+
+def stamp_enqueued(db: Database, ids: Sequence[int]) -> None:
+    """These rows were just named in a broker message again."""
     with db.write() as s:
-        return [(b, i) for b, i in s.execute(stmt)]
+        now = db_clock(s)
+        for part in parts(list(ids)):
+            s.execute(update(Request).where(Request.id.in_(part)).values(enqueued_at=now))
 
 
 def take_unsent(db: Database, older_than: float) -> list[tuple[str, int]]:
     """Queued rows of active broker batches whose last message is older than `older_than` seconds.
 
     Called only when the broker queue is empty: such rows lost their message (a broker restarted without
-    persistence, a publish that failed). Taking them stamps them, so only one worker re-publishes each.
+    persistence, a publish that failed, an engine buried). Taking them stamps them, on the database's
+    clock, so only one worker re-publishes each.
     """
-    now = utcnow()
-    cutoff = now - timedelta(seconds=older_than)
     active_broker = select(Batch.id).where(
         Batch.state == BatchState.ACTIVE, Batch.dispatch == Dispatch.BROKER
     )
-    stmt = (
-        update(Request)
-        .where(
-            Request.status == RequestStatus.QUEUED,
-            or_(Request.enqueued_at.is_(None), Request.enqueued_at < cutoff),
-            Request.batch_id.in_(active_broker),
-        )
-        .values(enqueued_at=now)
-        .returning(Request.batch_id, Request.id)
-    )
     with db.write() as s:
+        now = db_clock(s)
+        stmt = (
+            update(Request)
+            .where(
+                Request.status == RequestStatus.QUEUED,
+                or_(Request.enqueued_at.is_(None), Request.enqueued_at < now - timedelta(seconds=older_than)),
+                Request.batch_id.in_(active_broker),
+            )
+            .values(enqueued_at=now)
+            .returning(Request.batch_id, Request.id)
+        )
         return [(b, i) for b, i in s.execute(stmt)]

@@ -9,11 +9,11 @@ into psycopg's `%(name)s` style for PostgreSQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import String, Table, func, select
 from sqlalchemy.orm import DeclarativeBase, Session
 
 #: Ids per IN (...) clause: under SQLite's default limit of host parameters.
@@ -91,6 +91,41 @@ def db_time_for(sqlite: bool, value: Any) -> Any:
     """A value as the driver takes it: on SQLite a datetime becomes SQLAlchemy's text form."""
     if sqlite and isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def fitter(model: type[DeclarativeBase]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that fits a row's text values to the model's columns, in place, and returns the row.
+
+    Both databases then store the same thing: PostgreSQL refuses a string longer than its varchar and any
+    NUL character, SQLite takes both. So NULs become U+FFFD and over-long strings are cut to the column.
+    Keys that are not columns are left alone.
+    """
+    limits = {c.name: c.type.length for c in table_of(model).columns if isinstance(c.type, String)}
+
+    def fit(row: dict[str, Any]) -> dict[str, Any]:
+        for name, limit in limits.items():
+            value = row.get(name)
+            if isinstance(value, str):
+                if "\x00" in value:
+                    value = value.replace("\x00", "\ufffd")
+                row[name] = value[:limit] if limit is not None and len(value) > limit else value
+        return row
+
+    return fit
+
+
+def db_clock(session: Session) -> datetime:
+    """Now on the database's clock, as the naive UTC datetime every time column holds.
+
+    PostgreSQL has a clock of its own, shared by every worker; SQLite runs inside the calling process and
+    reads that process's clock (one machine, so one clock, unless a test fakes it).
+    """
+    if is_sqlite(session):
+        text = session.scalar(select(func.strftime("%Y-%m-%d %H:%M:%f", "now")))
+        return datetime.fromisoformat(str(text))
+    value = session.scalar(select(func.timezone("UTC", func.now())))
+    assert isinstance(value, datetime)
     return value
 
 
