@@ -36,6 +36,10 @@ A fingerprint identifies a request's content: for JSON requests, the sha256 hex 
 for audio uploads, the sha256 of the file bytes, a newline, then the sorted-key JSON of
 {"fields": {every other form field}, "filename": the file's name}.
 
+Models: by default every model exists except "does-not-exist". With `FakeConfig.models` set (a list of
+names, also settable live: POST /_fake/config {"models": ["gpt-4o-mini"]}), a chat, completion or audio
+request naming any other model gets OpenAI's 404 model_not_found, once the rest of the request is valid.
+
 The quota counts successful answers since start or reset, including those answered while no quota
 was set: `quota=0` refuses everything from then on, `quota=None` lets everything through again.
 """

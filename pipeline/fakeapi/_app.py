@@ -10,7 +10,7 @@ import hmac
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -29,7 +29,8 @@ JSON_BODY_LIMIT = 64 * 1024 * 1024
 #: The fingerprint recorded for a JSON body too large to read.
 UNREAD_BODY = "unread"
 
-Reader = Callable[[web.Request], Awaitable[Plan]]
+#: Reads a request into its plan, given the models that exist (None: any model).
+Reader = Callable[[web.Request, Sequence[str] | None], Awaitable[Plan]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,8 +61,8 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
     routes: dict[str, Reader] = {
         "/v1/chat/completions": _json_reader(plan_chat),
         "/v1/completions": _json_reader(plan_completion),
-        "/v1/audio/transcriptions": lambda request: plan_audio(request, "transcribe"),
-        "/v1/audio/translations": lambda request: plan_audio(request, "translate"),
+        "/v1/audio/transcriptions": lambda request, models: plan_audio(request, "transcribe", models),
+        "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
@@ -77,19 +78,19 @@ def state_of(app: web.Application) -> FakeState:
     return app[STATE]
 
 
-def _json_reader(plan: Callable[[bytes], Plan]) -> Reader:
-    async def read(request: web.Request) -> Plan:
+def _json_reader(plan: Callable[[bytes, Sequence[str] | None], Plan]) -> Reader:
+    async def read(request: web.Request, models: Sequence[str] | None) -> Plan:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             message = f"Maximum content size limit ({JSON_BODY_LIMIT}) exceeded"
             return Plan.failing(UNREAD_BODY, ApiError(413, message, type="server_error"))
-        return plan(raw)
+        return plan(raw, models)
 
     return read
 
 
-async def _read_unknown(request: web.Request) -> Plan:
+async def _read_unknown(request: web.Request, models: Sequence[str] | None) -> Plan:
     raw = await request.read()
     error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
     return Plan.failing(fingerprint_bytes(raw), error, metered=False)
@@ -101,7 +102,7 @@ def _v1_handler(reader: Reader) -> Handler:
         started = time.monotonic()
         state.stats.enter()
         try:
-            plan = await reader(request)
+            plan = await reader(request, state.config.models)
             state.stats.receive(plan.fingerprint)
             try:
                 answer = await _pass_checks(state, request, plan)

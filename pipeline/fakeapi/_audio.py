@@ -19,6 +19,7 @@ import hashlib
 import io
 import math
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,8 +91,8 @@ class _Upload:
         return digest.hexdigest()
 
 
-async def plan_audio(request: web.Request, task: str) -> Plan:
-    """Read an upload for `task` ("transcribe" or "translate")."""
+async def plan_audio(request: web.Request, task: str, models: Sequence[str] | None) -> Plan:
+    """Read an upload for `task` ("transcribe" or "translate"); `models` are the models that exist."""
     if request.content_type != "multipart/form-data":
         raw = await request.read()
         error = ApiError(
@@ -108,7 +109,7 @@ async def plan_audio(request: web.Request, task: str) -> Plan:
     model = upload.fields.get("model", "")
 
     def respond() -> Answer:
-        return _answer(upload, task)
+        return _answer(upload, task, models)
 
     return Plan(upload.fingerprint(), model, 0, respond)
 
@@ -131,7 +132,7 @@ class _Request:
     language: str | None
 
 
-def _validate(upload: _Upload) -> _Request:
+def _validate(upload: _Upload, models: Sequence[str] | None) -> _Request:
     """Refuse what OpenAI refuses, in its order: size, model, file, format, options, model existence."""
     if upload.size > MAX_FILE_BYTES:
         raise ApiError(
@@ -153,13 +154,13 @@ def _validate(upload: _Upload) -> _Request:
             param="response_format",
         )
     temperature = _temperature(upload.fields.get("temperature"))
-    check_model_exists(model)
+    check_model_exists(model, models)
     return _Request(model, response_format, temperature, upload.fields.get("language"))
 
 
-def _answer(upload: _Upload, task: str) -> Answer:
+def _answer(upload: _Upload, task: str, models: Sequence[str] | None) -> Answer:
     """Validate the upload, then transcribe (or translate) it."""
-    request = _validate(upload)
+    request = _validate(upload, models)
     duration = _duration(bytes(upload.data))
     if duration < 0.1:
         raise ApiError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ class _Completion:
     finish_reason: str
 
 
-def plan_chat(raw: bytes) -> Plan:
+def plan_chat(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
         body = _load_object(raw)
@@ -69,7 +70,7 @@ def plan_chat(raw: bytes) -> Plan:
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
         limit = _max_tokens(body, "max_completion_tokens") or _max_tokens(body, "max_tokens")
         reject_stream(body)
-        check_model_exists(model)
+        check_model_exists(model, models)
     except ApiError as error:
         return Plan.failing(fingerprint, error, _model_of(raw))
     completion = _complete(last_user, _forced_call(body), limit)
@@ -81,7 +82,7 @@ def plan_chat(raw: bytes) -> Plan:
     return Plan(fingerprint, model, estimate, respond)
 
 
-def plan_completion(raw: bytes) -> Plan:
+def plan_completion(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
         body = _load_object(raw)
@@ -90,7 +91,7 @@ def plan_completion(raw: bytes) -> Plan:
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
         limit = _max_tokens(body, "max_tokens")
         reject_stream(body)
-        check_model_exists(model)
+        check_model_exists(model, models)
     except ApiError as error:
         return Plan.failing(fingerprint, error, _model_of(raw))
     completions = [_complete(prompt, None, limit) for prompt in prompts]

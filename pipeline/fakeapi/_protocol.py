@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,8 +184,9 @@ def require_model(value: Any) -> str:
     return value
 
 
-def check_model_exists(model: str) -> None:
-    if model == MISSING_MODEL:
+def check_model_exists(model: str, models: Sequence[str] | None) -> None:
+    """404 model_not_found for MISSING_MODEL, and for any model outside `models` when that is set."""
+    if model == MISSING_MODEL or (models is not None and model not in models):
         raise model_not_found(model)
 
 
