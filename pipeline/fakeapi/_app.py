@@ -1,6 +1,6 @@
 """make_app: the routes, and the checks every /v1 request passes in order.
 
-auth -> hang / 5xx injection -> quota -> rate limit -> validation -> latency -> answer.
+auth -> hang / 5xx injection -> quota -> rate limit -> validation -> directive -> latency -> answer.
 """
 
 from __future__ import annotations
@@ -103,11 +103,16 @@ def _v1_handler(reader: Reader) -> Handler:
         state.stats.enter()
         try:
             plan = await reader(request, state.config.models)
-            state.stats.receive(plan.fingerprint)
+            receipt = state.stats.receive(plan.fingerprint)
             try:
-                answer = await _pass_checks(state, request, plan)
+                answer = await _pass_checks(state, request, plan, receipt)
                 charset = "utf-8" if answer.content_type.startswith("text/") else None
-                response = web.Response(body=answer.body, content_type=answer.content_type, charset=charset)
+                response = web.Response(
+                    body=answer.body,
+                    content_type=answer.content_type,
+                    charset=charset,
+                    headers=answer.headers,
+                )
             except ApiError as error:
                 response = error.response()
             _stamp(response, state, started)
@@ -119,17 +124,18 @@ def _v1_handler(reader: Reader) -> Handler:
     return handle
 
 
-async def _pass_checks(state: FakeState, request: web.Request, plan: Plan) -> Answer:
+async def _pass_checks(state: FakeState, request: web.Request, plan: Plan, receipt: int) -> Answer:
+    """The answer to the `receipt`-th receipt (from 1) of the plan's body, or the ApiError it gets."""
     config = state.config
     _check_auth(config, request.headers.get(hdrs.AUTHORIZATION))
     if not plan.metered:
-        return plan.respond()
+        return plan.respond(None)
     await _inject_faults(state)
     state.quota.take(config)
     succeeded = False
     try:
         state.limiter.admit(config, plan.model, plan.tokens)
-        answer = plan.respond()
+        answer = await _respond(plan, receipt)
         delay = config.latency
         if config.latency_jitter:
             delay += state.random.uniform(-config.latency_jitter, config.latency_jitter)
@@ -139,6 +145,14 @@ async def _pass_checks(state: FakeState, request: web.Request, plan: Plan) -> An
     finally:
         state.quota.settle(succeeded)
     return answer
+
+
+async def _respond(plan: Plan, receipt: int) -> Answer:
+    """Validate the request and answer it, as its directive says while that is in force."""
+    directive = plan.directive
+    if directive is None or not directive.in_force(receipt):
+        return plan.respond(None)
+    return await directive.shape(plan.respond(directive))
 
 
 def _check_auth(config: FakeConfig, header: str | None) -> None:
@@ -175,8 +189,11 @@ async def _inject_faults(state: FakeState) -> None:
 
 
 def _stamp(response: web.Response, state: FakeState, started: float) -> None:
-    """Headers every /v1 answer carries; a 429 keeps the rate-limit headers it was refused with."""
-    response.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+    """Headers every /v1 answer carries.
+
+    A 429 keeps the rate-limit headers it was refused with, and a directed answer its x-request-id.
+    """
+    response.headers.setdefault("x-request-id", f"req_{secrets.token_hex(16)}")
     response.headers["openai-organization"] = ORGANIZATION
     response.headers["openai-version"] = "2020-10-01"
     response.headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
