@@ -182,6 +182,38 @@ def test_chat_validation_errors(
     assert response.headers["x-request-id"].startswith("req_")
 
 
+def test_known_models_refuse_every_other_model_with_404(fake: FakeServer, client: httpx.Client) -> None:
+    assert control(fake, "config", {"models": [MODEL, "whisper-1"]}).status_code == 200
+    assert fake.config.models == [MODEL, "whisper-1"]
+    assert client.post("/chat/completions", json=chat()).status_code == 200
+    assert transcribe(client, wav_bytes(1.0)).status_code == 200
+    refused = [
+        client.post("/chat/completions", json={**chat(), "model": "gpt-9"}),
+        client.post("/completions", json={"model": "gpt-9", "prompt": "hi"}),
+        transcribe(client, wav_bytes(1.0), model="gpt-9"),
+    ]
+    for response in refused:
+        assert response.status_code == 404
+        assert response.json() == {
+            "error": {
+                "message": "The model `gpt-9` does not exist or you do not have access to it.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        }
+    assert control(fake, "config", {"models": None}).status_code == 200
+    assert client.post("/chat/completions", json={**chat(), "model": "gpt-9"}).status_code == 200
+
+
+def test_known_models_must_be_a_list_of_strings(fake: FakeServer) -> None:
+    assert control(fake, "config", {"models": "gpt-9"}).status_code == 400
+    assert control(fake, "config", {"models": [MODEL, 7]}).status_code == 400
+    assert fake.config.models is None
+    with pytest.raises(ValueError, match="models"):
+        FakeConfig(models=MODEL)  # type: ignore[arg-type]
+
+
 def test_unparsable_json_is_400(client: httpx.Client) -> None:
     response = client.post(
         "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}

@@ -8,11 +8,49 @@ Endpoints (OpenAI's protocol: bodies, error shapes and headers):
     POST /v1/audio/translations      "translation of <sha256(file)[:8]>"
 
 Every /v1 request passes, in order: auth -> hang / 5xx injection -> quota -> rate limit ->
-validation -> latency -> answer. Rate-limit and quota refusals are not successes, and a request the
-limiter refuses takes nothing from its bucket. Every /v1 answer carries `x-request-id: req_<hex>`,
-`openai-processing-ms`, and the `x-ratelimit-*` headers of the limits that are set. Limits are
-enforced in buckets of `window` seconds; `x-ratelimit-remaining-*` is what the current bucket has
-left scaled to a minute, `x-ratelimit-reset-*` the time until the meter is idle (details: _limits.py).
+validation -> directive -> latency -> answer. Rate-limit and quota refusals are not successes, and a
+request the limiter refuses takes nothing from its bucket. Every /v1 answer carries
+`x-request-id: req_<hex>` (unless a directive sets another), `openai-processing-ms`, and the
+`x-ratelimit-*` headers of the limits that are set. Limits are enforced in buckets of `window`
+seconds; `x-ratelimit-remaining-*` is what the current bucket has left scaled to a minute,
+`x-ratelimit-reset-*` the time until the meter is idle (details: _limits.py).
+
+Directives (_directives.py): a test picks the answer of each request from the job file. A prompt
+that starts with "fake:" is a directive, and the rest must be a JSON object, e.g.
+fake:{"body": "html", "times": 2}. The prompt is the last user message of a chat request when its
+content is a string, the `prompt` of a legacy completion when it is a string (not a list), or the
+`prompt` form field of an audio upload. Keys, all optional:
+
+    "model": str          the answer's `model` field (chat, completions; refused for audio)
+    "request_id": str     the answer's x-request-id header (no control characters)
+    "content": str        the answer text, any characters ("\\u0000" too): every choice's message
+                          content (a forced call's arguments), completion text, or transcript text
+    "pad": int            the answer text's exact length: filled with "." or cut (0..100,000,000)
+    "status": int         answer this HTTP error (400..599) with an OpenAI error body
+    "code", "type", "message": str
+                          the error body's fields; alone they mean status 400. Defaults: code null;
+                          type server_error (5xx) or invalid_request_error; a message saying so
+    "body": str           answer 200 with a body that is not an answer:
+                            "empty"         no bytes, application/json
+                            "truncated"     the first half of the real answer's bytes
+                            "html"          a captive-portal sign-in page, text/html
+                            "empty_object"  {}
+                            "error"         {"error": {...}}, from code/type/message (default: the 500 error)
+                            "not_json"      plain text under application/json
+                          (not with "status"; code/type/message only with "error")
+    "times": int          in force for the first `times` receipts of this exact request body only
+                          (counted as stats.bodies counts "received", refusals included; a reset
+                          starts again), then the request is answered as if it had no directive
+    "latency": float      seconds to wait before answering, errors and bad bodies too (a success
+                          also waits the configured latency)
+
+A directive applies once auth, faults, quota, rate limits and validation have let its request through,
+and to its own answer only. A malformed directive (unknown key, wrong type or range, contradictory keys,
+"fake:" not followed by a JSON object) is refused 400 with code "invalid_fake_directive" and a message
+naming the problem. Directed text is never cut by max_tokens, each of the n choices gets it, it finishes
+"stop", and usage counts it like any text; the TPM estimate ignores directives. Directed errors are not
+successes (they count by status in the stats and take no quota); a 200 with a bad body is answered
+2xx, so it counts as answered and against the quota.
 
 Control, not part of OpenAI's API:
 
@@ -35,6 +73,10 @@ A fingerprint identifies a request's content: for JSON requests, the sha256 hex 
 (a batch line's custom_id is never in the body, so the same request sent twice has one fingerprint);
 for audio uploads, the sha256 of the file bytes, a newline, then the sorted-key JSON of
 {"fields": {every other form field}, "filename": the file's name}.
+
+Models: by default every model exists except "does-not-exist". With `FakeConfig.models` set (a list of
+names, also settable live: POST /_fake/config {"models": ["gpt-4o-mini"]}), a chat, completion or audio
+request naming any other model gets OpenAI's 404 model_not_found, once the rest of the request is valid.
 
 The quota counts successful answers since start or reset, including those answered while no quota
 was set: `quota=0` refuses everything from then on, `quota=None` lets everything through again.

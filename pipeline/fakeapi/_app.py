@@ -1,6 +1,6 @@
 """make_app: the routes, and the checks every /v1 request passes in order.
 
-auth -> hang / 5xx injection -> quota -> rate limit -> validation -> latency -> answer.
+auth -> hang / 5xx injection -> quota -> rate limit -> validation -> directive -> latency -> answer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hmac
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -29,7 +29,8 @@ JSON_BODY_LIMIT = 64 * 1024 * 1024
 #: The fingerprint recorded for a JSON body too large to read.
 UNREAD_BODY = "unread"
 
-Reader = Callable[[web.Request], Awaitable[Plan]]
+#: Reads a request into its plan, given the models that exist (None: any model).
+Reader = Callable[[web.Request, Sequence[str] | None], Awaitable[Plan]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,8 +61,8 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
     routes: dict[str, Reader] = {
         "/v1/chat/completions": _json_reader(plan_chat),
         "/v1/completions": _json_reader(plan_completion),
-        "/v1/audio/transcriptions": lambda request: plan_audio(request, "transcribe"),
-        "/v1/audio/translations": lambda request: plan_audio(request, "translate"),
+        "/v1/audio/transcriptions": lambda request, models: plan_audio(request, "transcribe", models),
+        "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
@@ -77,19 +78,19 @@ def state_of(app: web.Application) -> FakeState:
     return app[STATE]
 
 
-def _json_reader(plan: Callable[[bytes], Plan]) -> Reader:
-    async def read(request: web.Request) -> Plan:
+def _json_reader(plan: Callable[[bytes, Sequence[str] | None], Plan]) -> Reader:
+    async def read(request: web.Request, models: Sequence[str] | None) -> Plan:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             message = f"Maximum content size limit ({JSON_BODY_LIMIT}) exceeded"
             return Plan.failing(UNREAD_BODY, ApiError(413, message, type="server_error"))
-        return plan(raw)
+        return plan(raw, models)
 
     return read
 
 
-async def _read_unknown(request: web.Request) -> Plan:
+async def _read_unknown(request: web.Request, models: Sequence[str] | None) -> Plan:
     raw = await request.read()
     error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
     return Plan.failing(fingerprint_bytes(raw), error, metered=False)
@@ -101,12 +102,17 @@ def _v1_handler(reader: Reader) -> Handler:
         started = time.monotonic()
         state.stats.enter()
         try:
-            plan = await reader(request)
-            state.stats.receive(plan.fingerprint)
+            plan = await reader(request, state.config.models)
+            receipt = state.stats.receive(plan.fingerprint)
             try:
-                answer = await _pass_checks(state, request, plan)
+                answer = await _pass_checks(state, request, plan, receipt)
                 charset = "utf-8" if answer.content_type.startswith("text/") else None
-                response = web.Response(body=answer.body, content_type=answer.content_type, charset=charset)
+                response = web.Response(
+                    body=answer.body,
+                    content_type=answer.content_type,
+                    charset=charset,
+                    headers=answer.headers,
+                )
             except ApiError as error:
                 response = error.response()
             _stamp(response, state, started)
@@ -118,17 +124,18 @@ def _v1_handler(reader: Reader) -> Handler:
     return handle
 
 
-async def _pass_checks(state: FakeState, request: web.Request, plan: Plan) -> Answer:
+async def _pass_checks(state: FakeState, request: web.Request, plan: Plan, receipt: int) -> Answer:
+    """The answer to the `receipt`-th receipt (from 1) of the plan's body, or the ApiError it gets."""
     config = state.config
     _check_auth(config, request.headers.get(hdrs.AUTHORIZATION))
     if not plan.metered:
-        return plan.respond()
+        return plan.respond(None)
     await _inject_faults(state)
     state.quota.take(config)
     succeeded = False
     try:
         state.limiter.admit(config, plan.model, plan.tokens)
-        answer = plan.respond()
+        answer = await _respond(plan, receipt)
         delay = config.latency
         if config.latency_jitter:
             delay += state.random.uniform(-config.latency_jitter, config.latency_jitter)
@@ -138,6 +145,14 @@ async def _pass_checks(state: FakeState, request: web.Request, plan: Plan) -> An
     finally:
         state.quota.settle(succeeded)
     return answer
+
+
+async def _respond(plan: Plan, receipt: int) -> Answer:
+    """Validate the request and answer it, as its directive says while that is in force."""
+    directive = plan.directive
+    if directive is None or not directive.in_force(receipt):
+        return plan.respond(None)
+    return await directive.shape(plan.respond(directive))
 
 
 def _check_auth(config: FakeConfig, header: str | None) -> None:
@@ -174,8 +189,11 @@ async def _inject_faults(state: FakeState) -> None:
 
 
 def _stamp(response: web.Response, state: FakeState, started: float) -> None:
-    """Headers every /v1 answer carries; a 429 keeps the rate-limit headers it was refused with."""
-    response.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+    """Headers every /v1 answer carries.
+
+    A 429 keeps the rate-limit headers it was refused with, and a directed answer its x-request-id.
+    """
+    response.headers.setdefault("x-request-id", f"req_{secrets.token_hex(16)}")
     response.headers["openai-organization"] = ORGANIZATION
     response.headers["openai-version"] = "2020-10-01"
     response.headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))

@@ -11,6 +11,9 @@ Uploads are read as a stream: a file over 25 MB is hashed to the end but not kep
 A clip under 0.1 s (a short WAV, an empty file) is refused 400 audio_too_short. Accepted extensions
 are the ones OpenAI's own error message lists (including "oga"). whisper-* models report usage in
 seconds, other models in tokens. Audio requests count 0 tokens towards TPM.
+
+The `prompt` field may carry a directive (_directives.py) that sets the text; audio answers name no
+model, so a directive that sets one is refused 400.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import hashlib
 import io
 import math
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
 
+from ._directives import Directive, directive_in, invalid_directive
 from ._multipart import FormParser, boundary_of
 from ._protocol import (
     Answer,
@@ -90,8 +95,8 @@ class _Upload:
         return digest.hexdigest()
 
 
-async def plan_audio(request: web.Request, task: str) -> Plan:
-    """Read an upload for `task` ("transcribe" or "translate")."""
+async def plan_audio(request: web.Request, task: str, models: Sequence[str] | None) -> Plan:
+    """Read an upload for `task` ("transcribe" or "translate"); `models` are the models that exist."""
     if request.content_type != "multipart/form-data":
         raw = await request.read()
         error = ApiError(
@@ -106,11 +111,23 @@ async def plan_audio(request: web.Request, task: str) -> Plan:
     except ValueError as exc:
         return Plan.failing(upload.fingerprint(), ApiError(400, f"Could not parse multipart form: {exc}"))
     model = upload.fields.get("model", "")
+    try:
+        directive = _directive_in(upload.fields.get("prompt"))
+    except ApiError as error:
+        return Plan.failing(upload.fingerprint(), error, model)
 
-    def respond() -> Answer:
-        return _answer(upload, task)
+    def respond(directed: Directive | None) -> Answer:
+        return _answer(upload, task, models, directed)
 
-    return Plan(upload.fingerprint(), model, 0, respond)
+    return Plan(upload.fingerprint(), model, 0, respond, directive=directive)
+
+
+def _directive_in(prompt: str | None) -> Directive | None:
+    """The directive of the `prompt` field; audio answers name no model, so it cannot set one."""
+    directive = directive_in(prompt)
+    if directive is not None and directive.model is not None:
+        raise invalid_directive("'model' does not apply to audio answers, which name no model")
+    return directive
 
 
 async def _read_upload(request: web.Request, upload: _Upload) -> None:
@@ -131,7 +148,7 @@ class _Request:
     language: str | None
 
 
-def _validate(upload: _Upload) -> _Request:
+def _validate(upload: _Upload, models: Sequence[str] | None) -> _Request:
     """Refuse what OpenAI refuses, in its order: size, model, file, format, options, model existence."""
     if upload.size > MAX_FILE_BYTES:
         raise ApiError(
@@ -153,13 +170,13 @@ def _validate(upload: _Upload) -> _Request:
             param="response_format",
         )
     temperature = _temperature(upload.fields.get("temperature"))
-    check_model_exists(model)
+    check_model_exists(model, models)
     return _Request(model, response_format, temperature, upload.fields.get("language"))
 
 
-def _answer(upload: _Upload, task: str) -> Answer:
-    """Validate the upload, then transcribe (or translate) it."""
-    request = _validate(upload)
+def _answer(upload: _Upload, task: str, models: Sequence[str] | None, directive: Directive | None) -> Answer:
+    """Validate the upload, then transcribe (or translate) it, in the directive's words if it has some."""
+    request = _validate(upload, models)
     duration = _duration(bytes(upload.data))
     if duration < 0.1:
         raise ApiError(
@@ -170,6 +187,8 @@ def _answer(upload: _Upload, task: str) -> Answer:
         )
     verb = "transcript" if task == "transcribe" else "translation"
     text = f"{verb} of {hashlib.sha256(upload.data).hexdigest()[:8]}"
+    if directive is not None:
+        text = directive.text(text)
     usage = _usage(request.model, duration, text)
     if request.response_format == "json":
         return Answer.json({"text": text, "usage": usage})

@@ -9,17 +9,24 @@ content is cut to max_tokens * 4 characters, completion_tokens is max_tokens and
 
 The TPM estimate of a request is its prompt tokens plus, for each of its n choices, max_tokens when
 given, else the real completion length. An invalid request is estimated at 0 tokens.
+
+A directive in force (_directives.py; in the last user message when its content is a string, in the
+prompt when it is a string) may set the answer's model and its text: every choice's content, or the
+arguments of a forced call. Directed text is never cut by max_tokens, finishes "stop" (a forced call
+keeps its finish reason) and is counted in usage like any text. The TPM estimate ignores directives.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ._directives import Directive, directive_in
 from ._protocol import (
     Answer,
     ApiError,
@@ -60,7 +67,7 @@ class _Completion:
     finish_reason: str
 
 
-def plan_chat(raw: bytes) -> Plan:
+def plan_chat(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
         body = _load_object(raw)
@@ -69,19 +76,21 @@ def plan_chat(raw: bytes) -> Plan:
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
         limit = _max_tokens(body, "max_completion_tokens") or _max_tokens(body, "max_tokens")
         reject_stream(body)
-        check_model_exists(model)
+        directive = directive_in(last_user)
+        check_model_exists(model, models)
     except ApiError as error:
         return Plan.failing(fingerprint, error, _model_of(raw))
-    completion = _complete(last_user, _forced_call(body), limit)
+    completion = _complete(_text_of(last_user), _forced_call(body), limit)
     estimate = prompt_tokens + n * (limit if limit is not None else completion.tokens)
 
-    def respond() -> Answer:
-        return Answer.json(_chat_body(model, n, prompt_tokens, completion))
+    def respond(directed: Directive | None) -> Answer:
+        answer = _chat_body(_model(model, directed), n, prompt_tokens, _directed(completion, directed))
+        return Answer.json(answer)
 
-    return Plan(fingerprint, model, estimate, respond)
+    return Plan(fingerprint, model, estimate, respond, directive=directive)
 
 
-def plan_completion(raw: bytes) -> Plan:
+def plan_completion(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
         body = _load_object(raw)
@@ -90,17 +99,19 @@ def plan_completion(raw: bytes) -> Plan:
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
         limit = _max_tokens(body, "max_tokens")
         reject_stream(body)
-        check_model_exists(model)
+        directive = directive_in(body.get("prompt"))
+        check_model_exists(model, models)
     except ApiError as error:
         return Plan.failing(fingerprint, error, _model_of(raw))
     completions = [_complete(prompt, None, limit) for prompt in prompts]
     prompt_tokens = sum(count_tokens(prompt) for prompt in prompts)
     estimate = prompt_tokens + n * sum(limit if limit is not None else c.tokens for c in completions)
 
-    def respond() -> Answer:
-        return Answer.json(_completion_body(model, n, prompt_tokens, completions))
+    def respond(directed: Directive | None) -> Answer:
+        texts = [_directed(completion, directed) for completion in completions]
+        return Answer.json(_completion_body(_model(model, directed), n, prompt_tokens, texts))
 
-    return Plan(fingerprint, model, estimate, respond)
+    return Plan(fingerprint, model, estimate, respond, directive=directive)
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
@@ -122,8 +133,8 @@ def _model_of(raw: bytes) -> str:
     return model if isinstance(model, str) else ""
 
 
-def _read_messages(messages: Any) -> tuple[int, str]:
-    """(prompt tokens, text of the last user message) of a valid `messages` array."""
+def _read_messages(messages: Any) -> tuple[int, Any]:
+    """(prompt tokens, content of the last user message) of a valid `messages` array."""
     if messages is None:
         raise missing_parameter("messages")
     if not isinstance(messages, list):
@@ -136,17 +147,17 @@ def _read_messages(messages: Any) -> tuple[int, str]:
             param="messages",
             code="empty_array",
         )
-    tokens, last_user = 0, ""
+    tokens, last_user = 0, None
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid_type(f"messages[{index}]", "an object", message)
         role = message.get("role")
         if not isinstance(role, str):
             raise missing_parameter(f"messages[{index}].role")
-        text = _text_of(message.get("content"))
-        tokens += count_tokens(text)
+        content = message.get("content")
+        tokens += count_tokens(_text_of(content))
         if role == "user":
-            last_user = text
+            last_user = content
     return tokens, last_user
 
 
@@ -202,6 +213,27 @@ def _complete(prompt: str, forced: _Forced | None, limit: int | None) -> _Comple
     if limit is not None and tokens > limit:
         return _Completion(content[: limit * 4], None, "", limit, "length")
     return _Completion(content, None, "", tokens, "stop")
+
+
+def _directed(completion: _Completion, directive: Directive | None) -> _Completion:
+    """The completion with the directive's text, if it sets one: never cut, whatever max_tokens says.
+
+    The text replaces the content, or the arguments of a forced call (a forced call's answer text).
+    """
+    if directive is None or not directive.shapes_text:
+        return completion
+    forced = completion.forced
+    if forced is not None:
+        arguments = directive.text(completion.arguments)
+        tokens = count_tokens(forced.name + arguments)
+        return _Completion(None, forced, arguments, tokens, completion.finish_reason)
+    content = directive.text(completion.content or "")
+    return _Completion(content, None, "", count_tokens(content), "stop")
+
+
+def _model(model: str, directive: Directive | None) -> str:
+    """The model an answer names: the request's, unless the directive names another."""
+    return directive.model if directive is not None and directive.model is not None else model
 
 
 def _message(completion: _Completion) -> dict[str, Any]:

@@ -19,6 +19,7 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "window": (float, False),
     "quota": (int, True),
     "seed": (int, True),
+    "models": (list, True),
 }
 
 
@@ -48,6 +49,9 @@ class FakeConfig:
     quota: int | None = None
     #: Seed for the random choices (faults, jitter); read at start and on `POST /_fake/config`.
     seed: int | None = None
+    #: Models that exist; a request naming any other gets 404 model_not_found. None: every model exists
+    #: but "does-not-exist".
+    models: list[str] | None = None
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -69,6 +73,9 @@ def check_config(config: FakeConfig) -> None:
         raise ValueError("quota must be >= 0 or null")
     if config.window <= 0:
         raise ValueError("window must be > 0")
+    models = config.models
+    if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        raise ValueError("models must be a list of strings or null")
 
 
 def update_config(config: FakeConfig, changes: dict[str, Any]) -> None:

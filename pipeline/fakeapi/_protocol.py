@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from ._directives import Directive
 
 #: The organization named in rate-limit messages and the openai-organization header.
 ORGANIZATION = "org-fake"
@@ -71,10 +74,11 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Answer:
-    """A successful answer body."""
+    """A successful answer: its body, and headers beyond those every answer gets."""
 
     body: bytes
     content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def json(cls, data: Any) -> Answer:
@@ -86,21 +90,23 @@ class Plan:
     """A request read off the wire, before any check.
 
     `respond` validates the request and builds its answer, raising ApiError when it is invalid; it is
-    called only once auth, faults, quota and rate limits have let the request through. An unmetered
-    plan (an unknown URL) skips faults, quota and rate limits.
+    called only once auth, faults, quota and rate limits have let the request through, with the
+    request's `directive` when that is in force (else None), and applies the directive's text and model.
+    An unmetered plan (an unknown URL) skips faults, quota and rate limits.
     """
 
     fingerprint: str
     model: str
     tokens: int
-    respond: Callable[[], Answer]
+    respond: Callable[[Directive | None], Answer]
     metered: bool = True
+    directive: Directive | None = None
 
     @classmethod
     def failing(cls, fingerprint: str, error: ApiError, model: str = "", *, metered: bool = True) -> Plan:
         """A plan whose validation can only fail with `error`."""
 
-        def respond() -> Answer:
+        def respond(directive: Directive | None) -> Answer:
             raise error
 
         return cls(fingerprint, model, 0, respond, metered)
@@ -184,8 +190,9 @@ def require_model(value: Any) -> str:
     return value
 
 
-def check_model_exists(model: str) -> None:
-    if model == MISSING_MODEL:
+def check_model_exists(model: str, models: Sequence[str] | None) -> None:
+    """404 model_not_found for MISSING_MODEL, and for any model outside `models` when that is set."""
+    if model == MISSING_MODEL or (models is not None and model not in models):
         raise model_not_found(model)
 
 

@@ -34,10 +34,12 @@ class Stats:
         with self._lock:
             self._in_flight -= 1
 
-    def receive(self, fingerprint: str) -> None:
-        """Its body has been read."""
+    def receive(self, fingerprint: str) -> int:
+        """Its body has been read. Returns how many times this body has been received, this time included."""
         with self._lock:
-            self._bodies.setdefault(fingerprint, [0, 0])[0] += 1
+            counts = self._bodies.setdefault(fingerprint, [0, 0])
+            counts[0] += 1
+            return counts[0]
 
     def answer(self, fingerprint: str, status: int) -> None:
         """It is being answered with `status`."""
