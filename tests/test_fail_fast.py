@@ -1,4 +1,7 @@
-"""Fail fast and clearly, through the CLI in process: batches run with --skip-invalid take every command."""
+"""Fail fast and clearly, through the CLI in process.
+
+Generated custom ids never clash with given ones. Batches run with --skip-invalid take every command.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,40 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import Result
+from sqlalchemy import func, select
 
-from pipeline.cli import EXIT_SOME_FAILED
+from pipeline.cli import EXIT_INVALID_INPUT, EXIT_SOME_FAILED
 from pipeline.fakeapi import FakeServer
+from pipeline.settings import Settings
+from pipeline.store.db import open_database
+from pipeline.store.models import Batch, Request
 from tests.conftest import invoke
-from tests.helpers import chat_line, db_rows, parse_csv, parse_jsonl
+from tests.helpers import chat_line, db_rows, parse_csv, parse_jsonl, write_jsonl
+
+
+def stderr_lines(result: Result) -> list[str]:
+    """stderr as lines, after checking no traceback was printed anywhere."""
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stderr.splitlines()
+
+
+def row_counts() -> tuple[int, int]:
+    """(batches, requests) in the test's database."""
+    with open_database(Settings.load().db_url).read() as s:
+        return (
+            s.scalar(select(func.count()).select_from(Batch)) or 0,
+            s.scalar(select(func.count()).select_from(Request)) or 0,
+        )
+
+
+def assert_refused(result: Result, fake: FakeServer) -> None:
+    assert result.exit_code == EXIT_INVALID_INPUT, result.output
+    assert stderr_lines(result)[-1].endswith(
+        "nothing was stored or sent (fix them, or pass --skip-invalid to run the valid lines and record "
+        "these as failed)"
+    )
+    assert row_counts() == (0, 0)
+    assert fake.stats()["received"] == 0
 
 
 def run(fake: FakeServer, path: Path, *extra: str) -> Result:
@@ -83,3 +115,56 @@ def test_every_command_works_on_a_batch_run_with_skip_invalid(
         result = invoke("export", batch_id, "--format", fmt)
         assert result.exit_code == 0, result.output
         assert len(parse(result.stdout)) == 5, fmt
+
+
+# --- generated ids never collide with given ones --------------------------------------------------------
+
+
+def test_generated_ids_never_collide_with_given_ones(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Given first: the generated id takes a free suffix. Generated first: the given line is a clear error."""
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(
+        orjson.dumps(chat_line("invalid-line-4", "given before the bad line 4"))
+        + b"\n{broken\n"
+        + orjson.dumps(chat_line("invalid-line-2", "given after the bad line 2"))
+        + b"\n{broken again\n"
+    )
+    result = run(fake, path, "--skip-invalid")
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    assert "Traceback" not in result.output
+    rows = db_rows(result.stdout.split()[-1])
+    by_line = {row["request"].line: (custom_id, row["request"].status) for custom_id, row in rows.items()}
+    assert by_line == {
+        1: ("invalid-line-4", "succeeded"),
+        2: ("invalid-line-2", "failed"),
+        3: ("invalid-line-3", "failed"),
+        4: ("invalid-line-4~2", "failed"),
+    }
+    assert rows["invalid-line-3"]["request"].error_message == (
+        f"{path}:3: custom_id: duplicate 'invalid-line-2' (generated for line 2)"
+    )
+    assert fake.stats()["received"] == 1
+
+
+def test_shorthand_ids_never_collide_with_given_ones(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bare"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [chat_line("line-2", "given"), body])
+    result = run(fake, path, "--endpoint", "chat")
+    assert result.exit_code == 0, result.output
+    assert sorted(db_rows(result.stdout.split()[-1])) == ["line-2", "line-2~2"]
+
+
+def test_a_given_id_equal_to_an_earlier_generated_one_is_a_clear_error(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bare"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [body, chat_line("line-1", "given")])
+    result = run(fake, path, "--endpoint", "chat")
+    assert_refused(result, fake)
+    assert stderr_lines(result)[0] == f"{path}:2: custom_id: duplicate 'line-1' (generated for line 1)"

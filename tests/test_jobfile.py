@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.endpoints import ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
+from pipeline.ids import CustomIds
 from pipeline.jobs.reader import JobLine, JobReader
 
 CHAT = "/v1/chat/completions"
@@ -511,3 +512,34 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 def test_endpoints_cover_every_shorthand() -> None:
     assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+
+
+# --- generated custom ids ------------------------------------------------------------------------------
+
+
+def test_generated_ids_take_a_free_suffix() -> None:
+    ids = CustomIds()
+    assert ids.give("line-2", 1) is None
+    assert ids.give("invalid-line-3", 1) is None  # a line's own id: no clash
+    assert ids.give("invalid-line-3~2", 2) is None
+    assert ids.for_shorthand(2) == "line-2~2"
+    assert ids.for_invalid(3) == "invalid-line-3~3"
+    assert ids.for_invalid(4) == "invalid-line-4"
+    assert ids.give("invalid-line-4", 5) == 4 and ids.is_generated("invalid-line-4")
+    assert not ids.is_generated("line-2")
+
+
+def test_an_invalid_line_keeps_its_own_given_id_free() -> None:
+    ids = CustomIds()
+    assert ids.give("invalid-line-1", 1) is None
+    assert ids.for_invalid(1) == "invalid-line-1"  # line 1 holds it: its row is the only one
+
+
+def test_shorthand_id_given_earlier_in_the_file() -> None:
+    path = write(line(custom_id="line-2"), CHAT_BODY)
+    assert [i.custom_id for i in read(path, "chat") if isinstance(i, JobLine)] == ["line-2", "line-2~2"]
+
+
+def test_given_id_equal_to_an_earlier_generated_one() -> None:
+    path = write(CHAT_BODY, line(custom_id="line-1"))
+    assert errors(path, "chat") == ["jobs.jsonl:2: custom_id: duplicate 'line-1' (generated for line 1)"]

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
-from pipeline.ids import invalid_line_id, new_batch_id
+from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
 from pipeline.store import batches
@@ -78,9 +78,11 @@ def store_job_file(
                     shown.append(item)
                 if not skip_invalid:
                     continue
+                custom_id = reader.ids.for_invalid(item.line)
             else:
                 good += 1
-            pending.append(_row(batch_id, item, blob, now))
+                custom_id = item.custom_id
+            pending.append(_row(batch_id, item, custom_id, blob, now))
             if len(pending) >= INSERT_CHUNK:
                 batches.insert_requests(s, pending)
                 pending.clear()
@@ -108,12 +110,14 @@ def _store_audio(
         return LineError(source, item.line, exc.problem), None
 
 
-def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -> dict[str, Any]:
+def _row(
+    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any
+) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
             "batch_id": batch_id,
             "line": item.line,
-            "custom_id": invalid_line_id(item.line),
+            "custom_id": custom_id,
             "url": "",
             "body": "null",
             "status": RequestStatus.FAILED.value,
@@ -127,7 +131,7 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -
     return {
         "batch_id": batch_id,
         "line": item.line,
-        "custom_id": item.custom_id,
+        "custom_id": custom_id,
         "url": item.url,
         "body": orjson.dumps(item.body).decode(),
         "status": RequestStatus.QUEUED.value,

@@ -2,7 +2,8 @@
 
 A line is an OpenAI Batch API line, `{"custom_id", "method": "POST", "url", "body"}`, so a file made for the
 Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`chat`, `completions`,
-`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`.
+`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`
+(minted by `ids.CustomIds`, which also names invalid lines and keeps generated ids clear of given ones).
 
     for item in JobReader("jobs.jsonl"):
         if isinstance(item, LineError):
@@ -24,7 +25,7 @@ import orjson
 
 from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
 from pipeline.errors import ConfigError, LineError
-from pipeline.ids import line_custom_id
+from pipeline.ids import CustomIds
 from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, json_type
 
 __all__ = ["JobLine", "JobReader"]
@@ -56,7 +57,8 @@ class JobReader:
 
     `path` "-" reads standard input (once). A job file that cannot be opened raises OSError from iteration.
     `content_hash` (hex sha256 of the bytes read and the endpoint option) is known once iteration finished;
-    `lines_read` counts the non-blank lines seen so far.
+    `lines_read` counts the non-blank lines seen so far; `ids` holds the custom ids of the lines read so far
+    (intake names invalid lines through it).
     """
 
     def __init__(self, path: Path | str, endpoint: str | None = None) -> None:
@@ -66,6 +68,7 @@ class JobReader:
         self.path = path
         self.endpoint = endpoint
         self.lines_read = 0
+        self.ids = CustomIds()
         self._stdin = str(path) == "-"
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
@@ -86,6 +89,7 @@ class JobReader:
             raise RuntimeError("standard input can be read only once")
         self._started = True
         self.lines_read = 0
+        self.ids = CustomIds()
         self._hash = None
         with self._open() as fh:
             yield from self._read(fh)
@@ -98,8 +102,6 @@ class JobReader:
 
     def _read(self, fh: IO[bytes]) -> Iterator[JobLine | LineError]:
         digest = hashlib.sha256(f"endpoint={self.endpoint or ''}\n".encode())
-        # custom_id -> line it first appeared on; the only state kept per line
-        seen: dict[str, int] = {}
         number = 0
         for raw in fh:
             number += 1
@@ -109,12 +111,12 @@ class JobReader:
             if not raw or raw.isspace():
                 continue
             self.lines_read += 1
-            yield self._parse(raw, number, seen)
+            yield self._parse(raw, number)
         if self.lines_read == 0:
             yield LineError(self._name, max(number, 1), "empty file: no requests")
         self._hash = digest.hexdigest()
 
-    def _parse(self, raw: bytes, number: int, seen: dict[str, int]) -> JobLine | LineError:
+    def _parse(self, raw: bytes, number: int) -> JobLine | LineError:
         """One non-blank line, as a JobLine or the first problem found on it."""
         try:
             value = orjson.loads(raw)
@@ -123,15 +125,31 @@ class JobReader:
         if not isinstance(value, dict):
             return LineError(self._name, number, f"expected a JSON object, got {json_type(value)}")
         if self._url is not None and not ("url" in value and "body" in value):
-            custom_id = line_custom_id(number)
-            problem = _register(custom_id, number, seen)
-            if problem is None:
-                return self._check_body(number, custom_id, self._url, value)
-        else:
-            problem = _check_batch_line(value, number, seen)
-            if problem is None:
-                return self._check_body(number, value["custom_id"], value["url"], value["body"])
-        return LineError(self._name, number, problem)
+            return self._check_body(number, self.ids.for_shorthand(number), self._url, value)
+        problem = self._check_batch_line(value, number)
+        if problem is not None:
+            return LineError(self._name, number, problem)
+        return self._check_body(number, value["custom_id"], value["url"], value["body"])
+
+    def _check_batch_line(self, value: dict[str, Any], number: int) -> str | None:
+        """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
+        custom_id = value.get("custom_id")
+        # registered before any other check: a later line with this id is a duplicate even if this one fails
+        holder = self.ids.give(custom_id, number) if isinstance(custom_id, str) and custom_id else None
+        if not value.keys() <= BATCH_KEYS:
+            unknown = [key for key in value if key not in BATCH_KEYS]
+            names = ", ".join(repr(key) for key in unknown)
+            return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
+        if "custom_id" not in value:
+            return "custom_id: required"
+        if not isinstance(custom_id, str):
+            return f"custom_id: must be a string, got {json_type(custom_id)}"
+        if not custom_id:
+            return "custom_id: must not be empty"
+        if holder is not None:
+            origin = "generated for line" if self.ids.is_generated(custom_id) else "first on line"
+            return f"custom_id: duplicate {custom_id!r} ({origin} {holder})"
+        return _check_request(value)
 
     def _check_body(self, number: int, custom_id: str, url: str, body: dict[str, Any]) -> JobLine | LineError:
         if url not in AUDIO_URLS:
@@ -159,34 +177,6 @@ def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     # orjson counts the line's own newline: anything past it means "ran out of line"
     where = f"at column {exc.colno}" if exc.lineno == 1 else "at end of line"
     return f"invalid JSON: {exc.msg} {where}"
-
-
-def _register(custom_id: str, number: int, seen: dict[str, int]) -> str | None:
-    """Remember a custom id; the problem if an earlier line already had it."""
-    first = seen.setdefault(custom_id, number)
-    if first == number:
-        return None
-    return f"custom_id: duplicate {custom_id!r} (first on line {first})"
-
-
-def _check_batch_line(value: dict[str, Any], number: int, seen: dict[str, int]) -> str | None:
-    """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
-    custom_id = value.get("custom_id")
-    # registered before any other check: a later line with the same id is a duplicate even if this one fails
-    duplicate = _register(custom_id, number, seen) if isinstance(custom_id, str) and custom_id else None
-    if not value.keys() <= BATCH_KEYS:
-        unknown = [key for key in value if key not in BATCH_KEYS]
-        names = ", ".join(repr(key) for key in unknown)
-        return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
-    if "custom_id" not in value:
-        return "custom_id: required"
-    if not isinstance(custom_id, str):
-        return f"custom_id: must be a string, got {json_type(custom_id)}"
-    if not custom_id:
-        return "custom_id: must not be empty"
-    if duplicate:
-        return duplicate
-    return _check_request(value)
 
 
 def _check_request(value: dict[str, Any]) -> str | None:
