@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.endpoints import ENDPOINTS, MAX_AUDIO_BYTES
+from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
 from pipeline.jobs.reader import JobLine, JobReader
@@ -295,6 +295,10 @@ def audio(
     return line(url=url, custom_id=custom_id, body={"model": "whisper-1", "file": file, **extra})
 
 
+#: the first bytes of a WAV file: enough for validation, which reads no further
+WAV_HEAD = b"RIFF\x24\x00\x00\x00WAVEfmt "
+
+
 @pytest.fixture
 def clip() -> Path:
     """A small audio file at clips/a.mp3."""
@@ -313,7 +317,7 @@ def test_audio_file_resolved(clip: Path, tmp_path: Path) -> None:
 
 def test_audio_file_relative_to_the_job_file(tmp_path: Path) -> None:
     Path("jobs").mkdir()
-    (tmp_path / "jobs" / "b.WAV").write_bytes(b"RIFF")
+    (tmp_path / "jobs" / "b.WAV").write_bytes(WAV_HEAD)
     [item] = read(write(audio("b.WAV", url=TRANSLATIONS), name="jobs/j.jsonl"))
     assert isinstance(item, JobLine)
     assert item.audio_path == tmp_path / "jobs" / "b.WAV"
@@ -356,6 +360,7 @@ def test_audio_just_over_the_limit() -> None:
 
 def test_audio_at_the_limit() -> None:
     with open("ok.wav", "wb") as f:
+        f.write(WAV_HEAD)
         f.truncate(MAX_AUDIO_BYTES)
     assert errors(write(audio("ok.wav"))) == []
 
@@ -512,6 +517,75 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 def test_endpoints_cover_every_shorthand() -> None:
     assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+
+
+# --- audio bytes ---------------------------------------------------------------------------------------
+
+#: a valid head for every accepted extension
+AUDIO_HEADS = {
+    "flac": b"fLaC\x00\x00\x00\x22",
+    "m4a": b"\x00\x00\x00\x20ftypM4A ",
+    "mp3": b"ID3\x04\x00\x00\x00\x00",
+    "mp4": b"\x00\x00\x00\x18ftypmp42",
+    "mpeg": b"\xff\xfb\x90\x64\x00\x00",
+    "mpga": b"\xff\xf3\x64\xc4\x00\x00",
+    "ogg": b"OggS\x00\x02\x00\x00",
+    "wav": WAV_HEAD,
+    "webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81",
+}
+
+
+def test_every_extension_has_a_head() -> None:
+    assert set(AUDIO_HEADS) == AUDIO_EXTENSIONS
+
+
+@pytest.mark.parametrize("extension", sorted(AUDIO_HEADS))
+def test_audio_bytes_of_the_claimed_format(extension: str) -> None:
+    Path(f"a.{extension}").write_bytes(AUDIO_HEADS[extension] + bytes(64))
+    assert errors(write(audio(f"a.{extension}"))) == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"ID3\x04", b"\xff\xe3\x18\xc4", b"\xff\xfb\x90\x64"],
+    ids=["id3", "mpeg-2.5 frame", "mpeg-1 frame"],
+)
+def test_mp3_heads(head: bytes) -> None:
+    Path("a.mp3").write_bytes(head + bytes(16))
+    assert errors(write(audio("a.mp3"))) == []
+
+
+def test_mpeg_program_stream() -> None:
+    Path("a.mpeg").write_bytes(b"\x00\x00\x01\xba\x44" + bytes(16))
+    assert errors(write(audio("a.mpeg"))) == []
+
+
+def test_empty_audio_file() -> None:
+    Path("empty.wav").write_bytes(b"")
+    assert only_error(audio("empty.wav")) == "jobs.jsonl:1: body.file: 'empty.wav' is empty"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("notes.wav", b"hello, this is text", "is not WAV (expected RIFF....WAVE at the start)"),
+        ("riff.wav", b"RIFF\x24\x00\x00\x00AVI LIST", "is not WAV (expected RIFF....WAVE at the start)"),
+        (
+            "noise.mp3",
+            bytes(range(7, 107)),
+            "is not MP3 (expected an ID3 tag or an MPEG audio frame at the start)",
+        ),
+        ("x.flac", b"ID3\x04" + bytes(20), "is not FLAC (expected fLaC at the start)"),
+        ("x.ogg", WAV_HEAD, "is not Ogg (expected OggS at the start)"),
+        ("x.m4a", b"\x00\x00\x00\x20moov", "is not MP4 audio (expected ftyp at byte 4)"),
+        ("x.mp4", b"ftyp", "is not MP4 (expected ftyp at byte 4)"),
+        ("x.webm", b"OggS" + bytes(8), "is not WebM (expected the EBML header 1A 45 DF A3 at the start)"),
+        ("x.mpga", b"\x00\x00\x01\xba", "is not MPEG audio (expected an ID3 tag or an MPEG audio frame"),
+    ],
+)
+def test_audio_bytes_not_of_the_claimed_format(name: str, data: bytes, message: str) -> None:
+    Path(name).write_bytes(data)
+    assert only_error(audio(name)).startswith(f"jobs.jsonl:1: body.file: {name!r} {message}")
 
 
 # --- generated custom ids ------------------------------------------------------------------------------
