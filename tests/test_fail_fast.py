@@ -117,6 +117,34 @@ def test_every_command_works_on_a_batch_run_with_skip_invalid(
         assert len(parse(result.stdout)) == 5, fmt
 
 
+# --- validation refuses what cannot work ---------------------------------------------------------------
+
+
+def test_line_over_the_configured_size(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_MAX_LINE_BYTES", "1000")
+    lines = [chat_line("a", "hi"), chat_line("b", "x" * 2000), chat_line("c", "hi")]
+    path = write_jsonl(tmp_path / "jobs.jsonl", lines)
+    size = len(orjson.dumps(lines[1]))
+    result = run(fake, path)
+    assert_refused(result, fake)
+    assert stderr_lines(result)[0] == (
+        f"{path}:2: line too long: {size:,} bytes, over the limit of 1,000 (PIPELINE_MAX_LINE_BYTES)"
+    )
+
+
+def test_a_50_mb_line_is_refused_by_default(fake: FakeServer, tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps(chat_line("a", "hi")) + b"\n")
+        fh.write(orjson.dumps(chat_line("big", "x" * (50 * 1024 * 1024))) + b"\n")
+    result = run(fake, path)
+    assert_refused(result, fake)
+    assert stderr_lines(result)[0].startswith(f"{path}:2: line too long: 52,428,")
+    assert "over the limit of 8,388,608" in stderr_lines(result)[0]
+
+
 # --- generated ids never collide with given ones --------------------------------------------------------
 
 

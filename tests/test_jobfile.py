@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
 from pipeline.jobs.reader import JobLine, JobReader
+from pipeline.settings import Settings
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -49,12 +52,12 @@ def write(*lines: Any, name: str = "jobs.jsonl") -> str:
     return name
 
 
-def read(path: str, endpoint: str | None = None) -> list[JobLine | LineError]:
-    return list(JobReader(path, endpoint))
+def read(path: str, endpoint: str | None = None, **options: Any) -> list[JobLine | LineError]:
+    return list(JobReader(path, endpoint, **options))
 
 
-def errors(path: str, endpoint: str | None = None) -> list[str]:
-    return [str(item) for item in read(path, endpoint) if isinstance(item, LineError)]
+def errors(path: str, endpoint: str | None = None, **options: Any) -> list[str]:
+    return [str(item) for item in read(path, endpoint, **options) if isinstance(item, LineError)]
 
 
 def only_error(*lines: Any, endpoint: str | None = None) -> str:
@@ -517,6 +520,47 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 def test_endpoints_cover_every_shorthand() -> None:
     assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+
+
+# --- line length ---------------------------------------------------------------------------------------
+
+
+def test_line_at_the_limit_is_read() -> None:
+    data = orjson.dumps(line())
+    Path("jobs.jsonl").write_bytes(data + b"\n" + data.replace(b"req-1", b"req-2"))  # last line: no newline
+    assert errors("jobs.jsonl", max_line_bytes=len(data)) == []
+
+
+def test_line_over_the_limit() -> None:
+    data = orjson.dumps(line())
+    path = write(data.replace(b"req-1", b"req-0"), data + b" ", data.replace(b"req-1", b"req-2") + b"  ")
+    assert errors(path, max_line_bytes=len(data)) == [
+        f"jobs.jsonl:2: line too long: {len(data) + 1:,} bytes, over the limit of {len(data):,} "
+        "(PIPELINE_MAX_LINE_BYTES)",
+        f"jobs.jsonl:3: line too long: {len(data) + 2:,} bytes, over the limit of {len(data):,} "
+        "(PIPELINE_MAX_LINE_BYTES)",
+    ]
+
+
+def test_a_long_line_is_never_held_whole() -> None:
+    limit = 1024 * 1024
+    long_body = {**CHAT_BODY, "pad": "x" * (20 * limit)}
+    path = write(line(custom_id="a"), line(custom_id="big", body=long_body), line(custom_id="c"))
+    tracemalloc.start()
+    try:
+        reader = JobReader(path, max_line_bytes=limit)
+        items = list(reader)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [i.line for i in items if isinstance(i, JobLine)] == [1, 3]
+    assert [str(i).split(": ")[1] for i in items if isinstance(i, LineError)] == ["line too long"]
+    assert peak < 5 * limit  # the 20 MB line was read a piece at a time
+    assert reader.content_hash == hashlib.sha256(b"endpoint=\n" + Path(path).read_bytes()).hexdigest()
+
+
+def test_default_line_limit_is_the_settings_default() -> None:
+    assert JobReader("jobs.jsonl").max_line_bytes == Settings().max_line_bytes == 8 * 1024 * 1024
 
 
 # --- audio bytes ---------------------------------------------------------------------------------------

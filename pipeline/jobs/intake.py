@@ -46,7 +46,7 @@ def store_job_file(
     force: bool = False,
 ) -> Intake:
     """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
-    reader = JobReader(path, endpoint)
+    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
     batch_id = new_batch_id()
     shown: list[LineError] = []
     bad = good = 0

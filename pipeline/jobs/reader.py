@@ -4,6 +4,7 @@ A line is an OpenAI Batch API line, `{"custom_id", "method": "POST", "url", "bod
 Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`chat`, `completions`,
 `transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`
 (minted by `ids.CustomIds`, which also names invalid lines and keeps generated ids clear of given ones).
+A line longer than `max_line_bytes` is reported without being read whole.
 
     for item in JobReader("jobs.jsonl"):
         if isinstance(item, LineError):
@@ -27,6 +28,7 @@ from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
 from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, json_type
+from pipeline.settings import Settings
 
 __all__ = ["JobLine", "JobReader"]
 
@@ -35,6 +37,8 @@ BATCH_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "body"})
 _UTF8_BOM = b"\xef\xbb\xbf"
 #: the name LineError gives standard input
 STDIN_NAME = "<stdin>"
+#: bytes read at a time while skipping the rest of a line that is too long
+_SKIP_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +65,19 @@ class JobReader:
     (intake names invalid lines through it).
     """
 
-    def __init__(self, path: Path | str, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        endpoint: str | None = None,
+        *,
+        max_line_bytes: int = Settings.max_line_bytes,
+    ) -> None:
         if endpoint is not None and endpoint not in ENDPOINTS:
             expected = ", ".join(ENDPOINTS)
             raise ConfigError(f"unknown endpoint {endpoint!r} (expected one of {expected})")
         self.path = path
         self.endpoint = endpoint
+        self.max_line_bytes = max_line_bytes
         self.lines_read = 0
         self.ids = CustomIds()
         self._stdin = str(path) == "-"
@@ -102,10 +113,21 @@ class JobReader:
 
     def _read(self, fh: IO[bytes]) -> Iterator[JobLine | LineError]:
         digest = hashlib.sha256(f"endpoint={self.endpoint or ''}\n".encode())
+        limit = self.max_line_bytes
         number = 0
-        for raw in fh:
+        # at most limit + 1 bytes at a time: a longer line is never held whole
+        while raw := fh.readline(limit + 1):
             number += 1
             digest.update(raw)
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                self.lines_read += 1
+                size = len(raw) + _skip_line(fh, digest)
+                yield LineError(
+                    self._name,
+                    number,
+                    f"line too long: {size:,} bytes, over the limit of {limit:,} (PIPELINE_MAX_LINE_BYTES)",
+                )
+                continue
             if number == 1 and raw.startswith(_UTF8_BOM):
                 raw = raw[len(_UTF8_BOM) :]
             if not raw or raw.isspace():
@@ -164,6 +186,17 @@ class JobReader:
         if isinstance(audio, str):
             return LineError(self._name, number, audio)
         return JobLine(number, custom_id, url, body, audio)
+
+
+def _skip_line(fh: IO[bytes], digest: Any) -> int:
+    """Read past the rest of a line a chunk at a time, hashing it; the bytes it had before its newline."""
+    skipped = 0
+    while chunk := fh.readline(_SKIP_CHUNK):
+        digest.update(chunk)
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk) - 1
+        skipped += len(chunk)
+    return skipped
 
 
 def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
