@@ -67,14 +67,15 @@ class BatchNotFound(PipelineError):
 
 @dataclass(frozen=True)
 class LineError:
-    """One bad line of a job file."""
+    """One bad line of a job file. A `hint` says what to change for the whole file: it is shown once."""
 
     path: str
     line: int
     message: str
+    hint: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        return f"{self.path}:{self.line}: {self.message}" + (f"; {self.hint}" if self.hint else "")
 
 
 class JobFileError(PipelineError):

@@ -1,6 +1,7 @@
 """Fail fast and clearly, through the CLI in process.
 
-Generated custom ids never clash with given ones. Batches run with --skip-invalid take every command.
+Input that cannot work is refused with `FILE:LINE: field: problem`, nothing stored, nothing sent. Generated
+custom ids never clash with given ones. Batches run with --skip-invalid take every command.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pipeline.store.db import open_database
 from pipeline.store.models import Batch, Request
 from tests.conftest import invoke
 from tests.helpers import chat_line, db_rows, parse_csv, parse_jsonl, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def stderr_lines(result: Result) -> list[str]:
@@ -120,6 +123,51 @@ def test_every_command_works_on_a_batch_run_with_skip_invalid(
 # --- validation refuses what cannot work ---------------------------------------------------------------
 
 
+def test_stream_true_is_refused(fake: FakeServer, tmp_path: Path) -> None:
+    lines = [chat_line("a", "hi"), chat_line("b", "hi", stream=True), chat_line("c", "hi")]
+    path = write_jsonl(tmp_path / "jobs.jsonl", lines)
+    result = run(fake, path)
+    assert_refused(result, fake)
+    assert len(stderr_lines(result)) == 2
+    assert stderr_lines(result)[0] == (
+        f"{path}:2: body.stream: not supported (answers are stored whole, never as streamed chunks); "
+        "remove it"
+    )
+
+
+def test_endpoint_flag_contradicting_batch_lines(fake: FakeServer, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line(f"q{i}", "hi") for i in range(60)])
+    result = run(fake, path, "--endpoint", "completions")
+    assert_refused(result, fake)
+    assert stderr_lines(result)[:2] == [
+        f"{path}:1: url: '/v1/chat/completions' contradicts --endpoint completions; "
+        "Batch API lines name their own url: leave out --endpoint, or fix the url",
+        "... and 59 more invalid line(s)",
+    ]
+    assert len(stderr_lines(result)) == 3
+
+
+def test_shorthand_file_without_endpoint_gets_one_hint(fake: FakeServer, tmp_path: Path) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    path = write_jsonl(tmp_path / "short.jsonl", [body] * 60)
+    result = run(fake, path)
+    assert_refused(result, fake)
+    lines = stderr_lines(result)
+    assert lines[:2] == [
+        f"{path}:1: unknown keys 'model', 'messages'; "
+        "add --endpoint chat (the lines look like bare chat request bodies)",
+        "... and 59 more invalid line(s)",
+    ]
+    assert len(lines) == 3 and result.stderr.count("--endpoint chat") == 1
+
+
+def test_the_shorthand_example_runs_with_the_hinted_flag(fake: FakeServer) -> None:
+    path = REPO / "jobs" / "shorthand-chat.jsonl"
+    assert_refused(run(fake, path), fake)
+    assert run(fake, path, "--endpoint", "chat").exit_code == 0
+    assert fake.stats()["answered"] == 3
+
+
 def test_line_over_the_configured_size(
     fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +191,26 @@ def test_a_50_mb_line_is_refused_by_default(fake: FakeServer, tmp_path: Path) ->
     assert_refused(result, fake)
     assert stderr_lines(result)[0].startswith(f"{path}:2: line too long: 52,428,")
     assert "over the limit of 8,388,608" in stderr_lines(result)[0]
+
+
+def test_custom_id_too_long_for_the_column(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line("a", "hi"), chat_line("x" * 10_000, "hi")])
+    result = run(fake, path)
+    assert_refused(result, fake)
+    assert stderr_lines(result)[0] == f"{path}:2: custom_id: 10,000 characters, over the limit of 512"
+
+
+def test_custom_id_at_the_limit_is_stored_on_every_database(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+    longest = "é" * 512  # characters, not bytes: what varchar(512) counts
+    result = run(fake, write_jsonl(tmp_path / "jobs.jsonl", [chat_line(longest, "hi")]))
+    assert result.exit_code == 0, result.output
+    assert db_rows(result.stdout.split()[-1])[longest]["request"].status == "succeeded"
 
 
 # --- generated ids never collide with given ones --------------------------------------------------------

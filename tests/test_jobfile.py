@@ -15,7 +15,7 @@ import pytest
 from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
-from pipeline.jobs.reader import JobLine, JobReader
+from pipeline.jobs.reader import MAX_CUSTOM_ID_CHARS, JobLine, JobReader
 from pipeline.settings import Settings
 
 CHAT = "/v1/chat/completions"
@@ -520,6 +520,87 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 def test_endpoints_cover_every_shorthand() -> None:
     assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+
+
+# --- what cannot work: refused at validation -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, "yes", 1])
+@pytest.mark.parametrize("url", [CHAT, COMPLETIONS])
+def test_stream_is_refused(url: str, stream: object) -> None:
+    body = {**CHAT_BODY, "prompt": "Hi", "stream": stream}
+    assert only_error(line(url=url, body=body)) == (
+        "jobs.jsonl:1: body.stream: not supported (answers are stored whole, never as streamed chunks); "
+        "remove it"
+    )
+
+
+def test_stream_false_or_null_is_fine() -> None:
+    path = write(
+        line(body={**CHAT_BODY, "stream": False}), line(custom_id="b", body={**CHAT_BODY, "stream": None})
+    )
+    assert errors(path) == []
+
+
+def test_stream_on_audio_is_refused(clip: Path) -> None:
+    assert only_error(audio(stream=True)).startswith("jobs.jsonl:1: body.stream: not supported")
+
+
+def test_stream_in_shorthand_is_refused() -> None:
+    message = only_error({**CHAT_BODY, "stream": True}, endpoint="chat")
+    assert message.startswith("jobs.jsonl:1: body.stream: not supported")
+
+
+def test_endpoint_flag_contradicting_the_url() -> None:
+    items = read(write(line(custom_id="a"), line(custom_id="b")), "completions")
+    assert [str(i) for i in items] == [
+        f"jobs.jsonl:{n}: url: '/v1/chat/completions' contradicts --endpoint completions; "
+        "Batch API lines name their own url: leave out --endpoint, or fix the url"
+        for n in (1, 2)
+    ]
+    assert all(isinstance(i, LineError) and i.hint for i in items)  # intake shows the hint once
+
+
+def test_endpoint_flag_agreeing_with_the_url() -> None:
+    assert errors(write(line()), "chat") == []
+
+
+def test_custom_id_at_the_column_limit() -> None:
+    assert MAX_CUSTOM_ID_CHARS == 512  # read from the model's column, String(512)
+    [item] = read(write(line(custom_id="é" * MAX_CUSTOM_ID_CHARS)))
+    assert isinstance(item, JobLine)
+
+
+def test_custom_id_over_the_column_limit() -> None:
+    message = only_error(line(custom_id="x" * 10_000))
+    assert message == "jobs.jsonl:1: custom_id: 10,000 characters, over the limit of 512"
+
+
+def test_custom_id_with_nul() -> None:
+    assert only_error(line(custom_id="a\x00b")) == "jobs.jsonl:1: custom_id: must not contain NUL (\\u0000)"
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        (CHAT_BODY, "add --endpoint chat (the lines look like bare chat request bodies)"),
+        ({"model": "m", "prompt": "Hi"}, "add --endpoint completions (the lines look like bare completions"),
+        (
+            {"model": "whisper-1", "file": "a.wav"},
+            "add --endpoint transcriptions or --endpoint translations (the lines look like bare audio",
+        ),
+    ],
+)
+def test_shorthand_without_endpoint_gets_a_hint(body: dict[str, Any], hint: str) -> None:
+    [item] = read(write(body))
+    assert isinstance(item, LineError)
+    assert item.message.startswith("unknown keys 'model', ")
+    assert item.hint is not None and item.hint.startswith(hint)
+
+
+def test_no_hint_for_a_batch_line_with_a_stray_key() -> None:
+    [item] = read(write(with_key("messages", [])))
+    assert isinstance(item, LineError) and item.hint is None
 
 
 # --- line length ---------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def store_job_file(
     reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
     batch_id = new_batch_id()
     shown: list[LineError] = []
+    hints: set[str] = set()  # a hint is for the whole file: shown with its first line only
     bad = good = 0
     with db.write() as s:
         batches.new_batch(
@@ -74,8 +75,10 @@ def store_job_file(
             item, blob = (line, None) if doomed else _store_audio(blobs, line, source)
             if isinstance(item, LineError):
                 bad += 1
-                if len(shown) < MAX_SHOWN_ERRORS:
+                if len(shown) < MAX_SHOWN_ERRORS and item.hint not in hints:
                     shown.append(item)
+                if item.hint:
+                    hints.add(item.hint)
                 if not skip_invalid:
                     continue
                 custom_id = reader.ids.for_invalid(item.line)

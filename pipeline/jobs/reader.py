@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from sqlalchemy import String
+from sqlalchemy.types import TypeEngine
 
 from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
-from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, json_type
+from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, check_stream, json_type
 from pipeline.settings import Settings
+from pipeline.store.models import Request
 
 __all__ = ["JobLine", "JobReader"]
 
@@ -37,8 +40,21 @@ BATCH_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "body"})
 _UTF8_BOM = b"\xef\xbb\xbf"
 #: the name LineError gives standard input
 STDIN_NAME = "<stdin>"
+#: shown once for Batch API lines whose url differs from --endpoint
+_ENDPOINT_HINT = "Batch API lines name their own url: leave out --endpoint, or fix the url"
 #: bytes read at a time while skipping the rest of a line that is too long
 _SKIP_CHUNK = 1024 * 1024
+
+
+def _declared_length(column_type: TypeEngine[Any]) -> int:
+    if not isinstance(column_type, String) or column_type.length is None:
+        raise TypeError(f"expected a String column with a length, got {column_type!r}")
+    return column_type.length
+
+
+#: The longest custom_id the requests table holds, read from the model. SQLite would store any length and
+#: PostgreSQL would refuse the whole intake, so the reader holds both to the declared length.
+MAX_CUSTOM_ID_CHARS = _declared_length(Request.custom_id.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +166,12 @@ class JobReader:
             return self._check_body(number, self.ids.for_shorthand(number), self._url, value)
         problem = self._check_batch_line(value, number)
         if problem is not None:
-            return LineError(self._name, number, problem)
+            hint = _shorthand_hint(value) if self._url is None else None
+            return LineError(self._name, number, problem, hint)
+        if self._url is not None and value["url"] != self._url:
+            # a Batch API line under --endpoint must name that endpoint: the flag is never silently ignored
+            problem = f"url: {value['url']!r} contradicts --endpoint {self.endpoint}"
+            return LineError(self._name, number, problem, _ENDPOINT_HINT)
         return self._check_body(number, value["custom_id"], value["url"], value["body"])
 
     def _check_batch_line(self, value: dict[str, Any], number: int) -> str | None:
@@ -164,22 +185,21 @@ class JobReader:
             return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
         if "custom_id" not in value:
             return "custom_id: required"
-        if not isinstance(custom_id, str):
-            return f"custom_id: must be a string, got {json_type(custom_id)}"
-        if not custom_id:
-            return "custom_id: must not be empty"
-        if holder is not None:
+        problem = _check_custom_id(custom_id)
+        if problem:
+            return problem
+        if holder is not None and isinstance(custom_id, str):
             origin = "generated for line" if self.ids.is_generated(custom_id) else "first on line"
             return f"custom_id: duplicate {custom_id!r} ({origin} {holder})"
         return _check_request(value)
 
     def _check_body(self, number: int, custom_id: str, url: str, body: dict[str, Any]) -> JobLine | LineError:
         if url not in AUDIO_URLS:
-            problem = BODY_CHECKS[url](body)
+            problem = BODY_CHECKS[url](body) or check_stream(body)
             if problem is not None:
                 return LineError(self._name, number, problem)
             return JobLine(number, custom_id, url, body)
-        problem = check_audio_params(url, body)
+        problem = check_audio_params(url, body) or check_stream(body)
         if problem is not None:
             return LineError(self._name, number, problem)
         audio = check_audio_file(body, self._base_dir)
@@ -210,6 +230,35 @@ def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     # orjson counts the line's own newline: anything past it means "ran out of line"
     where = f"at column {exc.colno}" if exc.lineno == 1 else "at end of line"
     return f"invalid JSON: {exc.msg} {where}"
+
+
+def _check_custom_id(custom_id: object) -> str | None:
+    """A given custom id: a non-empty string the requests table holds as it is on every database."""
+    if not isinstance(custom_id, str):
+        return f"custom_id: must be a string, got {json_type(custom_id)}"
+    if not custom_id:
+        return "custom_id: must not be empty"
+    if len(custom_id) > MAX_CUSTOM_ID_CHARS:
+        return f"custom_id: {len(custom_id):,} characters, over the limit of {MAX_CUSTOM_ID_CHARS}"
+    if "\x00" in custom_id:
+        # PostgreSQL text cannot hold NUL; SQLite could, so refuse it on both
+        return "custom_id: must not contain NUL (\\u0000)"
+    return None
+
+
+def _shorthand_hint(value: dict[str, Any]) -> str | None:
+    """For a line that looks like a bare request body (shorthand without --endpoint): which flag to add."""
+    if value.keys() & BATCH_KEYS:
+        return None
+    if "messages" in value:
+        endpoint, kind = "--endpoint chat", "chat"
+    elif "file" in value:
+        endpoint, kind = "--endpoint transcriptions or --endpoint translations", "audio"
+    elif "prompt" in value:
+        endpoint, kind = "--endpoint completions", "completions"
+    else:
+        return None
+    return f"add {endpoint} (the lines look like bare {kind} request bodies)"
 
 
 def _check_request(value: dict[str, Any]) -> str | None:

@@ -147,6 +147,13 @@ def _is_prompt_list(prompt: list[Any]) -> bool:
     return all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in prompt)
 
 
+def check_stream(body: dict[str, Any]) -> str | None:
+    """Streaming is refused on every endpoint: the answer is stored whole, never as raw server-sent events."""
+    if body.get("stream") in (None, False):
+        return None
+    return "body.stream: not supported (answers are stored whole, never as streamed chunks); remove it"
+
+
 def check_audio_params(url: str, body: dict[str, Any]) -> str | None:
     """The parameters of an audio body other than `file`."""
     problem = _check_string(body, "model")
