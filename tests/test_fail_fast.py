@@ -1,7 +1,8 @@
 """Fail fast and clearly, through the CLI in process.
 
-Input that cannot work is refused with `FILE:LINE: field: problem`, nothing stored, nothing sent. Generated
-custom ids never clash with given ones. Batches run with --skip-invalid take every command.
+Input that cannot work is refused with `FILE:LINE: field: problem`, nothing stored, nothing sent. Every other
+expected failure is one line on stderr, never a traceback. A bug is one line naming the file that holds its
+traceback (or the traceback itself with --debug). Batches run with --skip-invalid take every command.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from click.testing import Result
 from sqlalchemy import func, select
 
-from pipeline.cli import EXIT_INVALID_INPUT, EXIT_SOME_FAILED
+from pipeline.cli import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_SOME_FAILED
 from pipeline.fakeapi import FakeServer
 from pipeline.settings import Settings
 from pipeline.store.db import open_database
@@ -29,6 +30,12 @@ def stderr_lines(result: Result) -> list[str]:
     """stderr as lines, after checking no traceback was printed anywhere."""
     assert "Traceback" not in result.stdout + result.stderr
     return result.stderr.splitlines()
+
+
+def one_line(result: Result) -> str:
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    return lines[0]
 
 
 def row_counts() -> tuple[int, int]:
@@ -264,3 +271,138 @@ def test_a_given_id_equal_to_an_earlier_generated_one_is_a_clear_error(
     result = run(fake, path, "--endpoint", "chat")
     assert_refused(result, fake)
     assert stderr_lines(result)[0] == f"{path}:2: custom_id: duplicate 'line-1' (generated for line 1)"
+
+
+# --- one line, never a traceback ------------------------------------------------------------------------
+
+
+def test_missing_job_file(fake: FakeServer) -> None:
+    result = invoke("run", "/nonexistent.jsonl", "--base-url", fake.url)
+    assert result.exit_code == 1
+    assert one_line(result) == "Error: cannot read job file /nonexistent.jsonl: No such file or directory"
+    assert row_counts() == (0, 0)
+    assert fake.stats()["received"] == 0
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_directory_as_job_file(fake: FakeServer, tmp_path: Path, command: str) -> None:
+    extra = ["--base-url", fake.url] if command == "run" else []
+    result = invoke(command, str(tmp_path), *extra)
+    assert result.exit_code == 1
+    assert one_line(result) == f"Error: cannot read job file {tmp_path}: Is a directory"
+    assert row_counts() == (0, 0)
+    assert fake.stats()["received"] == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (lambda tmp: tmp, "Is a directory"),
+        (lambda tmp: tmp / "missing" / "out.csv", "No such file or directory"),
+        (lambda tmp: Path("/dev/full"), "No space left on device"),  # root writes anywhere: a full disk
+    ],
+    ids=["directory", "missing directory", "unwritable"],
+)
+def test_export_to_a_path_that_cannot_be_written(
+    fake: FakeServer, tmp_path: Path, target: Any, reason: str
+) -> None:
+    assert run(fake, write_jsonl(tmp_path / "jobs.jsonl", [chat_line("a", "hi")])).exit_code == 0
+    out = target(tmp_path)
+    result = invoke("export", "--format", "csv", "-o", str(out))
+    assert result.exit_code == 1
+    assert one_line(result) == f"Error: cannot write {out}: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("sqlite:////proc/x/db", "No such file or directory: /proc/x"),
+        ("sqlite:///{tmp}/jobs.jsonl", "file is not a database"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", "connection failed"),
+    ],
+    ids=["cannot be created", "not a database", "unreachable"],
+)
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_database_that_cannot_be_used(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, reason: str, command: str
+) -> None:
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line("a", "hi")])
+    url = url.format(tmp=tmp_path)
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+    result = invoke(command, *([str(path), "--base-url", fake.url] if command == "run" else []))
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert line.startswith(("Error: cannot use database ", "Error: cannot reach database ")), line
+    assert url in line and reason in line
+    assert fake.stats()["received"] == 0
+
+
+def test_a_database_that_cannot_be_written(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_file = tmp_path / "ro.db"
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", f"sqlite:///{db_file}")
+    assert invoke("batches").exit_code == 0  # creates and migrates it
+    # tests run as root, which writes any file: open it read-only instead
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", f"sqlite:///file:{db_file}?mode=ro&uri=true")
+    result = run(fake, write_jsonl(tmp_path / "jobs.jsonl", [chat_line("a", "hi")]))
+    assert result.exit_code == 1
+    assert one_line(result) == "Error: database error: attempt to write a readonly database"
+    assert fake.stats()["received"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read limits file {path}: No such file or directory"),
+        ('{"gpt-4o-mini": {"rpm": 10', "{path}: not valid JSON: "),
+        ('{"*": {"rpm": -1}}', "{path}: '*': rpm: expected a positive integer, got -1"),
+    ],
+    ids=["missing", "not json", "negative"],
+)
+def test_a_bad_limits_file_is_reported_before_anything_is_stored(
+    fake: FakeServer, tmp_path: Path, content: str | None, reason: str
+) -> None:
+    limits = tmp_path / "limits.json"
+    if content is not None:
+        limits.write_text(content)
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line("a", "hi")])
+    result = run(fake, path, "--limits-file", str(limits))
+    assert result.exit_code == 1
+    assert one_line(result).startswith("Error: " + reason.format(path=limits))
+    assert row_counts() == (0, 0)
+    assert fake.stats()["received"] == 0
+
+
+# --- a bug: one line and where its traceback is ---------------------------------------------------------
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_an_unexpected_error_is_one_line_and_a_saved_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from pipeline.store import batches
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(batches, "get_batch", _boom)
+    result = invoke("status")
+    assert result.exit_code == EXIT_BUG
+    line = one_line(result)
+    assert line.startswith("Error: unexpected RuntimeError: boom (a bug in pipeline; traceback in ")
+    [saved] = tmp_path.glob("pipeline-error-*.txt")
+    assert str(saved) in line
+    text = saved.read_text()
+    assert "command status" in text and "Traceback" in text and "RuntimeError: boom" in text
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.store import batches
+
+    monkeypatch.setattr(batches, "get_batch", _boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        invoke("--debug", "status")

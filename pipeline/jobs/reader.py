@@ -27,7 +27,7 @@ from sqlalchemy import String
 from sqlalchemy.types import TypeEngine
 
 from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
-from pipeline.errors import ConfigError, LineError
+from pipeline.errors import ConfigError, LineError, PathError
 from pipeline.ids import CustomIds
 from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, check_stream, json_type
 from pipeline.settings import Settings
@@ -75,7 +75,7 @@ class JobLine:
 class JobReader:
     """Streams a job file (never loads it whole), yielding JobLine or LineError per non-blank line.
 
-    `path` "-" reads standard input (once). A job file that cannot be opened raises OSError from iteration.
+    `path` "-" reads standard input (once). A job file that cannot be read raises PathError from iteration.
     `content_hash` (hex sha256 of the bytes read and the endpoint option) is known once iteration finished;
     `lines_read` counts the non-blank lines seen so far; `ids` holds the custom ids of the lines read so far
     (intake names invalid lines through it).
@@ -118,8 +118,11 @@ class JobReader:
         self.lines_read = 0
         self.ids = CustomIds()
         self._hash = None
-        with self._open() as fh:
-            yield from self._read(fh)
+        try:
+            with self._open() as fh:
+                yield from self._read(fh)
+        except OSError as exc:  # missing, a directory, no permission, an I/O error while reading
+            raise PathError(f"cannot read job file {self._name}: {exc.strerror or exc}") from None
 
     def _open(self) -> contextlib.AbstractContextManager[IO[bytes]]:
         if self._stdin:
