@@ -3,6 +3,7 @@
     PipelineError
     ├── ConfigError                 bad settings, flags or environment
     ├── ConnectError                broker or database unreachable (URL shown with the password masked)
+    ├── PathError                   a file named on the command line cannot be read or written
     ├── JobFileError                a job file with bad lines; carries every LineError
     ├── BatchNotFound               no such batch
     ├── DuplicateBatch              the same job file was submitted before; carries its batch id
@@ -63,7 +64,11 @@ class ConfigError(PipelineError):
 
 
 class ConnectError(PipelineError):
-    """The broker or the database could not be reached."""
+    """The broker or the database could not be reached or used (e.g. a database that cannot be written)."""
+
+
+class PathError(PipelineError):
+    """A file the command was given cannot be read or written: missing, a directory, no permission."""
 
 
 class BatchNotFound(PipelineError):
@@ -72,14 +77,15 @@ class BatchNotFound(PipelineError):
 
 @dataclass(frozen=True)
 class LineError:
-    """One bad line of a job file."""
+    """One bad line of a job file. A `hint` says what to change for the whole file: it is shown once."""
 
     path: str
     line: int
     message: str
+    hint: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        return f"{self.path}:{self.line}: {self.message}" + (f"; {self.hint}" if self.hint else "")
 
 
 class JobFileError(PipelineError):

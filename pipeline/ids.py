@@ -17,14 +17,47 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def line_custom_id(line: int) -> str:
-    """The custom id of a shorthand line (a bare request body), from its line number."""
-    return f"line-{line}"
+class CustomIds:
+    """The custom ids of one job file, as it is read: given ones kept as written, generated ones minted free.
 
+    A line without a custom id (a shorthand body) is `line-<n>`; an invalid line recorded with --skip-invalid
+    is `invalid-line-<n>`. A generated id whose natural form was already given on an earlier line takes the
+    first free `~2`, `~3`, ... suffix instead (`line-3~2`), so it never clashes. A given id equal to one
+    generated for an earlier line cannot be helped (that row may be stored already): `give` returns that line,
+    and the reader reports the given one as a duplicate.
+    """
 
-def invalid_line_id(line: int) -> str:
-    """The custom id under which an invalid line is recorded (with --skip-invalid)."""
-    return f"invalid-line-{line}"
+    def __init__(self) -> None:
+        #: custom id -> the line that holds it; one entry per line, the only state kept per line
+        self._lines: dict[str, int] = {}
+        self._generated: set[str] = set()
+
+    def give(self, custom_id: str, line: int) -> int | None:
+        """Register an id given on `line`; the earlier line that already holds it, or None."""
+        first = self._lines.setdefault(custom_id, line)
+        return None if first == line else first
+
+    def is_generated(self, custom_id: str) -> bool:
+        """Whether the id was minted here rather than given in the file."""
+        return custom_id in self._generated
+
+    def for_shorthand(self, line: int) -> str:
+        """The id of a shorthand line (a bare request body)."""
+        return self._mint(f"line-{line}", line)
+
+    def for_invalid(self, line: int) -> str:
+        """The id under which an invalid line is recorded (with --skip-invalid)."""
+        return self._mint(f"invalid-line-{line}", line)
+
+    def _mint(self, natural: str, line: int) -> str:
+        custom_id, suffix = natural, 1
+        # taken only when another line holds it: an invalid line that gave this very id keeps it
+        while self._lines.get(custom_id, line) != line:
+            suffix += 1
+            custom_id = f"{natural}~{suffix}"
+        self._lines[custom_id] = line
+        self._generated.add(custom_id)
+        return custom_id
 
 
 def openai_request_id(request_id: int) -> str:

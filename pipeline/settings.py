@@ -82,6 +82,8 @@ class Settings:
     rpm: int | None = None
     tpm: int | None = None
     limits_file: Path | None = None
+    #: a job-file line longer than this is refused (8 MiB: above any model's context as text)
+    max_line_bytes: int = 8 * 1024 * 1024
 
     @property
     def db_url(self) -> str:
@@ -137,6 +139,7 @@ ENV_FIELDS = {
     "PIPELINE_RPM": "rpm",
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
+    "PIPELINE_MAX_LINE_BYTES": "max_line_bytes",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.

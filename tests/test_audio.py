@@ -329,6 +329,21 @@ def _too_large(clips: Path) -> str:
     return "clips/big.wav"
 
 
+def _empty(clips: Path) -> str:
+    (clips / "empty.wav").write_bytes(b"")
+    return "clips/empty.wav"
+
+
+def _text_as_wav(clips: Path) -> str:
+    (clips / "notes.wav").write_text("not audio at all")
+    return "clips/notes.wav"
+
+
+def _random_as_mp3(clips: Path) -> str:
+    (clips / "noise.mp3").write_bytes(bytes(range(7, 255)) * 4)
+    return "clips/noise.mp3"
+
+
 def _directory(clips: Path) -> str:
     (clips / "x.wav").mkdir()  # tests run as root, so permission bits cannot make a file unreadable
     return "clips/x.wav"
@@ -342,6 +357,9 @@ BAD_FILES: dict[str, tuple[Callable[[Path], str], str]] = {
     ),
     "over 25 MB": (_too_large, "body.file: 25.1 MB is over the 25 MB limit"),
     "unreadable": (_directory, "body.file: cannot read 'clips/x.wav': Is a directory"),
+    "empty": (_empty, "body.file: 'clips/empty.wav' is empty"),
+    "text named wav": (_text_as_wav, "body.file: 'clips/notes.wav' is not WAV (expected RIFF....WAVE"),
+    "random named mp3": (_random_as_mp3, "body.file: 'clips/noise.mp3' is not MP3 (expected an ID3 tag"),
 }
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from pipeline.endpoints import ENDPOINTS, MAX_AUDIO_BYTES
+from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
-from pipeline.jobs.reader import JobLine, JobReader
+from pipeline.ids import CustomIds
+from pipeline.jobs.reader import MAX_CUSTOM_ID_CHARS, JobLine, JobReader
+from pipeline.settings import Settings
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -48,12 +52,12 @@ def write(*lines: Any, name: str = "jobs.jsonl") -> str:
     return name
 
 
-def read(path: str, endpoint: str | None = None) -> list[JobLine | LineError]:
-    return list(JobReader(path, endpoint))
+def read(path: str, endpoint: str | None = None, **options: Any) -> list[JobLine | LineError]:
+    return list(JobReader(path, endpoint, **options))
 
 
-def errors(path: str, endpoint: str | None = None) -> list[str]:
-    return [str(item) for item in read(path, endpoint) if isinstance(item, LineError)]
+def errors(path: str, endpoint: str | None = None, **options: Any) -> list[str]:
+    return [str(item) for item in read(path, endpoint, **options) if isinstance(item, LineError)]
 
 
 def only_error(*lines: Any, endpoint: str | None = None) -> str:
@@ -294,6 +298,10 @@ def audio(
     return line(url=url, custom_id=custom_id, body={"model": "whisper-1", "file": file, **extra})
 
 
+#: the first bytes of a WAV file: enough for validation, which reads no further
+WAV_HEAD = b"RIFF\x24\x00\x00\x00WAVEfmt "
+
+
 @pytest.fixture
 def clip() -> Path:
     """A small audio file at clips/a.mp3."""
@@ -312,7 +320,7 @@ def test_audio_file_resolved(clip: Path, tmp_path: Path) -> None:
 
 def test_audio_file_relative_to_the_job_file(tmp_path: Path) -> None:
     Path("jobs").mkdir()
-    (tmp_path / "jobs" / "b.WAV").write_bytes(b"RIFF")
+    (tmp_path / "jobs" / "b.WAV").write_bytes(WAV_HEAD)
     [item] = read(write(audio("b.WAV", url=TRANSLATIONS), name="jobs/j.jsonl"))
     assert isinstance(item, JobLine)
     assert item.audio_path == tmp_path / "jobs" / "b.WAV"
@@ -355,6 +363,7 @@ def test_audio_just_over_the_limit() -> None:
 
 def test_audio_at_the_limit() -> None:
     with open("ok.wav", "wb") as f:
+        f.write(WAV_HEAD)
         f.truncate(MAX_AUDIO_BYTES)
     assert errors(write(audio("ok.wav"))) == []
 
@@ -511,3 +520,225 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 def test_endpoints_cover_every_shorthand() -> None:
     assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+
+
+# --- what cannot work: refused at validation -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, "yes", 1])
+@pytest.mark.parametrize("url", [CHAT, COMPLETIONS])
+def test_stream_is_refused(url: str, stream: object) -> None:
+    body = {**CHAT_BODY, "prompt": "Hi", "stream": stream}
+    assert only_error(line(url=url, body=body)) == (
+        "jobs.jsonl:1: body.stream: not supported (answers are stored whole, never as streamed chunks); "
+        "remove it"
+    )
+
+
+def test_stream_false_or_null_is_fine() -> None:
+    path = write(
+        line(body={**CHAT_BODY, "stream": False}), line(custom_id="b", body={**CHAT_BODY, "stream": None})
+    )
+    assert errors(path) == []
+
+
+def test_stream_on_audio_is_refused(clip: Path) -> None:
+    assert only_error(audio(stream=True)).startswith("jobs.jsonl:1: body.stream: not supported")
+
+
+def test_stream_in_shorthand_is_refused() -> None:
+    message = only_error({**CHAT_BODY, "stream": True}, endpoint="chat")
+    assert message.startswith("jobs.jsonl:1: body.stream: not supported")
+
+
+def test_endpoint_flag_contradicting_the_url() -> None:
+    items = read(write(line(custom_id="a"), line(custom_id="b")), "completions")
+    assert [str(i) for i in items] == [
+        f"jobs.jsonl:{n}: url: '/v1/chat/completions' contradicts --endpoint completions; "
+        "Batch API lines name their own url: leave out --endpoint, or fix the url"
+        for n in (1, 2)
+    ]
+    assert all(isinstance(i, LineError) and i.hint for i in items)  # intake shows the hint once
+
+
+def test_endpoint_flag_agreeing_with_the_url() -> None:
+    assert errors(write(line()), "chat") == []
+
+
+def test_custom_id_at_the_column_limit() -> None:
+    assert MAX_CUSTOM_ID_CHARS == 512  # read from the model's column, String(512)
+    [item] = read(write(line(custom_id="é" * MAX_CUSTOM_ID_CHARS)))
+    assert isinstance(item, JobLine)
+
+
+def test_custom_id_over_the_column_limit() -> None:
+    message = only_error(line(custom_id="x" * 10_000))
+    assert message == "jobs.jsonl:1: custom_id: 10,000 characters, over the limit of 512"
+
+
+def test_custom_id_with_nul() -> None:
+    assert only_error(line(custom_id="a\x00b")) == "jobs.jsonl:1: custom_id: must not contain NUL (\\u0000)"
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        (CHAT_BODY, "add --endpoint chat (the lines look like bare chat request bodies)"),
+        ({"model": "m", "prompt": "Hi"}, "add --endpoint completions (the lines look like bare completions"),
+        (
+            {"model": "whisper-1", "file": "a.wav"},
+            "add --endpoint transcriptions or --endpoint translations (the lines look like bare audio",
+        ),
+    ],
+)
+def test_shorthand_without_endpoint_gets_a_hint(body: dict[str, Any], hint: str) -> None:
+    [item] = read(write(body))
+    assert isinstance(item, LineError)
+    assert item.message.startswith("unknown keys 'model', ")
+    assert item.hint is not None and item.hint.startswith(hint)
+
+
+def test_no_hint_for_a_batch_line_with_a_stray_key() -> None:
+    [item] = read(write(with_key("messages", [])))
+    assert isinstance(item, LineError) and item.hint is None
+
+
+# --- line length ---------------------------------------------------------------------------------------
+
+
+def test_line_at_the_limit_is_read() -> None:
+    data = orjson.dumps(line())
+    Path("jobs.jsonl").write_bytes(data + b"\n" + data.replace(b"req-1", b"req-2"))  # last line: no newline
+    assert errors("jobs.jsonl", max_line_bytes=len(data)) == []
+
+
+def test_line_over_the_limit() -> None:
+    data = orjson.dumps(line())
+    path = write(data.replace(b"req-1", b"req-0"), data + b" ", data.replace(b"req-1", b"req-2") + b"  ")
+    assert errors(path, max_line_bytes=len(data)) == [
+        f"jobs.jsonl:2: line too long: {len(data) + 1:,} bytes, over the limit of {len(data):,} "
+        "(PIPELINE_MAX_LINE_BYTES)",
+        f"jobs.jsonl:3: line too long: {len(data) + 2:,} bytes, over the limit of {len(data):,} "
+        "(PIPELINE_MAX_LINE_BYTES)",
+    ]
+
+
+def test_a_long_line_is_never_held_whole() -> None:
+    limit = 1024 * 1024
+    long_body = {**CHAT_BODY, "pad": "x" * (20 * limit)}
+    path = write(line(custom_id="a"), line(custom_id="big", body=long_body), line(custom_id="c"))
+    tracemalloc.start()
+    try:
+        reader = JobReader(path, max_line_bytes=limit)
+        items = list(reader)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [i.line for i in items if isinstance(i, JobLine)] == [1, 3]
+    assert [str(i).split(": ")[1] for i in items if isinstance(i, LineError)] == ["line too long"]
+    assert peak < 5 * limit  # the 20 MB line was read a piece at a time
+    assert reader.content_hash == hashlib.sha256(b"endpoint=\n" + Path(path).read_bytes()).hexdigest()
+
+
+def test_default_line_limit_is_the_settings_default() -> None:
+    assert JobReader("jobs.jsonl").max_line_bytes == Settings().max_line_bytes == 8 * 1024 * 1024
+
+
+# --- audio bytes ---------------------------------------------------------------------------------------
+
+#: a valid head for every accepted extension
+AUDIO_HEADS = {
+    "flac": b"fLaC\x00\x00\x00\x22",
+    "m4a": b"\x00\x00\x00\x20ftypM4A ",
+    "mp3": b"ID3\x04\x00\x00\x00\x00",
+    "mp4": b"\x00\x00\x00\x18ftypmp42",
+    "mpeg": b"\xff\xfb\x90\x64\x00\x00",
+    "mpga": b"\xff\xf3\x64\xc4\x00\x00",
+    "ogg": b"OggS\x00\x02\x00\x00",
+    "wav": WAV_HEAD,
+    "webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81",
+}
+
+
+def test_every_extension_has_a_head() -> None:
+    assert set(AUDIO_HEADS) == AUDIO_EXTENSIONS
+
+
+@pytest.mark.parametrize("extension", sorted(AUDIO_HEADS))
+def test_audio_bytes_of_the_claimed_format(extension: str) -> None:
+    Path(f"a.{extension}").write_bytes(AUDIO_HEADS[extension] + bytes(64))
+    assert errors(write(audio(f"a.{extension}"))) == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"ID3\x04", b"\xff\xe3\x18\xc4", b"\xff\xfb\x90\x64"],
+    ids=["id3", "mpeg-2.5 frame", "mpeg-1 frame"],
+)
+def test_mp3_heads(head: bytes) -> None:
+    Path("a.mp3").write_bytes(head + bytes(16))
+    assert errors(write(audio("a.mp3"))) == []
+
+
+def test_mpeg_program_stream() -> None:
+    Path("a.mpeg").write_bytes(b"\x00\x00\x01\xba\x44" + bytes(16))
+    assert errors(write(audio("a.mpeg"))) == []
+
+
+def test_empty_audio_file() -> None:
+    Path("empty.wav").write_bytes(b"")
+    assert only_error(audio("empty.wav")) == "jobs.jsonl:1: body.file: 'empty.wav' is empty"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("notes.wav", b"hello, this is text", "is not WAV (expected RIFF....WAVE at the start)"),
+        ("riff.wav", b"RIFF\x24\x00\x00\x00AVI LIST", "is not WAV (expected RIFF....WAVE at the start)"),
+        (
+            "noise.mp3",
+            bytes(range(7, 107)),
+            "is not MP3 (expected an ID3 tag or an MPEG audio frame at the start)",
+        ),
+        ("x.flac", b"ID3\x04" + bytes(20), "is not FLAC (expected fLaC at the start)"),
+        ("x.ogg", WAV_HEAD, "is not Ogg (expected OggS at the start)"),
+        ("x.m4a", b"\x00\x00\x00\x20moov", "is not MP4 audio (expected ftyp at byte 4)"),
+        ("x.mp4", b"ftyp", "is not MP4 (expected ftyp at byte 4)"),
+        ("x.webm", b"OggS" + bytes(8), "is not WebM (expected the EBML header 1A 45 DF A3 at the start)"),
+        ("x.mpga", b"\x00\x00\x01\xba", "is not MPEG audio (expected an ID3 tag or an MPEG audio frame"),
+    ],
+)
+def test_audio_bytes_not_of_the_claimed_format(name: str, data: bytes, message: str) -> None:
+    Path(name).write_bytes(data)
+    assert only_error(audio(name)).startswith(f"jobs.jsonl:1: body.file: {name!r} {message}")
+
+
+# --- generated custom ids ------------------------------------------------------------------------------
+
+
+def test_generated_ids_take_a_free_suffix() -> None:
+    ids = CustomIds()
+    assert ids.give("line-2", 1) is None
+    assert ids.give("invalid-line-3", 1) is None  # a line's own id: no clash
+    assert ids.give("invalid-line-3~2", 2) is None
+    assert ids.for_shorthand(2) == "line-2~2"
+    assert ids.for_invalid(3) == "invalid-line-3~3"
+    assert ids.for_invalid(4) == "invalid-line-4"
+    assert ids.give("invalid-line-4", 5) == 4 and ids.is_generated("invalid-line-4")
+    assert not ids.is_generated("line-2")
+
+
+def test_an_invalid_line_keeps_its_own_given_id_free() -> None:
+    ids = CustomIds()
+    assert ids.give("invalid-line-1", 1) is None
+    assert ids.for_invalid(1) == "invalid-line-1"  # line 1 holds it: its row is the only one
+
+
+def test_shorthand_id_given_earlier_in_the_file() -> None:
+    path = write(line(custom_id="line-2"), CHAT_BODY)
+    assert [i.custom_id for i in read(path, "chat") if isinstance(i, JobLine)] == ["line-2", "line-2~2"]
+
+
+def test_given_id_equal_to_an_earlier_generated_one() -> None:
+    path = write(CHAT_BODY, line(custom_id="line-1"))
+    assert errors(path, "chat") == ["jobs.jsonl:2: custom_id: duplicate 'line-1' (generated for line 1)"]

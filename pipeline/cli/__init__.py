@@ -1,7 +1,7 @@
 """The `pipeline` command. Commands parse, call the library, and format: data to stdout, the rest to stderr.
 
-Exit codes: 0 success; 1 an expected failure (message on stderr); 2 a bad invocation; and the named
-EXIT_* constants of exits.py.
+Exit codes: 0 success; 1 an expected failure (one line on stderr); 2 a bad invocation; and the named
+EXIT_* constants of exits.py. Never a traceback unless `pipeline --debug` asks for one (failures.py).
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
-from pipeline.cli.exits import EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.exits import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.failures import one_line, quiet_stdout, save_traceback
 from pipeline.errors import JobFileError, PipelineError
 
-__all__ = ["EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
+__all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 
 
 class _Group(click.Group):
-    """Turns the library's expected errors into messages and exit codes, for every command."""
+    """Turns every error of every command into a message and an exit code (see failures.py)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,11 +29,34 @@ class _Group(click.Group):
             ctx.exit(EXIT_INVALID_INPUT)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:  # the database failed under the command: read-only, full, gone
+            raise click.ClickException(f"database error: {one_line(exc)}") from None
+        except BrokenPipeError:  # the reader of stdout went away (`pipeline export | head`)
+            quiet_stdout()
+            ctx.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            _report_bug(ctx, exc)
+
+
+def _report_bug(ctx: click.Context, exc: Exception) -> None:
+    path = save_traceback(ctx.invoked_subcommand)
+    where = f"traceback in {path}" if path else "the traceback could not be saved"
+    click.echo(
+        f"Error: unexpected {type(exc).__name__}: {one_line(exc)} "
+        f"(a bug in pipeline; {where}; `pipeline --debug ...` prints it)",
+        err=True,
+    )
+    ctx.exit(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipeline")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error (a bug)")
+def cli(debug: bool) -> None:
     """Run bulk OpenAI-style API jobs from a JSONL file: rate-aware, crash-safe, every response stored.
 
     \b

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import ExitStack
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 import orjson
@@ -13,8 +12,10 @@ import orjson
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
 from pipeline.cli.render import batch_report, print_batches, print_report
 from pipeline.cli.sending import send
+from pipeline.errors import PathError
 from pipeline.export import FORMATS, export_batch
 from pipeline.store import batches as batch_store
+from pipeline.store.db import Database
 from pipeline.store.models import RequestStatus
 
 
@@ -52,14 +53,23 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     """
     db = database(pop_settings(params))
     batch = batch_store.get_batch(db, batch_id)
-    with ExitStack() as stack:
-        out: BinaryIO = sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
-        n = export_batch(db, batch.id, fmt, out)
-        out.flush()
+    if output == "-":
+        n = export_batch(db, batch.id, fmt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        n = _export_to_file(db, batch.id, fmt, output)
     click.echo(
         f"exported {n} requests of batch {batch.id} as {fmt}" + ("" if output == "-" else f" to {output}"),
         err=True,
     )
+
+
+def _export_to_file(db: Database, batch_id: str, fmt: str, path: str) -> int:
+    try:
+        with open(path, "wb") as out:
+            return export_batch(db, batch_id, fmt, out)
+    except OSError as exc:  # a directory, a missing directory, no permission, a full disk
+        raise PathError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @click.command()

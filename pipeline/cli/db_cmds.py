@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from pipeline.cli.failures import database_errors
 from pipeline.cli.options import pop_settings, store_options
 from pipeline.settings import mask_url
 from pipeline.store.db import Database
@@ -21,7 +22,8 @@ def db() -> None:
 def upgrade(**params: Any) -> None:
     """Migrate the database to the newest schema."""
     settings = pop_settings(params)
-    Database(settings.db_url).upgrade()
+    with database_errors(settings.db_url):
+        Database(settings.db_url).upgrade()
     click.echo(f"database {mask_url(settings.db_url)} is at the newest schema", err=True)
 
 

@@ -6,3 +6,5 @@ EXIT_SOME_FAILED = 3
 EXIT_INVALID_INPUT = 4
 #: The batch paused (for example the account ran out of quota); `pipeline resume` continues it.
 EXIT_PAUSED = 5
+#: A bug in pipeline (an unexpected exception; its traceback was saved): sysexits' EX_SOFTWARE.
+EXIT_BUG = 70

@@ -14,6 +14,7 @@ from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_op
 from pipeline.errors import DuplicateBatch
 from pipeline.fleet.broker import DEFAULT_QUEUE
 from pipeline.fleet.worker import install
+from pipeline.ratelimit import limit_table
 
 
 @click.command()
@@ -67,6 +68,7 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     """
     settings = pop_settings(params)
     settings.require_api_key()
+    limit_table(settings)  # a bad limits file stops the worker here, not in every task
     database(settings)
     app = dispatch.connect_broker(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from pipeline.cli.failures import database_errors
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.store.db import Database, open_database
@@ -110,7 +111,9 @@ def settings_from(params: dict[str, Any]) -> Settings:
 
 
 def database(settings: Settings) -> Database:
-    return open_database(settings.db_url)
+    """The database, migrated; one ConnectError when it cannot be reached, created or written."""
+    with database_errors(settings.db_url):
+        return open_database(settings.db_url)
 
 
 def pop_settings(params: dict[str, Any]) -> Settings:

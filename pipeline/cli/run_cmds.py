@@ -12,6 +12,7 @@ from pipeline.cli.sending import run_here
 from pipeline.endpoints import ENDPOINTS
 from pipeline.errors import DuplicateBatch
 from pipeline.jobs.intake import Intake, store_job_file
+from pipeline.ratelimit import limit_table
 from pipeline.settings import Settings
 from pipeline.store.db import Database
 
@@ -56,6 +57,7 @@ def run(**params: Any) -> None:
     """
     settings = pop_settings(params)
     settings.require_api_key()
+    limit_table(settings)  # a bad limits file is reported before anything is stored
     db = database(settings)
     try:
         intake = store_from_params(db, settings, params)

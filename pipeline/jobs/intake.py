@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
-from pipeline.ids import invalid_line_id, new_batch_id
+from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
 from pipeline.store import batches
@@ -46,9 +46,10 @@ def store_job_file(
     force: bool = False,
 ) -> Intake:
     """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
-    reader = JobReader(path, endpoint)
+    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
     batch_id = new_batch_id()
     shown: list[LineError] = []
+    hints: set[str] = set()  # a hint is for the whole file: shown with its first line only
     bad = good = 0
     with db.write() as s:
         batches.new_batch(
@@ -74,13 +75,17 @@ def store_job_file(
             item, blob = (line, None) if doomed else _store_audio(blobs, line, source)
             if isinstance(item, LineError):
                 bad += 1
-                if len(shown) < MAX_SHOWN_ERRORS:
+                if len(shown) < MAX_SHOWN_ERRORS and item.hint not in hints:
                     shown.append(item)
+                if item.hint:
+                    hints.add(item.hint)
                 if not skip_invalid:
                     continue
+                custom_id = reader.ids.for_invalid(item.line)
             else:
                 good += 1
-            pending.append(_row(batch_id, item, blob, now))
+                custom_id = item.custom_id
+            pending.append(_row(batch_id, item, custom_id, blob, now))
             if len(pending) >= INSERT_CHUNK:
                 batches.insert_requests(s, pending)
                 pending.clear()
@@ -108,12 +113,14 @@ def _store_audio(
         return LineError(source, item.line, exc.problem), None
 
 
-def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -> dict[str, Any]:
+def _row(
+    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any
+) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
             "batch_id": batch_id,
             "line": item.line,
-            "custom_id": invalid_line_id(item.line),
+            "custom_id": custom_id,
             "url": "",
             "body": "null",
             "status": RequestStatus.FAILED.value,
@@ -127,7 +134,7 @@ def _row(batch_id: str, item: JobLine | LineError, blob: str | None, now: Any) -
     return {
         "batch_id": batch_id,
         "line": item.line,
-        "custom_id": item.custom_id,
+        "custom_id": custom_id,
         "url": item.url,
         "body": orjson.dumps(item.body).decode(),
         "status": RequestStatus.QUEUED.value,

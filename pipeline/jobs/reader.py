@@ -2,7 +2,9 @@
 
 A line is an OpenAI Batch API line, `{"custom_id", "method": "POST", "url", "body"}`, so a file made for the
 Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`chat`, `completions`,
-`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`.
+`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`
+(minted by `ids.CustomIds`, which also names invalid lines and keeps generated ids clear of given ones).
+A line longer than `max_line_bytes` is reported without being read whole.
 
     for item in JobReader("jobs.jsonl"):
         if isinstance(item, LineError):
@@ -21,11 +23,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from sqlalchemy import String
+from sqlalchemy.types import TypeEngine
 
 from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
-from pipeline.errors import ConfigError, LineError
-from pipeline.ids import line_custom_id
-from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, json_type
+from pipeline.errors import ConfigError, LineError, PathError
+from pipeline.ids import CustomIds
+from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, check_stream, json_type
+from pipeline.settings import Settings
+from pipeline.store.models import Request
 
 __all__ = ["JobLine", "JobReader"]
 
@@ -34,6 +40,21 @@ BATCH_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "body"})
 _UTF8_BOM = b"\xef\xbb\xbf"
 #: the name LineError gives standard input
 STDIN_NAME = "<stdin>"
+#: shown once for Batch API lines whose url differs from --endpoint
+_ENDPOINT_HINT = "Batch API lines name their own url: leave out --endpoint, or fix the url"
+#: bytes read at a time while skipping the rest of a line that is too long
+_SKIP_CHUNK = 1024 * 1024
+
+
+def _declared_length(column_type: TypeEngine[Any]) -> int:
+    if not isinstance(column_type, String) or column_type.length is None:
+        raise TypeError(f"expected a String column with a length, got {column_type!r}")
+    return column_type.length
+
+
+#: The longest custom_id the requests table holds, read from the model. SQLite would store any length and
+#: PostgreSQL would refuse the whole intake, so the reader holds both to the declared length.
+MAX_CUSTOM_ID_CHARS = _declared_length(Request.custom_id.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +75,27 @@ class JobLine:
 class JobReader:
     """Streams a job file (never loads it whole), yielding JobLine or LineError per non-blank line.
 
-    `path` "-" reads standard input (once). A job file that cannot be opened raises OSError from iteration.
+    `path` "-" reads standard input (once). A job file that cannot be read raises PathError from iteration.
     `content_hash` (hex sha256 of the bytes read and the endpoint option) is known once iteration finished;
-    `lines_read` counts the non-blank lines seen so far.
+    `lines_read` counts the non-blank lines seen so far; `ids` holds the custom ids of the lines read so far
+    (intake names invalid lines through it).
     """
 
-    def __init__(self, path: Path | str, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        endpoint: str | None = None,
+        *,
+        max_line_bytes: int = Settings.max_line_bytes,
+    ) -> None:
         if endpoint is not None and endpoint not in ENDPOINTS:
             expected = ", ".join(ENDPOINTS)
             raise ConfigError(f"unknown endpoint {endpoint!r} (expected one of {expected})")
         self.path = path
         self.endpoint = endpoint
+        self.max_line_bytes = max_line_bytes
         self.lines_read = 0
+        self.ids = CustomIds()
         self._stdin = str(path) == "-"
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
@@ -86,9 +116,13 @@ class JobReader:
             raise RuntimeError("standard input can be read only once")
         self._started = True
         self.lines_read = 0
+        self.ids = CustomIds()
         self._hash = None
-        with self._open() as fh:
-            yield from self._read(fh)
+        try:
+            with self._open() as fh:
+                yield from self._read(fh)
+        except OSError as exc:  # missing, a directory, no permission, an I/O error while reading
+            raise PathError(f"cannot read job file {self._name}: {exc.strerror or exc}") from None
 
     def _open(self) -> contextlib.AbstractContextManager[IO[bytes]]:
         if self._stdin:
@@ -98,23 +132,32 @@ class JobReader:
 
     def _read(self, fh: IO[bytes]) -> Iterator[JobLine | LineError]:
         digest = hashlib.sha256(f"endpoint={self.endpoint or ''}\n".encode())
-        # custom_id -> line it first appeared on; the only state kept per line
-        seen: dict[str, int] = {}
+        limit = self.max_line_bytes
         number = 0
-        for raw in fh:
+        # at most limit + 1 bytes at a time: a longer line is never held whole
+        while raw := fh.readline(limit + 1):
             number += 1
             digest.update(raw)
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                self.lines_read += 1
+                size = len(raw) + _skip_line(fh, digest)
+                yield LineError(
+                    self._name,
+                    number,
+                    f"line too long: {size:,} bytes, over the limit of {limit:,} (PIPELINE_MAX_LINE_BYTES)",
+                )
+                continue
             if number == 1 and raw.startswith(_UTF8_BOM):
                 raw = raw[len(_UTF8_BOM) :]
             if not raw or raw.isspace():
                 continue
             self.lines_read += 1
-            yield self._parse(raw, number, seen)
+            yield self._parse(raw, number)
         if self.lines_read == 0:
             yield LineError(self._name, max(number, 1), "empty file: no requests")
         self._hash = digest.hexdigest()
 
-    def _parse(self, raw: bytes, number: int, seen: dict[str, int]) -> JobLine | LineError:
+    def _parse(self, raw: bytes, number: int) -> JobLine | LineError:
         """One non-blank line, as a JobLine or the first problem found on it."""
         try:
             value = orjson.loads(raw)
@@ -123,29 +166,60 @@ class JobReader:
         if not isinstance(value, dict):
             return LineError(self._name, number, f"expected a JSON object, got {json_type(value)}")
         if self._url is not None and not ("url" in value and "body" in value):
-            custom_id = line_custom_id(number)
-            problem = _register(custom_id, number, seen)
-            if problem is None:
-                return self._check_body(number, custom_id, self._url, value)
-        else:
-            problem = _check_batch_line(value, number, seen)
-            if problem is None:
-                return self._check_body(number, value["custom_id"], value["url"], value["body"])
-        return LineError(self._name, number, problem)
+            return self._check_body(number, self.ids.for_shorthand(number), self._url, value)
+        problem = self._check_batch_line(value, number)
+        if problem is not None:
+            hint = _shorthand_hint(value) if self._url is None else None
+            return LineError(self._name, number, problem, hint)
+        if self._url is not None and value["url"] != self._url:
+            # a Batch API line under --endpoint must name that endpoint: the flag is never silently ignored
+            problem = f"url: {value['url']!r} contradicts --endpoint {self.endpoint}"
+            return LineError(self._name, number, problem, _ENDPOINT_HINT)
+        return self._check_body(number, value["custom_id"], value["url"], value["body"])
+
+    def _check_batch_line(self, value: dict[str, Any], number: int) -> str | None:
+        """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
+        custom_id = value.get("custom_id")
+        # registered before any other check: a later line with this id is a duplicate even if this one fails
+        holder = self.ids.give(custom_id, number) if isinstance(custom_id, str) and custom_id else None
+        if not value.keys() <= BATCH_KEYS:
+            unknown = [key for key in value if key not in BATCH_KEYS]
+            names = ", ".join(repr(key) for key in unknown)
+            return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
+        if "custom_id" not in value:
+            return "custom_id: required"
+        problem = _check_custom_id(custom_id)
+        if problem:
+            return problem
+        if holder is not None and isinstance(custom_id, str):
+            origin = "generated for line" if self.ids.is_generated(custom_id) else "first on line"
+            return f"custom_id: duplicate {custom_id!r} ({origin} {holder})"
+        return _check_request(value)
 
     def _check_body(self, number: int, custom_id: str, url: str, body: dict[str, Any]) -> JobLine | LineError:
         if url not in AUDIO_URLS:
-            problem = BODY_CHECKS[url](body)
+            problem = BODY_CHECKS[url](body) or check_stream(body)
             if problem is not None:
                 return LineError(self._name, number, problem)
             return JobLine(number, custom_id, url, body)
-        problem = check_audio_params(url, body)
+        problem = check_audio_params(url, body) or check_stream(body)
         if problem is not None:
             return LineError(self._name, number, problem)
         audio = check_audio_file(body, self._base_dir)
         if isinstance(audio, str):
             return LineError(self._name, number, audio)
         return JobLine(number, custom_id, url, body, audio)
+
+
+def _skip_line(fh: IO[bytes], digest: Any) -> int:
+    """Read past the rest of a line a chunk at a time, hashing it; the bytes it had before its newline."""
+    skipped = 0
+    while chunk := fh.readline(_SKIP_CHUNK):
+        digest.update(chunk)
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk) - 1
+        skipped += len(chunk)
+    return skipped
 
 
 def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -161,32 +235,33 @@ def _decode_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"invalid JSON: {exc.msg} {where}"
 
 
-def _register(custom_id: str, number: int, seen: dict[str, int]) -> str | None:
-    """Remember a custom id; the problem if an earlier line already had it."""
-    first = seen.setdefault(custom_id, number)
-    if first == number:
-        return None
-    return f"custom_id: duplicate {custom_id!r} (first on line {first})"
-
-
-def _check_batch_line(value: dict[str, Any], number: int, seen: dict[str, int]) -> str | None:
-    """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
-    custom_id = value.get("custom_id")
-    # registered before any other check: a later line with the same id is a duplicate even if this one fails
-    duplicate = _register(custom_id, number, seen) if isinstance(custom_id, str) and custom_id else None
-    if not value.keys() <= BATCH_KEYS:
-        unknown = [key for key in value if key not in BATCH_KEYS]
-        names = ", ".join(repr(key) for key in unknown)
-        return f"unknown key{'s' if len(unknown) > 1 else ''} {names}"
-    if "custom_id" not in value:
-        return "custom_id: required"
+def _check_custom_id(custom_id: object) -> str | None:
+    """A given custom id: a non-empty string the requests table holds as it is on every database."""
     if not isinstance(custom_id, str):
         return f"custom_id: must be a string, got {json_type(custom_id)}"
     if not custom_id:
         return "custom_id: must not be empty"
-    if duplicate:
-        return duplicate
-    return _check_request(value)
+    if len(custom_id) > MAX_CUSTOM_ID_CHARS:
+        return f"custom_id: {len(custom_id):,} characters, over the limit of {MAX_CUSTOM_ID_CHARS}"
+    if "\x00" in custom_id:
+        # PostgreSQL text cannot hold NUL; SQLite could, so refuse it on both
+        return "custom_id: must not contain NUL (\\u0000)"
+    return None
+
+
+def _shorthand_hint(value: dict[str, Any]) -> str | None:
+    """For a line that looks like a bare request body (shorthand without --endpoint): which flag to add."""
+    if value.keys() & BATCH_KEYS:
+        return None
+    if "messages" in value:
+        endpoint, kind = "--endpoint chat", "chat"
+    elif "file" in value:
+        endpoint, kind = "--endpoint transcriptions or --endpoint translations", "audio"
+    elif "prompt" in value:
+        endpoint, kind = "--endpoint completions", "completions"
+    else:
+        return None
+    return f"add {endpoint} (the lines look like bare {kind} request bodies)"
 
 
 def _check_request(value: dict[str, Any]) -> str | None:

@@ -16,9 +16,12 @@ from typing import Any
 
 from pipeline.endpoints import (
     AUDIO_EXTENSIONS,
+    AUDIO_HEAD_BYTES,
     AUDIO_RESPONSE_FORMATS,
+    AUDIO_SIGNATURES,
     ENDPOINTS,
     MAX_AUDIO_BYTES,
+    audio_format_matches,
 )
 
 #: roles a chat message may have
@@ -144,6 +147,13 @@ def _is_prompt_list(prompt: list[Any]) -> bool:
     return all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in prompt)
 
 
+def check_stream(body: dict[str, Any]) -> str | None:
+    """Streaming is refused on every endpoint: the answer is stored whole, never as raw server-sent events."""
+    if body.get("stream") in (None, False):
+        return None
+    return "body.stream: not supported (answers are stored whole, never as streamed chunks); remove it"
+
+
 def check_audio_params(url: str, body: dict[str, Any]) -> str | None:
     """The parameters of an audio body other than `file`."""
     problem = _check_string(body, "model")
@@ -169,7 +179,8 @@ def check_audio_params(url: str, body: dict[str, Any]) -> str | None:
 def check_audio_file(body: dict[str, Any], base_dir: Path) -> Path | str:
     """The audio file named by `body["file"]`, resolved against `base_dir`, or the problem with it.
 
-    Only stats and opens the file: a 25 MB upload is read by whoever sends it, not by validation.
+    Only stats the file and reads its first bytes (is it the format its extension claims?): a 25 MB upload
+    is read by whoever stores it, not by validation.
     """
     if "file" not in body:
         return "body.file: required"
@@ -185,32 +196,40 @@ def check_audio_file(body: dict[str, Any], base_dir: Path) -> Path | str:
         return f"body.file: no such file {name!r}"
     except OSError as exc:
         return f"body.file: cannot read {name!r}: {exc.strerror}"
-    problem = _check_readable(path, name, info.st_mode)
-    if problem:
-        return problem
-    suffix = path.suffix
-    if suffix[1:].lower() not in AUDIO_EXTENSIONS:
-        found = f"audio format {suffix!r}" if suffix else "file without an extension"
+    head = _read_head(path, name, info.st_mode)
+    if isinstance(head, str):
+        return head
+    extension = path.suffix[1:].lower()
+    if extension not in AUDIO_EXTENSIONS:
+        found = f"audio format {path.suffix!r}" if path.suffix else "file without an extension"
         return f"body.file: unsupported {found} (expected one of {_one_of(AUDIO_EXTENSIONS)})"
     if info.st_size > MAX_AUDIO_BYTES:
         # rounded up, so a file just over the limit never reads "25.0 MB is over the 25 MB limit"
         size = math.ceil(info.st_size * 10 / 2**20) / 10
         return f"body.file: {size:.1f} MB is over the {MAX_AUDIO_BYTES // 2**20} MB limit"
+    if not head:
+        return f"body.file: {name!r} is empty"
+    if not audio_format_matches(extension, head):
+        claimed, signature = AUDIO_SIGNATURES[extension]
+        return f"body.file: {name!r} is not {claimed} (expected {signature})"
     return path
 
 
-def _check_readable(path: Path, name: str, mode: int) -> str | None:
-    """Open the file once, since permission bits say nothing when running as root."""
+def _read_head(path: Path, name: str, mode: int) -> bytes | str:
+    """The file's first bytes, read once, since permission bits say nothing when running as root."""
     if stat.S_ISDIR(mode):
         return f"body.file: cannot read {name!r}: Is a directory"
     if not stat.S_ISREG(mode):
         # never open a FIFO or device: that could block forever
         return f"body.file: cannot read {name!r}: not a regular file"
     try:
-        os.close(os.open(path, os.O_RDONLY))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.read(fd, AUDIO_HEAD_BYTES)
+        finally:
+            os.close(fd)
     except OSError as exc:
         return f"body.file: cannot read {name!r}: {exc.strerror}"
-    return None
 
 
 #: body check for each non-audio url

@@ -192,7 +192,10 @@ def cancel_batch(db: Database, batch_id: str) -> int:
 
 
 def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]) -> int:
-    """Put the batch's rows in `statuses` back to queued (errors cleared), and make the batch active."""
+    """Put the batch's rows in `statuses` back to queued (errors cleared), and make the batch active.
+
+    Invalid lines (stored with --skip-invalid) stay failed: they have no request to send.
+    """
     wanted = list(statuses)
     with db.write() as s:
         s.execute(
@@ -200,7 +203,11 @@ def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]
         )
         done = s.execute(
             update(Request)
-            .where(Request.batch_id == batch_id, Request.status.in_(wanted))
+            .where(
+                Request.batch_id == batch_id,
+                Request.status.in_(wanted),
+                Request.error_type.is_distinct_from(ErrorType.INVALID_LINE),
+            )
             .values(status=RequestStatus.QUEUED, error_type=None, error_message=None, finished_at=None)
         )
         return int(getattr(done, "rowcount", 0) or 0)
