@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 #: Seconds a worker may take to start consuming.
 WORKER_START_SECONDS = 30
@@ -50,7 +51,7 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test, dropped after."""
     server = need("TEST_POSTGRES_URL")
     name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)  # survives a restart
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     yield server.rsplit("/", 1)[0] + f"/{name}"
@@ -78,9 +79,8 @@ class PostgresServer:
 
     def _ctl(self, *args: str) -> None:
         run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run(
-            [*run_as, f"{self.bin_dir}/pg_ctl", "-D", self.directory, *args], check=True, timeout=60
-        )
+        command = [*run_as, f"{self.bin_dir}/pg_ctl", "-D", self.directory, *args]
+        subprocess.run(command, check=True, timeout=60, cwd="/", stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:
         self._ctl("-m", "fast", "-w", "stop")

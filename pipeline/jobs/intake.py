@@ -92,9 +92,9 @@ def store_job_file(
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
         batches.insert_requests(s, pending)
-        if not force and (existing := batches.batch_with_content(s, reader.content_hash)):
+        existing = batches.seal_batch(s, batch_id, reader.content_hash, good + bad, unique=not force)
+        if existing is not None:
             raise DuplicateBatch(existing)
-        batches.seal_batch(s, batch_id, reader.content_hash, good + bad)
     return Intake(batch_id, good + bad, bad)
 
 

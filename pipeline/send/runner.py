@@ -58,7 +58,7 @@ async def run_batch(
 async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine) -> None:
     reaper = Reaper(db, settings.lease_seconds)
     period = max(0.5, settings.lease_seconds / 4)
-    await asyncio.to_thread(reaper.sweep, frozenset({engine.worker}))
+    await _sweep(reaper, engine)
     after, told = 0, False
     while not engine.draining:
         ids = await asyncio.to_thread(claims.queued_ids, db, batch_id, after, settings.chunk_size)
@@ -80,7 +80,15 @@ async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine)
             log.warning("%d requests of batch %s are held by other engines; waiting for them", held, batch_id)
             told = True
         await asyncio.sleep(period)
+        await _sweep(reaper, engine)
+
+
+async def _sweep(reaper: Reaper, engine: Engine) -> None:
+    """Free the rows of dead engines; a failing database is only logged (the next sweep tries again)."""
+    try:
         await asyncio.to_thread(reaper.sweep, frozenset({engine.worker}))
+    except Exception as exc:
+        log.warning("looking for dead engines failed (%r)", exc)
 
 
 class _draining_on_signals:

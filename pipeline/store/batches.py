@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Integer, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
@@ -39,15 +40,23 @@ def insert_requests(s: Session, rows: Sequence[dict[str, Any]]) -> None:
     executemany(s, _INSERT_REQUEST, rows)
 
 
-def batch_with_content(s: Session, content_hash: str) -> str | None:
-    """The first batch stored from the same content, if any."""
-    return s.scalars(
-        select(Batch.id).where(Batch.content_hash == content_hash).order_by(Batch.created_at).limit(1)
-    ).first()
+def seal_batch(s: Session, batch_id: str, content_hash: str, total: int, *, unique: bool) -> str | None:
+    """Record the batch's content hash and size. With `unique`, the content may be stored once only: the
+    id of the batch that already holds it comes back (and this one must be rolled back), else None.
 
-
-def seal_batch(s: Session, batch_id: str, content_hash: str, total: int) -> None:
-    s.execute(update(Batch).where(Batch.id == batch_id).values(content_hash=content_hash, total=total))
+    The unique key on `content_key`, not a check-then-insert, decides: of two intakes of one file at once,
+    the second waits for the first to commit (PostgreSQL) or for its write lock (SQLite), then finds it.
+    """
+    values = {"content_hash": content_hash, "total": total, "content_key": content_hash if unique else None}
+    try:
+        with s.begin_nested():
+            s.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+    except IntegrityError:
+        holder = s.scalar(select(Batch.id).where(Batch.content_key == content_hash))
+        if holder is None:  # some other constraint
+            raise
+        return holder
+    return None
 
 
 # --- reading -------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Recovery: engines that died give their rows back, and rows whose broker message was lost are found again.
 
-`Reaper.sweep` is run by every worker's keeper and by `pipeline run` while it waits. It watches the beats of
-the other engines (store/claims.py) on this process's own monotonic clock: an engine whose beat has not
-moved for a whole lease is dead, and so is one on this host whose process is gone (found at once: a rerun
-of `pipeline run` after a kill takes over in a second, not a lease). Burying an engine is one transaction
+`Reaper.sweep` is run by every worker's keeper and by `pipeline run`. It watches the beats of the other
+engines (store/claims.py) on this process's own monotonic clock: an engine whose beat has not moved for a
+whole lease, while this process could read the database, is dead; so is one on this host whose process is
+gone (found at once: a rerun of `pipeline run` after a kill takes over in a second, not a lease), and
+since a database outage stops every beat, it alone never buries anyone. Burying an engine is one transaction
 that locks its worker row, checks the beat is still the one watched, gives every row it held back to the
 queue with a new fence, and deletes the row; so it runs wholly before or after any claim or beat of it.
 """
@@ -39,8 +40,14 @@ class Reaper:
     def sweep(self, spare: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
         """Bury every dead engine but those in `spare` (this process's); returns the rows freed."""
         now = time.monotonic()
-        with self.db.read() as s:
-            workers = list(s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.beat)))
+        try:
+            with self.db.read() as s:
+                workers = list(s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.beat)))
+        except Exception:
+            # While this process cannot see the database, silence proves nothing: nobody could beat.
+            # Start watching afresh once it can, so an outage alone never buries a live engine.
+            self._seen.clear()
+            raise
         self._seen = {w: v for w, v in self._seen.items() if any(w == row[0] for row in workers)}
         freed: list[tuple[str, int]] = []
         for worker, host, pid, beat in workers:
