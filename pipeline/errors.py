@@ -11,10 +11,15 @@
         ├── RetryableError          worth another attempt: 408, 409, 429 rate_limit_exceeded, 5xx, timeouts
         │   ├── RateLimited         429 rate_limit_exceeded: cools down every sender of the key
         │   └── BadResponse         a 2xx whose body is not the endpoint's answer (empty, HTML, truncated...)
-        └── PermanentError          never retried: 400, 401, 403, 404, 413, 422, "request too large"
-            └── QuotaExhausted      429 insufficient_quota: pauses the whole batch
+        └── PermanentError          never retried: 400, 413, 422, "request too large": fails the row
+            └── BatchBlocked        no request of the batch can succeed until someone acts: the batch pauses
+                ├── QuotaExhausted  429 insufficient_quota
+                ├── AccessDenied    401, 403: a wrong key, no access to the organization or project
+                ├── NotFound        404: an unknown model, or a base URL with a wrong path
+                └── EndpointDown    the circuit breaker: no attempt connected (or all got 5xx) for a while
 
-Retry policy keys on RetryableError alone; the engine stores PermanentError on the row.
+Retry policy keys on RetryableError alone; the engine stores PermanentError on the row, except BatchBlocked,
+which pauses the batch and puts the row back in the queue (`pipeline resume` continues).
 
 `error_type` on a row or an attempt is the API's own error code when its answer gave one
 (`invalid_api_key`, `context_length_exceeded`, ...), else one of `ErrorType`, or `http_<status>` for an
@@ -50,6 +55,7 @@ class ErrorType(StrEnum):
     RESPONSE_TOO_LARGE = "response_too_large"  #: an answer above the size cap (PIPELINE_MAX_RESPONSE_BYTES)
     MISSING_AUDIO = "missing_audio"  #: the stored clip of an audio request is gone
     UNSTORABLE = "unstorable"  #: the outcome could not be stored even on its own; the row failed
+    ENDPOINT_DOWN = "endpoint_down"  #: the circuit breaker tripped on this attempt; the batch paused
     INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
     CANCELLED = "cancelled"  #: cancelled before it was sent
     INTERNAL = "internal"  #: a bug in pipeline: the row went back to the queue
@@ -142,8 +148,24 @@ class PermanentError(APIError):
     """Sending the same request again cannot succeed."""
 
 
-class QuotaExhausted(PermanentError):
-    """429 insufficient_quota: the account is out of credit; the batch pauses."""
+class BatchBlocked(PermanentError):
+    """Sending any request of the batch again cannot succeed until someone acts: the batch pauses."""
+
+
+class QuotaExhausted(BatchBlocked):
+    """429 insufficient_quota: the account is out of credit."""
+
+
+class AccessDenied(BatchBlocked):
+    """401 or 403: the API key is wrong, or has no access to the organization or project."""
+
+
+class NotFound(BatchBlocked):
+    """404: the model does not exist (for this key), or the base URL's path is wrong."""
+
+
+class EndpointDown(BatchBlocked):
+    """The circuit breaker tripped: every attempt for a while failed to connect, timed out or got 5xx."""
 
 
 class DuplicateBatch(PipelineError):

@@ -79,6 +79,10 @@ class Settings:
     max_response_bytes: int = 32 * 1024 * 1024
     #: seconds a draining engine keeps trying to store what it has before giving up (SIGTERM, Ctrl-C)
     drain_seconds: float = 30.0
+    #: the circuit breaker: the batch pauses when at least this many attempts in a row, over at least
+    #: breaker_seconds, failed to connect, timed out or got 5xx
+    breaker_failures: int = 20
+    breaker_seconds: float = 20.0
     rpm: int | None = None
     tpm: int | None = None
     limits_file: Path | None = None
@@ -136,6 +140,8 @@ ENV_FIELDS = {
     "PIPELINE_LEASE_SECONDS": "lease_seconds",
     "PIPELINE_MAX_RESPONSE_BYTES": "max_response_bytes",
     "PIPELINE_DRAIN_SECONDS": "drain_seconds",
+    "PIPELINE_BREAKER_FAILURES": "breaker_failures",
+    "PIPELINE_BREAKER_SECONDS": "breaker_seconds",
     "PIPELINE_RPM": "rpm",
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.errors import PermanentError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.errors import (
+    AccessDenied,
+    BatchBlocked,
+    NotFound,
+    PermanentError,
+    QuotaExhausted,
+    RateLimited,
+    RetryableError,
+)
 from pipeline.ratelimit.rules import parse_duration
 from pipeline.send.classify import backoff_delay, classify, retry_after
 
@@ -49,6 +57,17 @@ def test_permanent_statuses(status: int) -> None:
     assert isinstance(error, PermanentError)
     assert error.status == status
     assert "bad" in error.message
+
+
+@pytest.mark.parametrize(("status", "kind"), [(401, AccessDenied), (403, AccessDenied), (404, NotFound)])
+def test_errors_no_line_can_fix_block_the_batch(status: int, kind: type[BatchBlocked]) -> None:
+    error = classify(status, {}, body("no", "invalid_request_error"))
+    assert isinstance(error, kind) and isinstance(error, BatchBlocked)
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_errors_about_one_line_fail_only_the_line(status: int) -> None:
+    assert not isinstance(classify(status, {}, body("no", "invalid_request_error")), BatchBlocked)
 
 
 def test_rate_limit_is_retried_with_the_wait_from_the_message() -> None:

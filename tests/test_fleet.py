@@ -149,13 +149,7 @@ def test_retry_resends_failed_rows_only(
     fake: FakeServer, make_fleet: Callable[..., Fleet], database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     lines = [chat_line(f"ok-{i}", f"fine {i}") for i in range(30)]
-    lines += [
-        {
-            **chat_line(f"bad-{i}", "x"),
-            "body": {"model": "does-not-exist", "messages": [{"role": "user", "content": f"bad {i}"}]},
-        }
-        for i in range(10)
-    ]
+    lines += [chat_line(f"bad-{i}", f'fake:{{"status": 400, "message": "bad {i}"}}') for i in range(10)]
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
     fleet.start()
     batch_id = submit(fleet, write_jsonl(tmp_path / "jobs.jsonl", lines))

@@ -97,26 +97,22 @@ def test_finish_reasons_function_calls_and_n_choices_are_stored(fake: FakeServer
 
 
 def test_permanent_errors_fail_at_once_and_the_exit_code_says_so(fake: FakeServer, tmp_path: Path) -> None:
-    lines = [
-        chat_line("ok", "hi"),
-        {
-            **chat_line("bad-model", "hi"),
-            "body": {"model": "does-not-exist", "messages": [{"role": "user", "content": "hi"}]},
-        },
-    ]
+    """A 4xx about one line (here the fake is told to answer 400 context_length_exceeded) fails that line."""
+    too_long = 'fake:{"status": 400, "code": "context_length_exceeded", "message": "too long"}'
+    lines = [chat_line("ok", "hi"), chat_line("too-long", too_long)]
     code, out, err = run(fake, write_jsonl(tmp_path / "jobs.jsonl", lines))
     assert code == EXIT_SOME_FAILED
     rows = db_rows(out.strip().splitlines()[-1])
     assert rows["ok"]["request"].status == "succeeded"
-    failed = rows["bad-model"]["request"]
+    failed = rows["too-long"]["request"]
     assert failed.status == "failed" and failed.attempts == 1
-    assert failed.error_type == "model_not_found"
-    assert rows["bad-model"]["result"].http_status == 404
+    assert failed.error_type == "context_length_exceeded"
+    assert rows["too-long"]["result"].http_status == 400
     assert fake.stats()["received"] == 2
     openai = {r["custom_id"]: r for r in parse_jsonl(invoke("export", "--format", "openai").stdout)}
-    assert openai["bad-model"]["error"] is None
-    assert openai["bad-model"]["response"]["body"]["error"]["code"] == "model_not_found"
-    assert "1 failed: model_not_found" in err
+    assert openai["too-long"]["error"] is None
+    assert openai["too-long"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
+    assert "1 failed: context_length_exceeded" in err
 
 
 def test_running_the_same_file_again_continues_its_batch_and_sends_nothing_twice(

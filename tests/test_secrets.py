@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, select
 
+from pipeline.cli import EXIT_PAUSED
 from pipeline.errors import APIError
 from pipeline.fakeapi import FakeServer
 from pipeline.ratelimit.local import LocalLimiter
@@ -25,19 +26,15 @@ def test_the_key_leaks_nowhere(
     fake.config.error_rate = 0.2
     outputs: list[str] = []
     lines = [chat_line(f"r{i}", f"q{i}") for i in range(30)]
-    lines.append(
-        {
-            **chat_line("bad", "x"),
-            "body": {"model": "does-not-exist", "messages": [{"role": "user", "content": "x"}]},
-        }
-    )
+    lines.append(chat_line("bad", 'fake:{"status": 400, "code": "invalid_value"}'))
     result = invoke("run", str(write_jsonl(tmp_path / "a.jsonl", lines)), "--base-url", fake.url)
     outputs += [result.stdout, result.stderr]
-    # A wrong key: the API answers 401 with (a masked form of) the key in its message; that answer is stored.
+    # A wrong key: the API answers 401 with (a masked form of) the key in its message; the batch pauses and
+    # the answer is stored with the attempt.
     wrong_key = TEST_KEY.replace("SECRET", "WRONGKEY")
     monkeypatch.setenv("OPENAI_API_KEY", wrong_key)
     result = invoke("run", str(chat_file(tmp_path / "b.jsonl", 3, "b")), "--base-url", fake.url)
-    assert result.exit_code == 3
+    assert result.exit_code == EXIT_PAUSED
     outputs += [result.stdout, result.stderr]
     for fmt in ("csv", "jsonl", "openai"):
         outputs.append(invoke("export", "--format", fmt).stdout)

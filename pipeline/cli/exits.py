@@ -8,3 +8,7 @@ EXIT_INVALID_INPUT = 4
 EXIT_PAUSED = 5
 #: A bug in pipeline (an unexpected exception; its traceback was saved): sysexits' EX_SOFTWARE.
 EXIT_BUG = 70
+#: Interrupted by Ctrl-C (128 + SIGINT, as shells report it); running the same command again continues.
+EXIT_INTERRUPTED = 130
+#: Stopped by SIGTERM (128 + SIGTERM) after draining; running the same command again continues.
+EXIT_TERMINATED = 143

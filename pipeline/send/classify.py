@@ -8,8 +8,10 @@ The policy is DESIGN.md's, in one place:
 | 429 rate_limit_exceeded                  | RateLimited     | yes     |
 | 429 "Request too large"                  | PermanentError  | no      |
 | 429 insufficient_quota                   | QuotaExhausted  | no (pauses the batch) |
+| 401, 403                                 | AccessDenied    | no (pauses the batch) |
+| 404                                      | NotFound        | no (pauses the batch) |
 | 408, 409, 5xx, timeouts, connection errors | RetryableError | yes     |
-| 400, 401, 403, 404, 413, 422, other 4xx  | PermanentError  | no      |
+| 400, 413, 422, other 4xx                 | PermanentError  | no      |
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from typing import Any
 
 import orjson
 
-from pipeline.errors import APIError, ErrorType, PermanentError, QuotaExhausted, RateLimited, RetryableError
+from pipeline.errors import (
+    AccessDenied,
+    APIError,
+    ErrorType,
+    NotFound,
+    PermanentError,
+    QuotaExhausted,
+    RateLimited,
+    RetryableError,
+)
 from pipeline.ratelimit.rules import RateHeaders
 
 #: First backoff when the server gives no hint, as the official client does.
@@ -104,7 +115,14 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> APIError |
         return RetryableError(
             text, error_type=code or kind or _status_name(status), retry_after=wait, **common
         )
-    return PermanentError(text, error_type=code or kind or _status_name(status), **common)
+    error_type = code or kind or _status_name(status)
+    if status in (401, 403):  # the key, organization or project: every other request would fail alike
+        return AccessDenied(text, error_type=error_type, **common)
+    if status == 404:  # an unknown model or path: the same for the batch's other requests of it
+        if code != "model_not_found":
+            text += " (is the base URL right? OpenAI's is https://api.openai.com/v1)"
+        return NotFound(text, error_type=error_type, **common)
+    return PermanentError(text, error_type=error_type, **common)
 
 
 def capped_wait(seconds: float | None) -> float | None:

@@ -24,9 +24,17 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pipeline.endpoints import AUDIO_URLS
-from pipeline.errors import APIError, ErrorType, QuotaExhausted, RateLimited, RetryableError
+from pipeline.errors import (
+    APIError,
+    BatchBlocked,
+    EndpointDown,
+    ErrorType,
+    RateLimited,
+    RetryableError,
+)
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
+from pipeline.send.breaker import Breaker
 from pipeline.send.classify import backoff_delay, classify
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, parse_answer, result_row, usage_of
@@ -60,6 +68,8 @@ class EngineStats:
     attempts: int = 0
     rate_limited: int = 0
     total_tokens: int = 0
+    #: the signal that stopped `pipeline run` before every row was final (SIGINT, SIGTERM), if one did
+    stopped_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,7 @@ class Engine:
         self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
         self._writer = Writer(db, self._stored)
         self._watch = Watch(db, limiter, lambda: {row.batch_id for row in self._held.values()})
+        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds)
 
     def __repr__(self) -> str:
         return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
@@ -290,7 +301,7 @@ class Engine:
             return Outcome(
                 row.id, row.fence, stop.status, records, error_type=stop.reason, error_message=stop.reason
             )
-        except QuotaExhausted as exc:
+        except BatchBlocked as exc:  # nothing of the batch can succeed until someone acts
             await self._pause(row.batch_id, exc.message)
             return Outcome(row.id, row.fence, RequestStatus.QUEUED, records)
         except APIError as exc:
@@ -359,6 +370,9 @@ class Engine:
         if isinstance(error, RateLimited):
             self.stats.rate_limited += 1
             self.limiter.cooldown(key, error.retry_after or 1.0)
+        if self._breaker.observe(status, error):
+            why = self._breaker.describe(self.settings.base_url)
+            raise EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
             raise error
         assert status is not None and parsed is not None

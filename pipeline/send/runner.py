@@ -48,8 +48,9 @@ async def run_batch(
         if on_start is not None:
             on_start(engine)
         if signals:
-            with _draining_on_signals(engine):
+            with _draining_on_signals(engine) as caught:
                 await _feed(settings, db, batch_id, engine)
+            engine.stats.stopped_by = caught.signal
         else:
             await _feed(settings, db, batch_id, engine)
     return engine.stats
@@ -92,21 +93,27 @@ async def _sweep(reaper: Reaper, engine: Engine) -> None:
 
 
 class _draining_on_signals:
-    """First SIGINT or SIGTERM drains the engine; a second SIGINT interrupts at once."""
+    """First SIGINT or SIGTERM drains the engine; a second SIGINT interrupts at once (KeyboardInterrupt:
+    every transaction is atomic, and a rerun takes over the rows this process held)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: the signal that stopped the run, if one did
+        self.signal: int | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _draining_on_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        return self
 
     def _on_signal(self, sig: int) -> None:
         loop = asyncio.get_running_loop()
         if self.engine.draining and sig == signal.SIGINT:
             loop.remove_signal_handler(signal.SIGINT)
             raise KeyboardInterrupt
+        self.signal = self.signal or sig
+        log.warning("%s: finishing the requests in flight, then stopping", signal.Signals(sig).name)
         self.engine.drain()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -177,6 +177,16 @@ def running_count(db: Database, batch_id: str) -> int:
 # --- control -------------------------------------------------------------------------------------------
 
 
+def retarget(db: Database, batch_id: str, base_url: str, organization: str | None, fingerprint: str) -> None:
+    """The batch is sent (again) with this API, organization and key: e.g. resumed after fixing the key."""
+    with db.write() as s:
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(base_url=base_url, organization=organization, key_fingerprint=fingerprint)
+        )
+
+
 def set_batch_state(db: Database, batch_id: str, state: BatchState, reason: str | None = None) -> None:
     with db.write() as s:
         s.execute(update(Batch).where(Batch.id == batch_id).values(state=state, pause_reason=reason))
