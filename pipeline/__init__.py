@@ -1,6 +1,7 @@
 """pipeline: run bulk OpenAI-style API jobs from a JSONL file, rate-aware and crash-safe.
 
-The public library API is small: settings, the engine, the job-file reader, and the error tree.
+For now the public names are the settings, the states and the error tree; the commands (`pipeline --help`)
+are the way in.
 """
 
 from pipeline.errors import (

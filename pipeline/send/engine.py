@@ -18,12 +18,9 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline.endpoints import AUDIO_URLS
 from pipeline.errors import (
     APIError,
     BatchBlocked,
@@ -33,13 +30,12 @@ from pipeline.errors import (
     RetryableError,
 )
 from pipeline.ratelimit import Limiter
-from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.breaker import Breaker
 from pipeline.send.classify import backoff_delay, classify
+from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
 from pipeline.send.ownership import Ownership
-from pipeline.send.responses import Parsed, parse_answer, result_row, usage_of
+from pipeline.send.responses import Parsed, parse_answer, result_row
 from pipeline.send.slots import Slots
-from pipeline.send.tokens import completion_budget, estimate_many
 from pipeline.send.transport import Transport
 from pipeline.send.watch import Watch
 from pipeline.send.writer import Writer, report_death
@@ -82,19 +78,6 @@ class _Answer:
     parsed: Parsed
 
 
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """A claimed row ready to send: whose budget it spends and how many tokens to reserve."""
-
-    row: Claimed
-    key: LimitKey
-    estimate: int
-    #: max_tokens x n when the body sets max_tokens: what the API charges against the TPM limit
-    completion_cap: int | None
-    #: the audio `response_format` (None: JSON)
-    response_format: str | None
-
-
 class _Stop(Exception):
     """The row must not be sent now: its batch was cancelled or paused, the engine drains, or the row is
     no longer this engine's (`status` None: nothing of it may be written)."""
@@ -112,11 +95,10 @@ class Engine:
         self.settings = settings
         self.db = db
         self.limiter = limiter
-        #: model -> moving average of completion tokens per choice, for estimates without max_tokens
-        self._completion_avg: dict[str, float] = {}
         self.stats = EngineStats()
         self.draining = False
         self._key = settings.require_api_key()
+        self._estimates = Estimator(settings, self._key.fingerprint())
         self._held: dict[int, Claimed] = {}
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._flushed = asyncio.Condition()
@@ -191,7 +173,7 @@ class Engine:
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
-        for job in await asyncio.to_thread(self._prepare, rows):
+        for job in await asyncio.to_thread(self._estimates.prepare, rows):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -199,34 +181,13 @@ class Engine:
 
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
-        jobs = await asyncio.to_thread(self._prepare, rows)
+        jobs = await asyncio.to_thread(self._estimates.prepare, rows)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
         return [o for o in outcomes if o is not None]
 
-    def _prepare(self, rows: list[Claimed]) -> list[_Job]:
-        """Parse the bodies and estimate their tokens, all at once and off the event loop."""
-        bodies: list[dict[str, Any]] = [orjson.loads(row.body) for row in rows]
-        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
-        # models are charged their real usage when the answer settles.
-        chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
-        estimates = [0] * len(rows)
-        for i, n in zip(chat, estimate_many([bodies[i] for i in chat], self._completion_avg), strict=True):
-            estimates[i] = n
-        fingerprint, org = self._key.fingerprint(), self.settings.organization
-        return [
-            _Job(
-                row,
-                LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))),
-                estimate,
-                completion_budget(body) if row.url not in AUDIO_URLS else None,
-                body.get("response_format") if row.url in AUDIO_URLS else None,
-            )
-            for row, body, estimate in zip(rows, bodies, estimates, strict=True)
-        ]
-
-    def _start(self, job: _Job) -> asyncio.Task[Outcome | None]:
+    def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
         self._watch.keys.add(job.key)
         self._held[row.id] = row
@@ -248,7 +209,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.error("request task crashed", exc_info=task.exception())
 
-    async def _run_one(self, job: _Job) -> Outcome | None:
+    async def _run_one(self, job: Job) -> Outcome | None:
         try:
             outcome = await self._execute(job)
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
@@ -287,7 +248,7 @@ class Engine:
         async with self._flushed:
             self._flushed.notify_all()
 
-    async def _execute(self, job: _Job) -> Outcome | None:
+    async def _execute(self, job: Job) -> Outcome | None:
         row = job.row
         records: list[AttemptRecord] = []
         try:
@@ -311,10 +272,10 @@ class Engine:
             )
         result = result_row(answer.status, None, answer.headers, answer.raw, answer.parsed)
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
-        self._learn_completion(job.key.model, result)
+        self._estimates.learn(job.key.model, result)
         return Outcome(row.id, row.fence, RequestStatus.SUCCEEDED, records, result)
 
-    async def _retry(self, job: _Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
+    async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
         retry loop for every request costs more than the HTTP call itself on a fast server."""
         if self.settings.max_attempts < 2:
@@ -332,7 +293,7 @@ class Engine:
                 return await self._attempt(job, records)
         raise AssertionError("tenacity ended without a result or an error")
 
-    async def _attempt(self, job: _Job, records: list[AttemptRecord]) -> _Answer:
+    async def _attempt(self, job: Job, records: list[AttemptRecord]) -> _Answer:
         row, key, estimate = job.row, job.key, job.estimate
         async with self._slots:  # max in flight: the checks below happen right before sending
             self._check_stop(row)
@@ -347,8 +308,8 @@ class Engine:
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
                 latency = (time.perf_counter() - t0) * 1000.0
                 parsed, error = self._parse(job, status, headers, raw, error)
-                prompt, completion, total = _usage(parsed, raw)
-                charged = _charged(job, status, prompt, total)
+                prompt, completion, total = usage(parsed, raw)
+                charged = charged_tokens(job, status, prompt, total)
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
         records.append(
@@ -379,7 +340,7 @@ class Engine:
         return _Answer(status, headers, raw, parsed)
 
     def _parse(
-        self, job: _Job, status: int | None, headers: Mapping[str, str], raw: bytes, error: APIError | None
+        self, job: Job, status: int | None, headers: Mapping[str, str], raw: bytes, error: APIError | None
     ) -> tuple[Parsed | None, APIError | None]:
         """The answer parsed (a 2xx) or the error it means (anything else, or a 2xx that is no answer)."""
         if error is not None or status is None:
@@ -399,17 +360,6 @@ class Engine:
             raise _Stop(RequestStatus.QUEUED, None)  # draining while the database cannot confirm
         if not self._own.holds(row):
             raise _Stop(None, "lost")
-
-    def _learn_completion(self, model: str, result: dict[str, Any]) -> None:
-        """Average real completion length per choice, reserved for later requests that set no max_tokens."""
-        tokens, reasons = result.get("completion_tokens"), result.get("finish_reasons")
-        if not isinstance(tokens, int) or not reasons:
-            return
-        per_choice = tokens / (reasons.count("|") + 1)
-        previous = self._completion_avg.get(model)
-        self._completion_avg[model] = (
-            per_choice if previous is None else previous + 0.05 * (per_choice - previous)
-        )
 
     def _check_stop(self, row: Claimed) -> None:
         state = self._watch.state(row.batch_id)
@@ -438,28 +388,8 @@ class Engine:
         setattr(self.stats, name, getattr(self.stats, name) + 1)
 
 
-def _charged(job: _Job, status: int | None, prompt: int | None, total: int | None) -> int | None:
-    """Tokens the API counted against the TPM limit for this attempt.
-
-    It counts prompt + max_tokens x n when the request arrives (not the shorter real answer), so that is what
-    the limiter is settled with; a 429 was refused before counting; None (no usage) keeps the reservation.
-    """
-    if status == 429:
-        return 0
-    if job.completion_cap is not None and prompt is not None:
-        return prompt + job.completion_cap
-    return total
-
-
 def _wait_after_first(state: RetryCallState) -> float:
     """tenacity's wait; its attempt 1 is the request's second, so the backoff is one step further."""
     exc = state.outcome.exception() if state.outcome else None
     server_wait = exc.retry_after if isinstance(exc, APIError) else None
     return backoff_delay(state.attempt_number + 1, server_wait)
-
-
-def _usage(parsed: Parsed | None, raw: bytes) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, total) tokens the attempt reported, failed ones included."""
-    if parsed is not None:
-        return parsed.prompt_tokens, parsed.completion_tokens, parsed.total_tokens
-    return usage_of(raw) if raw else (None, None, None)

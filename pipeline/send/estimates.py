@@ -1,0 +1,99 @@
+"""What a claimed request will cost against the rate limit: its key, its estimate, what it was charged.
+
+Estimates are made for a chunk at once, off the event loop: the prompt counted offline (tokens.py) plus
+max_tokens x n, or, when the body sets no max_tokens, the moving average of real completion lengths per
+choice this engine has seen for the model. After the answer, the limiter is settled with what the API
+counted (`charged`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipeline.endpoints import AUDIO_URLS
+from pipeline.ratelimit.rules import LimitKey
+from pipeline.send.responses import Parsed, usage_of
+from pipeline.send.tokens import completion_budget, estimate_many
+from pipeline.settings import Settings
+from pipeline.store.claims import Claimed
+
+#: Weight of a new answer in the moving average of completion lengths.
+LEARNING_RATE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed row ready to send: whose budget it spends and how many tokens to reserve."""
+
+    row: Claimed
+    key: LimitKey
+    estimate: int
+    #: max_tokens x n when the body sets max_tokens: what the API charges against the TPM limit
+    completion_cap: int | None
+    #: the audio `response_format` (None: JSON)
+    response_format: str | None
+
+
+class Estimator:
+    """Prepares claimed rows for sending, and learns completion lengths from the answers."""
+
+    def __init__(self, settings: Settings, key_fingerprint: str) -> None:
+        self.settings = settings
+        self.key_fingerprint = key_fingerprint
+        #: model -> moving average of completion tokens per choice, for estimates without max_tokens
+        self._completion_avg: dict[str, float] = {}
+
+    def prepare(self, rows: list[Claimed]) -> list[Job]:
+        """Parse the bodies and estimate their tokens, all at once and off the event loop."""
+        bodies: list[dict[str, Any]] = [orjson.loads(row.body) for row in rows]
+        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
+        # models are charged their real usage when the answer settles.
+        chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
+        estimates = [0] * len(rows)
+        for i, n in zip(chat, estimate_many([bodies[i] for i in chat], self._completion_avg), strict=True):
+            estimates[i] = n
+        fingerprint, org = self.key_fingerprint, self.settings.organization
+        return [
+            Job(
+                row,
+                LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))),
+                estimate,
+                completion_budget(body) if row.url not in AUDIO_URLS else None,
+                body.get("response_format") if row.url in AUDIO_URLS else None,
+            )
+            for row, body, estimate in zip(rows, bodies, estimates, strict=True)
+        ]
+
+    def learn(self, model: str, result: dict[str, Any]) -> None:
+        """Average real completion length per choice, reserved for later requests that set no max_tokens."""
+        tokens, reasons = result.get("completion_tokens"), result.get("finish_reasons")
+        if not isinstance(tokens, int) or not reasons:
+            return
+        per_choice = tokens / (reasons.count("|") + 1)
+        previous = self._completion_avg.get(model)
+        self._completion_avg[model] = (
+            per_choice if previous is None else previous + LEARNING_RATE * (per_choice - previous)
+        )
+
+
+def charged_tokens(job: Job, status: int | None, prompt: int | None, total: int | None) -> int | None:
+    """Tokens the API counted against the TPM limit for this attempt.
+
+    It counts prompt + max_tokens x n when the request arrives (not the shorter real answer), so that is what
+    the limiter is settled with; a 429 was refused before counting; None (no usage) keeps the reservation.
+    """
+    if status == 429:
+        return 0
+    if job.completion_cap is not None and prompt is not None:
+        return prompt + job.completion_cap
+    return total
+
+
+def usage(parsed: Parsed | None, raw: bytes) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, total) tokens the attempt reported, failed ones included."""
+    if parsed is not None:
+        return parsed.prompt_tokens, parsed.completion_tokens, parsed.total_tokens
+    return usage_of(raw) if raw else (None, None, None)
