@@ -4,8 +4,8 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY pipeline ./pipeline
 COPY migrations ./migrations
-# Editable, so the Alembic revisions under /app/migrations ship beside the package.
-RUN pip install --no-cache-dir -e . && useradd --create-home pipeline
+# A normal install: the wheel carries the Alembic revisions as pipeline.migrations.
+RUN pip install --no-cache-dir '.[postgres]' && useradd --create-home pipeline && rm -rf /app/pipeline /app/migrations
 USER pipeline
 ENTRYPOINT ["pipeline"]
 CMD ["--help"]

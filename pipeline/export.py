@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import orjson
@@ -29,7 +29,7 @@ from pipeline.ids import openai_request_id
 from pipeline.store.db import Database
 from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records"]
 
 #: Export formats, as the CLI offers them.
 FORMATS = ("csv", "jsonl", "openai")
@@ -199,6 +199,13 @@ _JSONL_SELECT: tuple[_Column, ...] = (
 
 def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
     count = 0
+    for record in _jsonl_records(rows):
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
+
+
+def _jsonl_records(rows: Iterable[Sequence[Any]]) -> Iterator[dict[str, Any]]:
     for (
         custom_id,
         status,
@@ -219,9 +226,9 @@ def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
         audio_seconds,
         latency_ms,
     ) in rows:
-        record = {
+        yield {
             "custom_id": custom_id,
-            "status": status,
+            "status": str(status),
             "endpoint": url,
             "attempts": attempts,
             "request": _parse_json(request_body),
@@ -232,9 +239,17 @@ def _write_jsonl(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
             "error": _error(error_type, error_message),
             "latency_ms": _latency(latency_ms),
         }
-        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        count += 1
-    return count
+
+
+def iter_records(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
+    """The batch's requests with their answers as the `jsonl` export's objects, streamed in id order."""
+    with db.read() as session:
+        stmt = _statement(batch_id, _JSONL_SELECT).execution_options(yield_per=YIELD_PER, stream_results=True)
+        rows = session.connection().execute(stmt)
+        try:
+            yield from _jsonl_records(rows)
+        finally:
+            rows.close()
 
 
 def _usage(

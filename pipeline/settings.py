@@ -61,7 +61,10 @@ def mask_url(url: str) -> str:
 class Settings:
     """Everything a command needs to know, resolved once."""
 
+    #: local state (the SQLite file, the filesystem broker): see `find_data_dir`
     data_dir: Path = Path(".pipeline")
+    #: where data_dir came from, for `pipeline db path`
+    data_dir_source: str = field(default="default", compare=False)
     database_url: str | None = None
     broker_url: str | None = None
     redis_url: str | None = None
@@ -69,6 +72,8 @@ class Settings:
     api_key_env: str = "OPENAI_API_KEY"
     api_key: Secret | None = field(default=None, compare=False)
     organization: str | None = None
+    #: sent as OpenAI-Project, and part of the rate-limit key
+    project: str | None = None
     max_in_flight: int = 512
     timeout: float = 600.0
     connect_timeout: float = 10.0
@@ -119,8 +124,13 @@ class Settings:
         for var, name in OPENAI_ENV.items():
             if env.get(var):
                 values.setdefault(name, env[var])
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        settings = cls(**_coerce(values))
+        flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+        source = "PIPELINE_DATA_DIR" if "data_dir" in values else None
+        source = "--data-dir" if "data_dir" in flags else source
+        values.update(flags)
+        if source is None:
+            values["data_dir"], source = find_data_dir(Path.cwd())
+        settings = replace(cls(**_coerce(values)), data_dir_source=source)
         key = env.get(settings.api_key_env)
         return replace(settings, api_key=Secret(key) if key else None)
 
@@ -149,7 +159,22 @@ ENV_FIELDS = {
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.
-OPENAI_ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_ORG_ID": "organization"}
+OPENAI_ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_ORG_ID": "organization", "OPENAI_PROJECT_ID": "project"}
+
+#: The folder that marks a project's own data, found in the working directory or a parent (as git finds .git).
+PROJECT_DATA_DIR = ".pipeline"
+
+
+def find_data_dir(start: Path) -> tuple[Path, str]:
+    """Where the data lives when neither --data-dir nor PIPELINE_DATA_DIR says: a `.pipeline/` in `start`
+    or a parent, else the user's data directory (e.g. ~/.local/share/pipeline). And how it was found."""
+    for folder in (start, *start.parents):
+        if (folder / PROJECT_DATA_DIR).is_dir():
+            return folder / PROJECT_DATA_DIR, f".pipeline/ found in {folder}"
+    import platformdirs  # only when needed: most commands never get here in a project
+
+    return Path(platformdirs.user_data_dir("pipeline", appauthor=False)), "the user data directory"
+
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
 
@@ -157,7 +182,7 @@ _TYPES = {f.name: f.type for f in fields(Settings)}
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in values.items():
-        if name not in _TYPES or name == "api_key":
+        if name not in _TYPES or name in ("api_key", "data_dir_source"):
             raise ConfigError(f"unknown setting {name!r}")
         kind = str(_TYPES[name])
         try:

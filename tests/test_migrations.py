@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pipeline.store.db import Database
+from pipeline.store.db import Database, open_database
 from pipeline.store.models import Base
 from tests.conftest import invoke
 
@@ -26,10 +26,11 @@ def test_db_upgrade_command_and_migration_on_first_use(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "newest schema" in result.stderr
     assert Database(url).has_schema()
-    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
-    result = invoke("status", "--database-url", fresh)
+    fresh = tmp_path / "fresh.db"
+    result = invoke("status", "--database-url", f"sqlite:///{fresh}")
     assert result.exit_code == 1 and "no batches yet" in result.stderr
-    assert Database(fresh).has_schema()
+    assert not fresh.exists()  # a reading command never creates a database
+    assert open_database(f"sqlite:///{fresh}").has_schema()  # the first that writes migrates it
 
 
 def test_upgrading_an_old_schema_keeps_its_rows(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import PIPE, Popen
 from typing import Any
 
 import orjson
@@ -116,7 +118,11 @@ def test_a_dead_url_trips_the_breaker_and_resume_completes_once_it_answers(
         assert fake.stats()["received"] == 200
 
 
-def _run_process(fake: FakeServer, path: Path, tmp_path: Path, database_url: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def run_process(
+    fake: FakeServer, tmp_path: Path, database_url: str
+) -> Iterator[Callable[[Path], Popen[str]]]:
+    """Start `pipeline run FILE` as its own process; any still running at the end is killed."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "OPENAI_"))},
         "OPENAI_API_KEY": TEST_KEY,
@@ -124,17 +130,27 @@ def _run_process(fake: FakeServer, path: Path, tmp_path: Path, database_url: str
         "PIPELINE_DATABASE_URL": database_url,
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
     }
-    command = [sys.executable, "-m", "pipeline", "run", str(path), "--max-in-flight", "50"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: list[Popen[str]] = []
+
+    def start(path: Path) -> Popen[str]:
+        command = [sys.executable, "-m", "pipeline", "run", str(path), "--max-in-flight", "50"]
+        started.append(subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
 
 
 def test_ctrl_c_drains_says_how_to_continue_and_exits_130(
-    fake: FakeServer, tmp_path: Path, database_url: str
+    fake: FakeServer, tmp_path: Path, run_process: Callable[[Path], Popen[str]]
 ) -> None:
     fake.config.latency = 0.2
     path = chat_file(tmp_path / "jobs.jsonl", 2000)
-    proc = _run_process(fake, path, tmp_path, database_url)
-    wait_for(lambda: fake.stats()["answered"] >= 200, 60)
+    proc = run_process(path)
+    wait_for(lambda: fake.stats()["answered"] >= 200 or proc.poll() is not None, 60)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -143,7 +159,7 @@ def test_ctrl_c_drains_says_how_to_continue_and_exits_130(
     stopped = status_of(batch_id)
     assert stopped["running"] == 0 and stopped["succeeded"] == fake.stats()["answered"]
 
-    again = _run_process(fake, path, tmp_path, database_url)
+    again = run_process(path)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert status_of(batch_id)["succeeded"] == 2000
@@ -151,12 +167,12 @@ def test_ctrl_c_drains_says_how_to_continue_and_exits_130(
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_next_run_finishes(
-    fake: FakeServer, tmp_path: Path, database_url: str
+    fake: FakeServer, tmp_path: Path, run_process: Callable[[Path], Popen[str]]
 ) -> None:
     fake.config.latency = 2.0  # the first Ctrl-C would wait for these
     path = chat_file(tmp_path / "jobs.jsonl", 500)
-    proc = _run_process(fake, path, tmp_path, database_url)
-    wait_for(lambda: fake.stats()["in_flight"] >= 40, 60)
+    proc = run_process(path)
+    wait_for(lambda: fake.stats()["in_flight"] >= 40 or proc.poll() is not None, 60)
     proc.send_signal(signal.SIGINT)
     time.sleep(1)  # the first one is handled: the engine drains, waiting on answers 2 s away
     proc.send_signal(signal.SIGINT)
@@ -165,7 +181,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_finishes(
     assert "interrupted again" in err and "Traceback" not in err
 
     fake.config.latency = 0.0
-    again = _run_process(fake, path, tmp_path, database_url)
+    again = run_process(path)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     final = status_of(batch_of(out))

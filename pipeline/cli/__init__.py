@@ -6,20 +6,51 @@ EXIT_* constants of exits.py. Never a traceback unless `pipeline --debug` asks f
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
 
+from pipeline import DISTRIBUTION
 from pipeline.cli.exits import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
-from pipeline.cli.failures import one_line, quiet_stdout, save_traceback
+from pipeline.cli.failures import is_database_error, one_line, quiet_stdout, save_traceback
 from pipeline.errors import JobFileError, PipelineError
 
 __all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 
+#: Every command and where it is defined (module:attribute in pipeline.cli). A command's module is imported
+#: when the command runs, so no command pays for another's libraries, and `pipeline --version` or shell
+#: completion of command names import none of them.
+COMMANDS = {
+    "run": "run_cmds:run",
+    "submit": "fleet_cmds:submit",
+    "worker": "fleet_cmds:worker",
+    "status": "batch_cmds:status",
+    "export": "batch_cmds:export",
+    "batches": "batch_cmds:batches",
+    "cancel": "batch_cmds:cancel",
+    "retry": "batch_cmds:retry",
+    "resume": "batch_cmds:resume",
+    "db": "db_cmds:db",
+    "fake-api": "fake_cmds:fake_api",
+    "demo": "fake_cmds:demo",
+}
+
 
 class _Group(click.Group):
-    """Turns every error of every command into a message and an exit code (see failures.py)."""
+    """Loads each command when it is used, and turns every error of every command into a message and an
+    exit code (see failures.py)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module, attribute = where.split(":")
+        command: click.Command = getattr(importlib.import_module(f"pipeline.cli.{module}"), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -29,14 +60,14 @@ class _Group(click.Group):
             ctx.exit(EXIT_INVALID_INPUT)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
-        except OperationalError as exc:  # the database failed under the command: read-only, full, gone
-            raise click.ClickException(f"database error: {one_line(exc)}") from None
         except BrokenPipeError:  # the reader of stdout went away (`pipeline export | head`)
             quiet_stdout()
             ctx.exit(1)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
+            if is_database_error(exc, "OperationalError"):  # the database failed: read-only, full, gone
+                raise click.ClickException(f"database error: {one_line(exc)}") from None
             if ctx.params.get("debug"):
                 raise
             _report_bug(ctx, exc)
@@ -54,7 +85,7 @@ def _report_bug(ctx: click.Context, exc: Exception) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="pipeline")
+@click.version_option(package_name=DISTRIBUTION)
 @click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error (a bug)")
 def cli(debug: bool) -> None:
     """Run bulk OpenAI-style API jobs from a JSONL file: rate-aware, crash-safe, every response stored.
@@ -81,14 +112,3 @@ def report_invalid(exc: JobFileError) -> None:
         "(fix them, or pass --skip-invalid to run the valid lines and record these as failed)",
         err=True,
     )
-
-
-def _register(*modules: Any) -> None:
-    for module in modules:
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-from pipeline.cli import batch_cmds, db_cmds, fake_cmds, fleet_cmds, run_cmds  # noqa: E402
-
-_register(run_cmds, fleet_cmds, batch_cmds, db_cmds, fake_cmds)

@@ -29,7 +29,7 @@ def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
     Reads only the database, so it works while workers run. With --json the keys include total, queued,
     running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors.
     """
-    db = database(pop_settings(params))
+    db = database(pop_settings(params), create=False)
     report = batch_report(db, batch_store.get_batch(db, batch_id))
     if as_json:
         click.echo(orjson.dumps(report).decode())
@@ -51,7 +51,7 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     jsonl   one object per request: body, full response, usage, finish reasons, error
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
-    db = database(pop_settings(params))
+    db = database(pop_settings(params), create=False)
     batch = batch_store.get_batch(db, batch_id)
     if output == "-":
         n = export_batch(db, batch.id, fmt, sys.stdout.buffer)
@@ -78,7 +78,7 @@ def _export_to_file(db: Database, batch_id: str, fmt: str, path: str) -> int:
 @store_options
 def batches(as_json: bool, limit: int, **params: Any) -> None:
     """List the newest batches with their counts by status."""
-    db = database(pop_settings(params))
+    db = database(pop_settings(params), create=False)
     rows = batch_store.list_batches(db, limit)
     if as_json:
         for batch, counts in rows:
@@ -101,7 +101,7 @@ def cancel(batch_id: str, wait: float, **params: Any) -> None:
     Waits (up to --wait seconds) until no request of the batch is in flight, so that when it returns the
     API receives nothing more for this batch.
     """
-    db = database(pop_settings(params))
+    db = database(pop_settings(params), create=False)
     batch = batch_store.get_batch(db, batch_id)
     cancelled = batch_store.cancel_batch(db, batch.id)
     click.echo(f"batch {batch.id}: {cancelled} queued requests cancelled", err=True)
@@ -133,7 +133,7 @@ def retry(batch_id: str, statuses: tuple[str, ...], **params: Any) -> None:
     A batch made by `pipeline run` runs them here; a submitted batch is enqueued for the workers.
     """
     settings = pop_settings(params)
-    db = database(settings)
+    db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
     count = batch_store.requeue_final(db, batch.id, [RequestStatus(s) for s in statuses])
     click.echo(f"batch {batch.id}: {count} requests queued again", err=True)
@@ -148,7 +148,7 @@ def retry(batch_id: str, statuses: tuple[str, ...], **params: Any) -> None:
 def resume(batch_id: str, **params: Any) -> None:
     """Continue a paused BATCH (for example after the account's quota was restored)."""
     settings = pop_settings(params)
-    db = database(settings)
+    db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
     batch_store.requeue_final(db, batch.id, [])
     click.echo(f"batch {batch.id} resumed", err=True)

@@ -13,10 +13,8 @@ import tempfile
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 
-from sqlalchemy.exc import SQLAlchemyError
-
+from pipeline import DISTRIBUTION
 from pipeline.errors import ConnectError
 from pipeline.settings import mask_url
 
@@ -29,19 +27,30 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def is_database_error(exc: BaseException, name: str = "SQLAlchemyError") -> bool:
+    """Whether `exc` is SQLAlchemy's `name` error. Asked without importing SQLAlchemy: a command that never
+    loaded it cannot have raised one (and `pipeline --version` stays fast)."""
+    module = sys.modules.get("sqlalchemy.exc")
+    return module is not None and isinstance(exc, getattr(module, name))
+
+
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
     """Opening or migrating the database at `url`: any failure becomes one ConnectError naming it."""
     try:
         yield
-    except (OSError, SQLAlchemyError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not is_database_error(exc):
+            raise
         raise ConnectError(f"cannot use database {mask_url(url)}: {one_line(exc)}") from None
 
 
 def save_traceback(command: str | None) -> str | None:
     """Write the exception being handled, with its traceback, to a new file; its path (None if unwritable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        release = version("pipeline")
+        release = version(DISTRIBUTION)
     except PackageNotFoundError:  # run from a checkout that was never installed
         release = "unknown version"
     try:

@@ -69,6 +69,7 @@ def demo(out: str) -> None:
             csv_path = out_dir / f"{job.stem}.csv"
             _pipeline(["export", batch_id, "--format", "csv", "-o", str(csv_path)], env)
             click.echo(csv_path)
+    click.echo(f"done; to look at these batches: pipeline batches --data-dir {out_dir / 'data'}", err=True)
 
 
 def _pipeline(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

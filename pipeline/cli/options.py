@@ -21,6 +21,7 @@ _FIELDS = {
     "base_url": "base_url",
     "api_key_env": "api_key_env",
     "organization": "organization",
+    "project": "project",
     "max_in_flight": "max_in_flight",
     "timeout": "timeout",
     "max_attempts": "max_attempts",
@@ -78,6 +79,9 @@ def api_options(fn: F) -> F:
                 "--organization", metavar="ORG", help="Sent as OpenAI-Organization [env OPENAI_ORG_ID]"
             ),
             click.option(
+                "--project", metavar="PROJECT", help="Sent as OpenAI-Project [env OPENAI_PROJECT_ID]"
+            ),
+            click.option(
                 "--max-in-flight",
                 type=int,
                 help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 512]",
@@ -110,10 +114,11 @@ def settings_from(params: dict[str, Any]) -> Settings:
     return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS})
 
 
-def database(settings: Settings) -> Database:
-    """The database, migrated; one ConnectError when it cannot be reached, created or written."""
+def database(settings: Settings, *, create: bool = True) -> Database:
+    """The database, migrated; one ConnectError when it cannot be reached, created or written. Commands
+    that only read or control existing batches pass `create=False`: they never create a database."""
     with database_errors(settings.db_url):
-        return open_database(settings.db_url)
+        return open_database(settings.db_url, create=create)
 
 
 def pop_settings(params: dict[str, Any]) -> Settings:

@@ -67,7 +67,8 @@ Stats:
      "by_status": {"200": n, "429": n, ...},
      "in_flight": n,           being handled now
      "max_in_flight": n,       high-water mark of in_flight since start or reset
-     "bodies": {fingerprint: {"received": n, "answered": n}}}
+     "bodies": {fingerprint: {"received": n, "answered": n}},
+     "projects": {openai_project_header: n}}       requests that named an OpenAI-Project
 
 A fingerprint identifies a request's content: for JSON requests, the sha256 hex of the raw body bytes
 (a batch line's custom_id is never in the body, so the same request sent twice has one fingerprint);

@@ -100,7 +100,7 @@ def _v1_handler(reader: Reader) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         started = time.monotonic()
-        state.stats.enter()
+        state.stats.enter(request.headers.get("OpenAI-Project"))
         try:
             plan = await reader(request, state.config.models)
             receipt = state.stats.receive(plan.fingerprint)

@@ -21,10 +21,13 @@ class Stats:
         self._by_status: Counter[int] = Counter()
         self._max_in_flight = self._in_flight
         self._bodies: dict[str, list[int]] = {}  # fingerprint -> [received, answered]
+        self._projects: Counter[str] = Counter()  # OpenAI-Project header -> requests
 
-    def enter(self) -> None:
-        """A request to /v1 starts being handled."""
+    def enter(self, project: str | None = None) -> None:
+        """A request to /v1 starts being handled (`project`: its OpenAI-Project header)."""
         with self._lock:
+            if project is not None:
+                self._projects[project] += 1
             self._received += 1
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
@@ -59,6 +62,7 @@ class Stats:
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
                 "bodies": {fp: {"received": r, "answered": a} for fp, (r, a) in self._bodies.items()},
+                "projects": dict(self._projects),
             }
 
     def reset(self) -> None:

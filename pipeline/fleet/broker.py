@@ -39,6 +39,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # One engine (one event loop, one HTTP pool) per process serves every task thread: the thread pool
+        # is the only one that works, so it is the default for `celery -A pipeline.celery_app worker` too.
+        worker_pool="threads",
+        worker_concurrency=4,
         task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
         accept_content=["json"],

@@ -117,24 +117,47 @@ class WorkerRuntime:
                 publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
 
 
-def install(app: Celery, settings: Settings, queues: list[str]) -> WorkerRuntime:
-    """Register the chunk task and the shutdown hooks on `app`, and start this process's engine.
+class RuntimeSlot:
+    """Where the tasks registered on an app find the process's runtime once the worker has started it."""
+
+    def __init__(self) -> None:
+        self.runtime: WorkerRuntime | None = None
+
+    def get(self) -> WorkerRuntime:
+        if self.runtime is None:
+            raise RuntimeError("the pipeline worker runtime was not started in this process")
+        return self.runtime
+
+    def start(self, app: Celery, settings: Settings, queues: list[str]) -> WorkerRuntime:
+        self.runtime = WorkerRuntime(settings, app, queues)
+        self.runtime.start()
+        return self.runtime
+
+
+def register(app: Celery) -> RuntimeSlot:
+    """Register the chunk task and the shutdown hooks on `app`; the runtime starts later (`slot.start`).
 
     Celery's thread pool runs tasks in this process, so the runtime is shared by every task thread.
     """
-    runtime = WorkerRuntime(settings, app, queues)
+    slot = RuntimeSlot()
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_chunk(batch_id: str, ids: list[int]) -> None:
-        runtime.run_chunk(batch_id, ids)
+        slot.get().run_chunk(batch_id, ids)
 
     @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutting_down(**_: Any) -> None:
-        runtime.drain()
+        if slot.runtime is not None:
+            slot.runtime.drain()
 
     @signals.worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutdown(**_: Any) -> None:
-        runtime.stop()
+        if slot.runtime is not None:
+            slot.runtime.stop()
 
-    runtime.start()
-    return runtime
+    return slot
+
+
+def install(app: Celery, settings: Settings, queues: list[str]) -> WorkerRuntime:
+    """Register the task and hooks on `app` and start this process's engine (`pipeline worker`)."""
+    return register(app).start(app, settings, queues)

@@ -9,6 +9,7 @@ that same transaction (`store.blobs`), so workers on other machines can send the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,9 +45,15 @@ def store_job_file(
     endpoint: str | None = None,
     skip_invalid: bool = False,
     force: bool = False,
+    source: str | None = None,
+    base_dir: Path | None = None,
 ) -> Intake:
-    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
-    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
+    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch.
+
+    `source` names the batch's origin for people (default: the path); audio files are named relative to
+    `base_dir` (default: the job file's folder).
+    """
+    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes, base_dir=base_dir)
     batch_id = new_batch_id()
     shown: list[LineError] = []
     hints: set[str] = set()  # a hint is for the whole file: shown with its first line only
@@ -56,7 +63,7 @@ def store_job_file(
             s,
             Batch(
                 id=batch_id,
-                source=str(path),
+                source=source or str(path),
                 content_hash="",
                 state=BatchState.ACTIVE,
                 base_url=settings.base_url,

@@ -87,6 +87,7 @@ class JobReader:
         endpoint: str | None = None,
         *,
         max_line_bytes: int = Settings.max_line_bytes,
+        base_dir: Path | None = None,
     ) -> None:
         if endpoint is not None and endpoint not in ENDPOINTS:
             expected = ", ".join(ENDPOINTS)
@@ -99,7 +100,7 @@ class JobReader:
         self._stdin = str(path) == "-"
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
-        self._base_dir = Path.cwd() if self._stdin else Path(path).absolute().parent
+        self._base_dir = base_dir or (Path.cwd() if self._stdin else Path(path).absolute().parent)
         self._url = ENDPOINTS[endpoint].url if endpoint is not None else None
         self._hash: str | None = None
         self._started = False

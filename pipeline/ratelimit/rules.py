@@ -58,15 +58,17 @@ MIN_SLEEP = 0.0005
 
 @dataclass(frozen=True, slots=True)
 class LimitKey:
-    """Whose budget a request spends: limits are per base URL, API key, organization and model."""
+    """Whose budget a request spends: limits are per base URL, API key, organization (and project), model."""
 
     base_url: str
     key_fingerprint: str
     organization: str | None
     model: str
+    project: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.base_url}|{self.key_fingerprint}|{self.organization or '-'}|{self.model}"
+        account = (self.organization or "-") + (f"/{self.project}" if self.project else "")
+        return f"{self.base_url}|{self.key_fingerprint}|{account}|{self.model}"
 
 
 @dataclass(frozen=True, slots=True)

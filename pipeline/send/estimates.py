@@ -59,7 +59,9 @@ class Estimator:
         return [
             Job(
                 row,
-                LimitKey(self.settings.base_url, fingerprint, org, str(body.get("model"))),
+                LimitKey(
+                    self.settings.base_url, fingerprint, org, str(body.get("model")), self.settings.project
+                ),
                 estimate,
                 completion_budget(body) if row.url not in AUDIO_URLS else None,
                 body.get("response_format") if row.url in AUDIO_URLS else None,

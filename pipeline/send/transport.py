@@ -10,19 +10,29 @@ import asyncio
 import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
+from pipeline import DISTRIBUTION
 from pipeline.endpoints import AUDIO_CONTENT_TYPES, AUDIO_URLS
 from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
 
+
+def _user_agent() -> str:
+    try:
+        return f"pipeline/{version(DISTRIBUTION)}"
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "pipeline"
+
+
 #: What the User-Agent header says.
-USER_AGENT = "pipeline/0.1"
+USER_AGENT = _user_agent()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,8 @@ class Transport:
         headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": USER_AGENT}
         if self.settings.organization:
             headers["OpenAI-Organization"] = self.settings.organization
+        if self.settings.project:
+            headers["OpenAI-Project"] = self.settings.project
         return headers
 
 

@@ -8,6 +8,7 @@ instead of waiting.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import ConnectError
+from pipeline.errors import BatchNotFound, ConnectError
 from pipeline.settings import mask_url
 
 #: Seconds a SQLite writer waits for another writer's lock before giving up.
@@ -27,6 +28,14 @@ SQLITE_BUSY_SECONDS = 60
 
 
 def migrations_dir() -> Path:
+    """The Alembic revisions: `pipeline.migrations` of an installed wheel (the build maps the repository's
+    top-level migrations/ there), else the checkout's migrations/."""
+    try:
+        spec = importlib.util.find_spec("pipeline.migrations")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -90,9 +99,22 @@ class Database:
         return inspect(self.engine).has_table("batches")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database or an in-memory one)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 @cache
-def open_database(url: str) -> Database:
-    """The process's Database for `url`, schema ensured."""
+def open_database(url: str, *, create: bool = True) -> Database:
+    """The process's Database for `url`, schema ensured. With `create` False (commands that only read or
+    control existing batches), a SQLite file that does not exist yet raises BatchNotFound instead of
+    being created."""
+    path = sqlite_path(url)
+    if not create and path is not None and not path.exists():
+        raise BatchNotFound(f"no batches yet: no database at {path} (run or submit a job file first)")
     db = Database(url)
     db.ensure_schema()
     return db
@@ -106,9 +128,9 @@ def _make_engine(url: str) -> Engine:
             return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         except Exception as exc:  # bad driver name, malformed URL
             raise ConnectError(f"cannot use database {mask_url(url)}: {_first_line(exc)}") from None
-    path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "isolation_level": None})
 
     @event.listens_for(engine, "connect")

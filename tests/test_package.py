@@ -1,0 +1,291 @@
+"""A real package: the wheel runs from anywhere, the Python API, where the data lives, Celery's own CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipeline
+from pipeline.fakeapi import FakeServer
+from pipeline.settings import Settings, find_data_dir
+from tests.conftest import TEST_KEY, invoke
+from tests.helpers import chat_file, chat_line, write_jsonl
+from tests.services import Fleet, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_public_api_is_pinned() -> None:
+    assert sorted(pipeline.__all__) == sorted(
+        [
+            "APIError",
+            "AccessDenied",
+            "BadResponse",
+            "BatchBlocked",
+            "BatchNotFound",
+            "BatchState",
+            "ConfigError",
+            "ConnectError",
+            "DuplicateBatch",
+            "EndpointDown",
+            "ErrorType",
+            "JobFileError",
+            "LineError",
+            "NotFound",
+            "PathError",
+            "PermanentError",
+            "PipelineError",
+            "QuotaExhausted",
+            "RateLimited",
+            "RequestStatus",
+            "RetryableError",
+            "Settings",
+            "arun",
+            "results",
+            "run",
+        ]
+    )
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None
+
+
+def test_importing_pipeline_loads_neither_the_engine_nor_the_database() -> None:
+    heavy = "('aiohttp', 'sqlalchemy', 'celery')"
+    code = f"import sys, pipeline; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_minimum_versions_ci_installs_are_the_declared_floors() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for requirement in declared:
+        match = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?>=([^;,\s]+)", requirement)
+        assert match, requirement
+        floors[match.group(1).lower()] = match.group(3)
+    pinned = {}
+    for line in (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.strip().lower()] = version.strip()
+    assert {name: pinned.get(name) for name in floors} == floors
+
+
+def test_every_package_of_the_source_tree_is_in_the_wheel() -> None:
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(path.relative_to(ROOT).parent.parts) for path in (ROOT / "pipeline").rglob("__init__.py")
+    }
+    assert found <= listed and {"pipeline.migrations", "pipeline.migrations.versions"} <= listed
+
+
+# --- where the data lives ------------------------------------------------------------------------------
+
+
+def test_the_data_directory_is_found_as_git_finds_dot_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIPELINE_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    deep = tmp_path / "project" / "src" / "deep"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert Settings.load().data_dir == tmp_path / "xdg" / "pipeline"  # the user's data directory
+    (tmp_path / "project" / ".pipeline").mkdir()
+    settings = Settings.load()
+    assert settings.data_dir == tmp_path / "project" / ".pipeline"
+    assert "found in" in settings.data_dir_source
+    assert find_data_dir(deep)[0] == settings.data_dir
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "env"))
+    assert Settings.load().data_dir == tmp_path / "env"
+    assert Settings.load({"data_dir": str(tmp_path / "flag")}).data_dir == tmp_path / "flag"
+
+
+def test_reading_commands_never_create_a_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "nothing-here"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(data))
+    for command in (["status"], ["batches"], ["export"], ["cancel", "abc"], ["retry", "abc"]):
+        result = invoke(*command)
+        assert result.exit_code == 1 and "no batches yet" in result.stderr, command
+    assert not data.exists()
+    result = invoke("db", "path")
+    assert result.exit_code == 0 and result.stdout.strip() == str((data / "pipeline.db").resolve())
+    assert "no database there yet" in result.stderr
+    assert not data.exists()
+
+
+# --- the Python API ------------------------------------------------------------------------------------
+
+
+def test_run_from_python_twice_sends_once(fake: FakeServer, tmp_path: Path) -> None:
+    rows = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(20)]
+    results = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(20)]
+    assert all(r["status"] == "succeeded" and r["output"] == f"echo: q{i}" for i, r in enumerate(results))
+    assert results[0]["usage"]["total_tokens"] > 0
+    again = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    assert again == results
+    assert fake.stats()["received"] == 20
+
+
+def test_run_from_python_takes_batch_lines_or_a_path(fake: FakeServer, tmp_path: Path) -> None:
+    lines = [chat_line(f"id-{i}", f"hello {i}") for i in range(5)]
+    assert [r["custom_id"] for r in pipeline.run(lines, base_url=fake.url)] == [f"id-{i}" for i in range(5)]
+    path = chat_file(tmp_path / "jobs.jsonl", 3)
+    assert len(pipeline.run(path, base_url=fake.url)) == 3
+
+
+def test_run_inside_a_running_event_loop_and_from_a_thread(fake: FakeServer, tmp_path: Path) -> None:
+    rows = [chat_line(f"nb-{i}", f"notebook {i}") for i in range(5)]
+
+    async def notebook_cell() -> list[dict[str, Any]]:
+        return pipeline.run(rows, base_url=fake.url)  # blocking call from inside a loop, as in Jupyter
+
+    assert len(asyncio.run(notebook_cell())) == 5
+    assert len(asyncio.run(pipeline.arun(rows, base_url=fake.url))) == 5  # the same batch: nothing sent
+
+    found: list[Any] = []
+    thread_rows = [chat_line(f"th-{i}", f"thread {i}") for i in range(5)]
+    thread = threading.Thread(target=lambda: found.append(pipeline.run(thread_rows, base_url=fake.url)))
+    thread.start()
+    thread.join(timeout=60)
+    assert len(found[0]) == 5 and all(r["status"] == "succeeded" for r in found[0])
+    assert fake.stats()["received"] == 10
+
+
+def test_invalid_rows_from_python_raise_with_their_line_numbers(fake: FakeServer) -> None:
+    with pytest.raises(pipeline.JobFileError) as info:
+        pipeline.run([{"model": "m"}], endpoint="chat", base_url=fake.url)
+    assert "body.messages: required" in str(info.value.errors[0])
+    assert fake.stats()["received"] == 0
+
+
+# --- the project header --------------------------------------------------------------------------------
+
+
+def test_the_project_is_sent_as_openai_project_and_splits_the_limit_key(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    from pipeline.send.estimates import Estimator
+    from pipeline.store.claims import Claimed
+
+    settings = Settings.load({"project": "proj_123", "base_url": fake.url})
+    row = Claimed(1, "b", "c", "/v1/chat/completions", '{"model": "m", "messages": []}', 0, 1)
+    key = Estimator(settings, "fp").prepare([row])[0].key
+    assert key.project == "proj_123" and "proj_123" in str(key)
+    result = invoke(
+        "run", str(chat_file(tmp_path / "p.jsonl", 2)), "--base-url", fake.url, "--project", "proj_123"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert fake.stats()["projects"] == {"proj_123": 2}
+
+
+# --- the wheel, installed the way users install Python tools ------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_from_anywhere(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    for part in ("pipeline", "migrations"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("pipeline_bulk-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([venv / "bin" / "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "OPENAI_", "PYTHON"))},
+        "HOME": str(tmp_path / "home"),
+        "XDG_DATA_HOME": str(tmp_path / "home" / "data"),
+        "OPENAI_API_KEY": TEST_KEY,
+    }
+    bin_ = venv / "bin" / "pipeline"
+    port = free_port()
+    fake = subprocess.Popen([bin_, "fake-api", "--port", str(port)], env=env, cwd=elsewhere)
+    try:
+        wait_for(lambda: _listening(port), 30)
+        job = write_jsonl(elsewhere / "jobs.jsonl", [chat_line(f"w{i}", f"wheel {i}") for i in range(10)])
+
+        def pipeline_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run(
+                [bin_, *args], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, (args, done.stderr)
+            return done
+
+        pipeline_cmd("run", str(job), "--base-url", f"http://127.0.0.1:{port}/v1")
+        assert '"succeeded":10' in pipeline_cmd("status", "--json").stdout
+        assert pipeline_cmd("export", "--format", "csv").stdout.count("\n") == 11
+        pipeline_cmd("db", "upgrade")
+        assert pipeline_cmd("db", "path").stdout.startswith(str(tmp_path / "home" / "data"))
+        code = "import pipeline, pipeline.store.db as d; print(d.migrations_dir())"
+        where = subprocess.run(
+            [venv / "bin" / "python", "-c", code], env=env, cwd=elsewhere, capture_output=True, text=True
+        )
+        assert "site-packages/pipeline/migrations" in where.stdout, where.stderr
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- Celery's own command line -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_celery_command_line_runs_and_inspects_workers(
+    fake: FakeServer, make_fleet: Any, redis_url: str, tmp_path: Path
+) -> None:
+    fleet: Fleet = make_fleet(
+        OPENAI_API_KEY=TEST_KEY,
+        OPENAI_BASE_URL=fake.url,
+        PIPELINE_BROKER_URL=redis_url,
+        PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    celery = [sys.executable, "-m", "celery", "-A", "pipeline.celery_app"]
+    log = tmp_path / "celery.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [*celery, "worker", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            env=fleet.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), 60)
+        batch_id = fleet.cli("submit", str(chat_file(tmp_path / "jobs.jsonl", 50))).stdout.split()[-1]
+        wait_for(lambda: '"succeeded":50' in fleet.cli("status", batch_id, "--json").stdout, 60)
+        ping = subprocess.run(
+            [*celery, "inspect", "ping"], env=fleet.env, capture_output=True, text=True, timeout=60
+        )
+        assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+    finally:
+        os.killpg(worker.pid, 15)
+        assert worker.wait(timeout=60) == 0, log.read_text(errors="replace")
