@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("beat", sa.Integer(), nullable=False),
+        sa.Column("lease_seconds", sa.Float(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
     )
     # Rows a dead worker left running under the old wall-clock lease go back to the queue: nobody holds them

@@ -93,7 +93,7 @@ class WorkerRuntime:
         """Every quarter lease: bury dead engines (their rows go back to the queue and to the broker), and
         re-publish rows whose message was lost."""
         period = max(0.5, self.settings.lease_seconds / 4)
-        reaper = recovery.Reaper(self.db, self.settings.lease_seconds)
+        reaper = recovery.Reaper(self.db)
         while True:
             await asyncio.sleep(period)
             assert self.engine is not None

@@ -160,8 +160,10 @@ class Engine:
         while True:
             try:
                 return await asyncio.to_thread(claims.claim, self.db, ids, self.worker)
-            except WorkerGone:
-                await self._own.beat()  # registers anew
+            except WorkerGone:  # buried: one beat finds out, the next registers anew
+                await self._own.beat(force=True)
+                if not await self._own.beat(force=True):
+                    await self._sleep(delay)
             except Exception as exc:
                 if not is_transient(exc) or self.draining:
                     raise

@@ -126,7 +126,9 @@ class Ownership:
 
     async def _register(self) -> bool:
         started = time.monotonic()
-        await asyncio.to_thread(claims.register, self.db, self.worker, socket.gethostname(), os.getpid())
+        await asyncio.to_thread(
+            claims.register, self.db, self.worker, socket.gethostname(), os.getpid(), self.lease_seconds
+        )
         self._registered = True
         self._valid_until = started + self.lease_seconds * VALID_SHARE
         return True

@@ -57,7 +57,7 @@ async def run_batch(
 
 
 async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine) -> None:
-    reaper = Reaper(db, settings.lease_seconds)
+    reaper = Reaper(db)
     period = max(0.5, settings.lease_seconds / 4)
     await _sweep(reaper, engine)
     after, told = 0, False

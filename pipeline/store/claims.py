@@ -107,10 +107,10 @@ _fit_request = fitter(Request)
 # --- workers -------------------------------------------------------------------------------------------
 
 
-def register(db: Database, worker: str, host: str, pid: int) -> None:
-    """Add this engine's worker row (beat 0)."""
+def register(db: Database, worker: str, host: str, pid: int, lease_seconds: float) -> None:
+    """Add this engine's worker row (beat 0), with the lease its watchers must give it."""
     with db.write() as s:
-        s.add(Worker(id=worker, host=host, pid=pid, beat=0, started_at=utcnow()))
+        s.add(Worker(id=worker, host=host, pid=pid, beat=0, lease_seconds=lease_seconds, started_at=utcnow()))
 
 
 def beat(db: Database, worker: str) -> bool:

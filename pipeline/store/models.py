@@ -138,6 +138,8 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     beat: Mapped[int] = mapped_column(Integer, default=0)  #: bumped every lease/4 while it lives
+    #: its own lease: watchers give it this long without a beat (workers may be configured differently)
+    lease_seconds: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 
 
 class Reaper:
-    """Remembers, per engine, the beat last seen and when (this process's monotonic clock)."""
+    """Remembers, per engine, the beat last seen and when (this process's monotonic clock).
 
-    def __init__(self, db: Database, lease_seconds: float) -> None:
+    Each engine is given its own lease (stored with it), not the watcher's: workers configured with
+    different leases never bury each other early.
+    """
+
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.lease_seconds = lease_seconds
         self.host = socket.gethostname()
         self._seen: dict[str, tuple[int, float]] = {}
 
@@ -42,7 +45,9 @@ class Reaper:
         now = time.monotonic()
         try:
             with self.db.read() as s:
-                workers = list(s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.beat)))
+                workers = list(
+                    s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.beat, Worker.lease_seconds))
+                )
         except Exception:
             # While this process cannot see the database, silence proves nothing: nobody could beat.
             # Start watching afresh once it can, so an outage alone never buries a live engine.
@@ -50,12 +55,12 @@ class Reaper:
             raise
         self._seen = {w: v for w, v in self._seen.items() if any(w == row[0] for row in workers)}
         freed: list[tuple[str, int]] = []
-        for worker, host, pid, beat in workers:
+        for worker, host, pid, beat, lease_seconds in workers:
             if worker in spare:
                 continue
             silent = now - self._beat_seen_at(worker, beat, now)
             gone = host == self.host and not process_alive(pid)
-            if gone or silent >= self.lease_seconds:
+            if gone or silent >= lease_seconds:
                 rows = bury(self.db, worker, beat)
                 why = "its process is gone" if gone else f"no beat for {silent:.0f}s"
                 log.warning("engine %s is dead (%s): %d rows back to the queue", worker, why, len(rows))
