@@ -230,6 +230,24 @@ def test_a_part_the_api_rejects_for_good_is_reported_with_its_errors(
     assert "via the Batch API: 1 parts" in text
 
 
+def test_a_part_whose_file_the_api_refuses_to_take_fails_with_its_error(
+    fake: FakeServer, database_url: str, tmp_path: Path
+) -> None:
+    fake.config.batch_max_bytes = 100
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line(f"q-{i}", f"question {i}") for i in range(3)])
+    code, batch_id, _ = run(fake, database_url, path, "--via", "batch-api")
+    assert code == EXIT_SOME_FAILED
+    report = status(database_url, batch_id)
+    (part,) = report["parts"]
+    assert (part["remote_batch_id"], part["state"], part["tries"]) == (None, "done", 1)
+    assert part["errors"][0]["message"] == "HTTP 400: File is too large."
+    rows = requests_of(database_url, batch_id)
+    assert {(r.status, r.error_message) for r in rows.values()} == {
+        ("failed", "HTTP 400: File is too large.")
+    }
+    assert fake.stats()["batch_api"]["created"] == []
+
+
 def test_a_part_over_the_enqueued_token_limit_is_tried_again_later(
     fake: FakeServer, database_url: str, tmp_path: Path
 ) -> None:

@@ -48,6 +48,8 @@ FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 RETRY_LATER = frozenset({"token_limit_exceeded", "rate_limit_exceeded", "server_error"})
 #: The key fingerprint of a batch submitted without a key (any worker's key is then the one to use).
 NO_KEY = "nokey"
+#: Refusals that are about the account or the key, not the part: they stop the run (a worker logs them).
+ACCOUNT_STATUSES = frozenset({401, 403})
 #: Seconds before the first poll of a new batch.
 FIRST_POLL = 1.0
 
@@ -160,7 +162,10 @@ class PartDriver:
         if found is None:
             if not await self._may_make(job):
                 return None
-            found = await self._calling(job, part, self._upload(job, part, name))
+            try:
+                found = await self._calling(job, part, self._upload(job, part, name))
+            except PermanentError as refused:
+                return await self._refused(job, part, refused)
         return await self._save(
             job, part, state=PartState.UPLOADED, input_file_id=str(found.get("id")), bytes=found.get("bytes")
         )
@@ -192,9 +197,8 @@ class PartDriver:
                 found = await self._calling(
                     job, part, job.client.create(str(part.input_file_id), part.endpoint, metadata)
                 )
-            except PermanentError as refused:  # the API will not take this part as it is
-                errors = [{"code": refused.error_type, "message": refused.message, "line": None}]
-                return await self._reject(job, part, errors, Window.of({}))
+            except PermanentError as refused:
+                return await self._refused(job, part, refused)
         return await self._save(
             job,
             part,
@@ -249,6 +253,14 @@ class PartDriver:
                 self._changed(part, waiting)
             return None  # not before its next_at
         return await self._reject(job, part, errors, Window.of(remote))
+
+    async def _refused(self, job: _Job, part: Part, refused: PermanentError) -> Part | None:
+        """The API refused to take the part's file or make its batch: for this part's sake (too large, a
+        bad file), its lines fail with the API's error; for everyone's (a bad key), the error stands."""
+        if refused.status in ACCOUNT_STATUSES:
+            raise refused
+        errors = [{"code": refused.error_type, "message": refused.message, "line": None}]
+        return await self._reject(job, part, errors, Window.of({}))
 
     async def _reject(
         self, job: _Job, part: Part, errors: list[dict[str, Any]], window: Window
