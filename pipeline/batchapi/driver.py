@@ -140,6 +140,10 @@ class PartDriver:
                 moved = await steps[current.state](job, current)
             except _Wait:
                 return
+            except RetryableError as exc:  # a download that kept failing: storing is idempotent, try later
+                log.warning("part %s: %s; trying again later", current.id, exc.message)
+                await self._save(job, current, next_in=self._interval(current.polls + 1))
+                return
             if moved is None:  # lost, or not to go on now
                 return
             self._changed(current, moved)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from pipeline.send.engine import Engine
 from pipeline.send.runner import feed, sweep
 from pipeline.settings import Settings
 from pipeline.store import batches, claims, parts
-from pipeline.store.db import Database
+from pipeline.store.db import Database, first_line, is_transient
 from pipeline.store.models import BatchState
 from pipeline.store.recovery import Reaper
+
+log = logging.getLogger(__name__)
 
 #: Longest sleep between two ticks (a part's own poll backoff decides when it is polled).
 TICK_SECONDS = 1.0
@@ -63,20 +66,39 @@ async def _loop(
     reaper = Reaper(db, settings.lease_seconds)
     tick = min(TICK_SECONDS, settings.batch_poll_seconds)
     while not stopper.stopped.is_set():
-        await sweep(reaper, engine)
-        batch = await asyncio.to_thread(batches.get_batch, db, batch_id)
-        if batch.state == BatchState.ACTIVE:
-            await asyncio.to_thread(plan.plan_parts, db, batch)
-        for part_id in await asyncio.to_thread(parts.due_parts, db, batch_id):
-            if stopper.stopped.is_set():
+        try:
+            if await _tick(settings, db, batch_id, engine, driver, stopper, reaper):
                 return
-            await driver.advance(part_id)
-        if await asyncio.to_thread(claims.queued_ids, db, batch_id, 0, 1, direct_only=True):
-            await feed(settings, db, batch_id, engine, direct_only=True)
-        if await asyncio.to_thread(_done, db, batch_id):
-            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The database is restarting or busy: the parts wait at the Batch API meanwhile.
+            log.warning("advancing batch %s failed (%s); trying again", batch_id, first_line(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopper.stopped.wait(), tick)
+
+
+async def _tick(
+    settings: Settings,
+    db: Database,
+    batch_id: str,
+    engine: Engine,
+    driver: PartDriver,
+    stopper: _Stopper,
+    reaper: Reaper,
+) -> bool:
+    """One round; True when the batch is done."""
+    await sweep(reaper, engine)
+    batch = await asyncio.to_thread(batches.get_batch, db, batch_id)
+    if batch.state == BatchState.ACTIVE:
+        await asyncio.to_thread(plan.plan_parts, db, batch)
+    for part_id in await asyncio.to_thread(parts.due_parts, db, batch_id):
+        if stopper.stopped.is_set():
+            return False
+        await driver.advance(part_id)
+    if await asyncio.to_thread(claims.queued_ids, db, batch_id, 0, 1, direct_only=True):
+        await feed(settings, db, batch_id, engine, direct_only=True)
+    return await asyncio.to_thread(_done, db, batch_id)
 
 
 def _done(db: Database, batch_id: str) -> bool:
