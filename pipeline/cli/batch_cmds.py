@@ -30,7 +30,8 @@ def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
     """Counts by status, tokens, 429s and elapsed time of BATCH (default: the latest).
 
     Reads only the database, so it works while workers run. With --json the keys include total, queued,
-    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors.
+    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors,
+    via, and parts (each Batch API part: state, remote_status, request_counts, tries, errors).
     """
     db = database(pop_settings(params))
     report = batch_report(db, batch_store.get_batch(db, batch_id))
