@@ -6,6 +6,7 @@ and the polls (PIPELINE_BATCH_POLL_SECONDS is short here); nothing asserts a tim
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,17 @@ import orjson
 import pytest
 from sqlalchemy import select
 
+from pipeline.batchapi.ingest import Window, store_rejection
+from pipeline.batchapi.options import BatchApiOptions
+from pipeline.batchapi.plan import plan_parts
 from pipeline.cli import EXIT_INVALID_INPUT, EXIT_SOME_FAILED
 from pipeline.fakeapi import FakeServer
 from pipeline.fakeapi._chat import plan_chat
+from pipeline.jobs.intake import store_job_file
+from pipeline.settings import Settings
+from pipeline.store import batches
 from pipeline.store.db import Database
-from pipeline.store.models import Attempt, Part, Request
+from pipeline.store.models import Attempt, Part, Request, Via
 from tests.conftest import invoke
 from tests.helpers import chat_line, parse_csv, parse_jsonl, write_jsonl
 from tests.test_audio import audio_line, write_wav
@@ -309,3 +316,30 @@ def test_parts_hold_their_rows_under_their_own_name(
     assert Counter(r.worker for r in rows) == {f"part:{p}": 2 for p in parts}
     assert all(r.fence == parts[r.worker.removeprefix("part:")].fence for r in rows if r.worker)
     assert all(p.holder is None and p.finished_at is not None for p in parts.values())
+
+
+def test_a_rejection_that_names_lines_fails_those_and_plans_the_rest_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The fake never names a line of a file pipeline writes, so the store is driven directly here."""
+    path = write_jsonl(tmp_path / "jobs.jsonl", [chat_line(f"q-{i}", f"question {i}") for i in range(4)])
+    db = Database(database_url)
+    db.upgrade()
+    try:
+        settings = Settings.load({"database_url": database_url})
+        intake = store_job_file(db, settings, str(path), via=Via.BATCH_API, batch_api=BatchApiOptions())
+        (part,) = plan_parts(db, batches.get_batch(db, intake.batch_id))
+        errors = [{"code": "invalid_body", "message": "line two is wrong", "line": 2}]
+        tally = asyncio.run(store_rejection(db, part, errors, Window.of({})))
+        assert (tally.failed, tally.requeued) == (1, 3)
+        rows = requests_of(database_url, intake.batch_id)
+        assert (rows["q-1"].status, rows["q-1"].error_type, rows["q-1"].attempts) == (
+            "failed",
+            "invalid_body",
+            1,
+        )
+        assert all(rows[c].status == "queued" and rows[c].worker is None for c in ("q-0", "q-2", "q-3"))
+        (again,) = plan_parts(db, batches.get_batch(db, intake.batch_id))
+        assert again.lines == 3 and again.fence > part.fence
+    finally:
+        db.engine.dispose()
