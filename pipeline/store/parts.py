@@ -135,12 +135,18 @@ def new_part(
 
 def batches_to_plan(db: Database) -> list[str]:
     """Active batch-api batches sent through the broker with queued rows no part holds yet."""
-    waiting = select(Request.batch_id).where(Request.status == RequestStatus.QUEUED, Request.via.is_(None))
+    # Correlated per batch-api batch, so the (batch_id, status) index answers it, whatever the backlog of
+    # direct batches.
+    waiting = (
+        select(Request.id)
+        .where(Request.batch_id == Batch.id, Request.status == RequestStatus.QUEUED, Request.via.is_(None))
+        .exists()
+    )
     stmt = select(Batch.id).where(
         Batch.via == Via.BATCH_API,
         Batch.dispatch == Dispatch.BROKER,
         Batch.state == BatchState.ACTIVE,
-        Batch.id.in_(waiting),
+        waiting,
     )
     with db.read() as s:
         return list(s.scalars(stmt))
