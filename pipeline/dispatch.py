@@ -1,25 +1,36 @@
 """Sending a batch's queued rows the way the batch was made: in this process, or through the broker.
 
 `run_here` runs the engine on this process's event loop until every claimable row is final (`pipeline run`,
-and `retry`/`resume` of such a batch); `enqueue` names the queued rows in broker messages for the workers
-(`pipeline submit`, and `retry`/`resume` of a submitted batch). The caller picks the limiter here: one
+and `retry`/`resume` of such a batch); `run_batch_api_here` does the same for a batch sent through the Batch
+API (its parts, and its rows marked direct); `enqueue` names the queued rows in broker messages for the
+workers (`pipeline submit`, and `retry`/`resume` of a submitted batch), who also advance the parts that
+`plan_parts` makes of a batch-api batch. The caller picks the limiter here: one
 process paces itself unless PIPELINE_REDIS_URL shares a budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from celery import Celery
 
+from pipeline.batchapi import plan
+from pipeline.batchapi.client import BatchClient
+from pipeline.batchapi.driver import OnChange
+from pipeline.batchapi.runner import Finish, run_batch_api
+from pipeline.errors import PermanentError
 from pipeline.fleet.broker import check_broker, make_celery, publish_chunks
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
-from pipeline.store import recovery
+from pipeline.store import batches, recovery
 from pipeline.store.db import Database
+from pipeline.store.models import Batch, Via
+
+log = logging.getLogger(__name__)
 
 
 def connect_broker(settings: Settings) -> Celery:
@@ -30,9 +41,20 @@ def connect_broker(settings: Settings) -> Celery:
 
 
 def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue: str | None = None) -> int:
-    """Mark the batch as sent through the broker and publish its queued rows; returns the messages sent."""
+    """Mark the batch as sent through the broker and publish its queued rows; returns the messages sent.
+
+    Of a batch-api batch only the rows marked direct are published: make its parts first (`plan_parts`);
+    the workers advance them.
+    """
     recovery.mark_enqueued(db, batch_id)
-    return publish_chunks(app, batch_id, recovery.queued_ids(db, batch_id), settings.chunk_size, queue)
+    direct_only = batches.get_batch(db, batch_id).via == Via.BATCH_API
+    ids = recovery.queued_ids(db, batch_id, direct_only=direct_only)
+    return publish_chunks(app, batch_id, ids, settings.chunk_size, queue)
+
+
+def plan_parts(db: Database, batch_id: str) -> int:
+    """Cut the queued rows of a batch-api batch into Batch API parts now; returns how many were made."""
+    return len(plan.plan_parts(db, batches.get_batch(db, batch_id)))
 
 
 def run_here(
@@ -44,6 +66,42 @@ def run_here(
     async def run() -> EngineStats:
         limiter = make_limiter(settings, settings.redis_url)
         return await run_batch(settings, db, batch_id, limiter, on_start=on_start)
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(run())
+
+
+def cancel_remote(settings: Settings, batch: Batch, remote_ids: list[str]) -> int:
+    """Ask the Batch API to cancel these remote batches of `batch`; returns how many it accepted.
+
+    One the API refuses (it has ended meanwhile) is skipped: its answers are stored like any others.
+    """
+    key = settings.require_api_key()
+
+    async def cancel() -> int:
+        accepted = 0
+        async with BatchClient(settings, key, batch.base_url, batch.organization) as client:
+            for remote_id in remote_ids:
+                try:
+                    await client.cancel(remote_id)
+                    accepted += 1
+                except PermanentError as exc:
+                    log.warning("remote batch %s not cancelled: %s", remote_id, exc.message)
+        return accepted
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(cancel())
+
+
+def run_batch_api_here(
+    settings: Settings, db: Database, batch_id: str, on_change: OnChange | None = None
+) -> Finish:
+    """Carry a batch-api batch through the Batch API in this process until done, or until a signal."""
+    settings.require_api_key()
+
+    async def run() -> Finish:
+        limiter = make_limiter(settings, settings.redis_url)
+        return await run_batch_api(settings, db, batch_id, limiter, on_change=on_change)
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(run())

@@ -58,6 +58,9 @@ class ErrorType(StrEnum):
     ENDPOINT_DOWN = "endpoint_down"  #: the circuit breaker tripped on this attempt; the batch paused
     INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
     CANCELLED = "cancelled"  #: cancelled before it was sent
+    BATCH_EXPIRED = "batch_expired"  #: the Batch API did not get to it within its 24 h window
+    MISSING_ANSWER = "missing_answer"  #: the Batch API finished its part but has no line for it
+    BATCH_REJECTED = "batch_rejected"  #: the Batch API turned its part away without saying why
     INTERNAL = "internal"  #: a bug in pipeline: the row went back to the queue
 
 

@@ -1,4 +1,4 @@
-"""The one place that mints identifiers: batches, workers, requests without a custom id, exported lines."""
+"""The one place that mints identifiers: batches, parts, workers, custom ids of bare lines, exported lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import uuid
 
 def new_batch_id() -> str:
     """A short random batch id (12 hex digits); commands accept any unique prefix of it."""
+    return uuid.uuid4().hex[:12]
+
+
+def new_part_id() -> str:
+    """A Batch API part: 12 random hex digits (its rows are held under `part:<id>`)."""
     return uuid.uuid4().hex[:12]
 
 

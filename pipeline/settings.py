@@ -93,6 +93,11 @@ class Settings:
     limits_file: Path | None = None
     #: a job-file line longer than this is refused (8 MiB: above any model's context as text)
     max_line_bytes: int = 8 * 1024 * 1024
+    #: Batch API parts: at most this many requests, and bytes of input file, each (the API's own limits)
+    part_size: int = 50_000
+    part_bytes: int = 200_000_000
+    #: longest wait between two polls of one Batch API part (early polls come sooner)
+    batch_poll_seconds: float = 60.0
 
     @property
     def db_url(self) -> str:
@@ -156,6 +161,9 @@ ENV_FIELDS = {
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
     "PIPELINE_MAX_LINE_BYTES": "max_line_bytes",
+    "PIPELINE_PART_SIZE": "part_size",
+    "PIPELINE_PART_BYTES": "part_bytes",
+    "PIPELINE_BATCH_POLL_SECONDS": "batch_poll_seconds",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.

@@ -9,14 +9,17 @@ from typing import Any
 import click
 import orjson
 
+from pipeline import dispatch
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
 from pipeline.cli.render import batch_report, print_batches, print_report
 from pipeline.cli.sending import send
 from pipeline.errors import PathError
 from pipeline.export import FORMATS, export_batch
+from pipeline.settings import Settings
 from pipeline.store import batches as batch_store
+from pipeline.store import parts
 from pipeline.store.db import Database
-from pipeline.store.models import RequestStatus
+from pipeline.store.models import Batch, RequestStatus, Via
 
 
 @click.command()
@@ -27,7 +30,8 @@ def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
     """Counts by status, tokens, 429s and elapsed time of BATCH (default: the latest).
 
     Reads only the database, so it works while workers run. With --json the keys include total, queued,
-    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors.
+    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors,
+    via, and parts (each Batch API part: state, remote_status, request_counts, tries, errors).
     """
     db = database(pop_settings(params), create=False)
     report = batch_report(db, batch_store.get_batch(db, batch_id))
@@ -94,23 +98,51 @@ def batches(as_json: bool, limit: int, **params: Any) -> None:
 @click.option(
     "--wait", type=float, default=60.0, show_default=True, help="Seconds to wait for in-flight requests"
 )
+@api_options
 @store_options
 def cancel(batch_id: str, wait: float, **params: Any) -> None:
     """Cancel BATCH: queued requests become cancelled and are never sent; in-flight ones finish.
 
     Waits (up to --wait seconds) until no request of the batch is in flight, so that when it returns the
-    API receives nothing more for this batch.
+    API receives nothing more for this batch. A batch sent through the Batch API has its remote batches
+    cancelled too (needs the API key); what they answered before is stored, the rest is cancelled, when
+    `pipeline run` or the workers next poll them.
     """
-    db = database(pop_settings(params), create=False)
+    settings = pop_settings(params)
+    db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
     cancelled = batch_store.cancel_batch(db, batch.id)
     click.echo(f"batch {batch.id}: {cancelled} queued requests cancelled", err=True)
+    if batch.via == Via.BATCH_API:
+        _cancel_parts(settings, db, batch)
     deadline = time.monotonic() + wait
-    while (running := batch_store.running_count(db, batch.id)) and time.monotonic() < deadline:
+    direct_only = batch.via == Via.BATCH_API  # rows held by parts end when their remote batch does
+    while (running := batch_store.running_count(db, batch.id, direct_only=direct_only)) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     if running:
         click.echo(f"{running} requests still in flight after {wait:g}s; they will finish", err=True)
     click.echo(batch.id)
+
+
+def _cancel_parts(settings: Settings, db: Database, batch: Batch) -> None:
+    remote = parts.remote_batches_to_cancel(db, batch.id)
+    if remote and settings.api_key is None:
+        click.echo(
+            f"{len(remote)} Batch API batches are cancelled when `pipeline run` or the workers next poll "
+            f"them (set {settings.api_key_env} to cancel them now)",
+            err=True,
+        )
+    elif remote:
+        accepted = dispatch.cancel_remote(settings, batch, remote)
+        click.echo(f"{accepted} of {len(remote)} Batch API batches asked to cancel", err=True)
+    held = parts.open_count(db, batch.id)
+    if held:
+        click.echo(
+            f"{held} parts are finishing: their rows end when `pipeline run` or the workers poll them",
+            err=True,
+        )
 
 
 @click.command()

@@ -27,8 +27,14 @@ from pipeline.fakeapi import FakeConfig, FakeServer, serve
 @click.option("--window", type=float, default=1.0, show_default=True, help="Seconds per limit bucket")
 @click.option("--quota", type=int, help="Successful answers before 429 insufficient_quota")
 @click.option("--seed", type=int, help="Seed for the injected faults")
+@click.option(
+    "--batch-seconds", type=float, default=0.0, show_default=True, help="Seconds a Batch API batch runs"
+)
+@click.option(
+    "--batch-expire-rate", type=float, default=0.0, show_default=True, help="Share of batch lines that expire"
+)
 def fake_api(host: str, port: int, **config: Any) -> None:
-    """Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio).
+    """Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, the Batch API).
 
     Speaks the real protocol: usage and finish reasons, OpenAI error bodies, x-ratelimit-* headers. Inspect it
     at GET /_fake/stats; change its settings live with POST /_fake/config.

@@ -10,11 +10,19 @@ import click
 
 from pipeline import dispatch
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
-from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option, store_from_params
+from pipeline.cli.run_cmds import (
+    endpoint_option,
+    force_option,
+    note_way,
+    skip_invalid_option,
+    store_from_params,
+    way_options,
+)
 from pipeline.errors import DuplicateBatch
 from pipeline.fleet.broker import DEFAULT_QUEUE
 from pipeline.fleet.worker import install
 from pipeline.ratelimit import limit_table
+from pipeline.store.models import Via
 
 
 @click.command()
@@ -22,6 +30,7 @@ from pipeline.ratelimit import limit_table
 @endpoint_option
 @skip_invalid_option
 @force_option
+@way_options
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
 @click.option("--chunk-size", type=int, help="Request ids per message [env PIPELINE_CHUNK_SIZE; 500]")
 @broker_options
@@ -31,20 +40,27 @@ def submit(**params: Any) -> None:
 
     One message carries a chunk of request ids. The batch id is the last line of stdout. A file whose
     content was submitted before is not enqueued again: its batch id is printed (use --force for a new one).
+    With --via batch-api the batch is cut into Batch API parts here, and the workers upload, create and
+    poll them (any worker, one at a time per part).
     """
     queue = params.pop("queue")
     settings = pop_settings(params)
     db = database(settings)
     app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
+    asked = params.get("via")
     try:
         intake = store_from_params(db, settings, params)
     except DuplicateBatch as dup:
         click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
+        note_way(db, dup.batch_id, {"via": asked})
         click.echo(dup.batch_id)
         return
+    made = dispatch.plan_parts(db, intake.batch_id) if asked == Via.BATCH_API.value else 0
     messages = dispatch.enqueue(app, settings, db, intake.batch_id, queue)
+    parts = f"; {made} parts for the Batch API" if asked == Via.BATCH_API.value else ""
     click.echo(
-        f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued", err=True
+        f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued{parts}",
+        err=True,
     )
     if intake.invalid:
         click.echo(f"{intake.invalid} invalid line(s) recorded as failed", err=True)

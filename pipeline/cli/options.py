@@ -31,6 +31,8 @@ _FIELDS = {
     "limits_file": "limits_file",
     "broker_url": "broker_url",
     "redis_url": "redis_url",
+    "part_size": "part_size",
+    "part_bytes": "part_bytes",
 }
 
 

@@ -9,9 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.store import batches, limit_states
+from pipeline.store import batches, limit_states, parts
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, RequestStatus, utcnow
+from pipeline.store.models import Batch, Part, RequestStatus, utcnow
 
 
 def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = None) -> dict[str, Any]:
@@ -34,7 +34,52 @@ def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = Non
         "rate_limited": attempts["rate_limited"],
         "errors": dict(batches.error_breakdown(db, batch.id)),
         "limits": _limits(db, batch),
+        "via": batch.via.value,
+        "parts": [part_report(part) for part in parts.parts_of(db, batch.id)],
     }
+
+
+def part_report(part: Part) -> dict[str, Any]:
+    """One Batch API part, as `status --json` shows it."""
+    return {
+        "part": part.id,
+        "endpoint": part.endpoint,
+        "model": part.model,
+        "lines": part.lines,
+        "state": part.state.value,
+        "remote_batch_id": part.remote_batch_id,
+        "remote_status": part.remote_status,
+        "request_counts": {
+            "total": part.request_total,
+            "completed": part.request_completed,
+            "failed": part.request_failed,
+        },
+        "tries": part.tries,
+        "input_file_id": part.input_file_id,
+        "output_file_id": part.output_file_id,
+        "error_file_id": part.error_file_id,
+        "errors": part.errors or [],
+        "created_at": _iso(part.created_at),
+        "finished_at": _iso(part.finished_at),
+    }
+
+
+def part_line(part: Part) -> str:
+    """One line on a part's progress, for `run` to print as it changes."""
+    counts = ""
+    if part.request_total is not None:
+        counts = (
+            f" {part.request_completed or 0}/{part.request_total} done, {part.request_failed or 0} failed"
+        )
+    remote = f", remote {part.remote_status}{counts}" if part.remote_status else ""
+    why = f": {_first_error(part)}" if part.errors else ""
+    return f"part {part.id} ({part.model}, {part.lines} requests): {part.state.value}{remote}{why}"
+
+
+def _first_error(part: Part) -> str:
+    first = (part.errors or [{}])[0]
+    line = f" (line {first['line']})" if first.get("line") is not None else ""
+    return f"{first.get('code') or 'error'}: {first.get('message') or ''}{line}".strip()
 
 
 #: A saved limiter state older than this is not "current" (no engine is using the key now).
@@ -82,6 +127,8 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if report["errors"]:
         console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
+    if report["parts"]:
+        _print_parts(console, report["parts"])
     for lim in report["limits"]:
         console.print(
             f"limits {lim['model']}: rpm {_limit(lim['rpm'], lim['rpm_source'])}, "
@@ -89,6 +136,33 @@ def print_report(report: dict[str, Any]) -> None:
             f"{lim['sent_tpm']:,.0f} tokens/min"
             + (f"; cooling down until {lim['cooldown_until']}" if lim["cooldown_until"] else "")
         )
+
+
+def _print_parts(console: Console, rows: list[dict[str, Any]]) -> None:
+    console.print(f"via the Batch API: {len(rows)} parts")
+    table = Table(show_header=True, header_style="bold")
+    for name in ("part", "model", "requests", "state", "remote", "completed", "failed", "tries", "errors"):
+        table.add_column(
+            name, justify="right" if name in ("requests", "completed", "failed", "tries") else "left"
+        )
+    for row in rows:
+        counts, errors = row["request_counts"], row["errors"]
+        table.add_row(
+            row["part"],
+            row["model"],
+            str(row["lines"]),
+            row["state"],
+            row["remote_status"] or "-",
+            _count(counts["completed"]),
+            _count(counts["failed"]),
+            str(row["tries"]),
+            f"{errors[0].get('code')}: {errors[0].get('message')}" if errors else "",
+        )
+    console.print(table)
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _limit(value: int | None, source: str | None) -> str:

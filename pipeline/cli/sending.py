@@ -9,21 +9,31 @@ import click
 from pipeline import dispatch
 from pipeline.cli.exits import EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_SOME_FAILED, EXIT_TERMINATED
 from pipeline.cli.progress import LiveProgress
-from pipeline.cli.render import print_summary
+from pipeline.cli.render import part_line, print_summary
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.db import Database
-from pipeline.store.models import BatchState, Dispatch
+from pipeline.store.models import BatchState, Dispatch, Part, PartState, Via
 
 
 def send(settings: Settings, db: Database, batch_id: str) -> int:
     """Run or enqueue the batch's queued rows, the way the batch was made; returns the exit code."""
     if batches.get_batch(db, batch_id).dispatch == Dispatch.BROKER:
-        sent = dispatch.enqueue(dispatch.connect_broker(settings), settings, db, batch_id)
-        click.echo(f"{sent} messages enqueued for the workers", err=True)
+        enqueue(settings, db, batch_id)
         click.echo(batch_id)
         return 0
     return run_here(settings, db, batch_id)
+
+
+def enqueue(settings: Settings, db: Database, batch_id: str, queue: str | None = None) -> int:
+    """Hand the batch's queued rows to the workers (a batch-api batch as parts); says what it did."""
+    app = dispatch.connect_broker(settings)
+    made = dispatch.plan_parts(db, batch_id) if batches.get_batch(db, batch_id).via == Via.BATCH_API else 0
+    sent = dispatch.enqueue(app, settings, db, batch_id, queue)
+    click.echo(f"{sent} messages enqueued for the workers", err=True)
+    if made:
+        click.echo(f"{made} parts for the Batch API, advanced by the workers", err=True)
+    return sent
 
 
 def run_here(settings: Settings, db: Database, batch_id: str) -> int:
@@ -31,11 +41,21 @@ def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     settings.require_api_key()
     batches.retarget(db, batch_id, settings.base_url, settings.organization, settings.key_fingerprint())
     counts = batches.status_counts(db, batch_id)
-    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
     stopped_by: int | None = signal.SIGINT
     try:
-        with LiveProgress(counts["total"], done) as progress:
-            stopped_by = dispatch.run_here(settings, db, batch_id, on_start=progress.attach).stopped_by
+        if batches.get_batch(db, batch_id).via == Via.BATCH_API:
+            finish = dispatch.run_batch_api_here(settings, db, batch_id, on_change=_print_part)
+            stopped_by = signal.SIGINT if finish.interrupted else None
+            if finish.open_parts:
+                click.echo(
+                    f"{finish.open_parts} parts are still with the Batch API; run the same command again "
+                    "to collect their answers",
+                    err=True,
+                )
+        else:
+            done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+            with LiveProgress(counts["total"], done) as progress:
+                stopped_by = dispatch.run_here(settings, db, batch_id, on_start=progress.attach).stopped_by
     except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, every transaction whole
         click.echo("interrupted again: stopped without waiting for the requests in flight", err=True)
     batch = batches.get_batch(db, batch_id)
@@ -53,3 +73,8 @@ def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     if batch.state == BatchState.PAUSED:
         return EXIT_PAUSED
     return 0 if counts["succeeded"] == counts["total"] else EXIT_SOME_FAILED
+
+
+def _print_part(part: Part) -> None:
+    if part.state not in (PartState.UPLOADING, PartState.CREATING):  # the step's outcome says enough
+        click.echo(part_line(part), err=True)

@@ -7,6 +7,31 @@ Endpoints (OpenAI's protocol: bodies, error shapes and headers):
     POST /v1/audio/transcriptions    "transcript of <sha256(file)[:8]>"     (_audio.py)
     POST /v1/audio/translations      "translation of <sha256(file)[:8]>"
 
+The Batch API (OpenAI's protocol, kept in memory; details in _files.py, _batches.py, _batch_lines.py):
+
+    POST   /v1/files                   upload: multipart `purpose` (batch, ...) and `file`
+    GET    /v1/files                   list: ?purpose= &limit= (1..10,000) &after= &order=asc|desc
+    GET    /v1/files/{id}              retrieve
+    GET    /v1/files/{id}/content      the bytes
+    DELETE /v1/files/{id}              delete
+    POST   /v1/batches                 create: {input_file_id, endpoint, completion_window "24h", metadata}
+    GET    /v1/batches                 list, newest first: ?limit= (1..100, default 20) &after=
+    GET    /v1/batches/{id}            retrieve
+    POST   /v1/batches/{id}/cancel     cancel
+
+A batch is `validating` when created; its input file is checked line by line (one model per file, line
+format, duplicate custom_ids, at most `batch_max_lines` lines) and, with `batch_token_limit` set, against
+the tokens of its model's batches in progress: problems make it `failed`, with `errors.data[]` entries
+{code, message, param, line}. Otherwise it is `in_progress` for `batch_seconds`, `finalizing` while each
+line is answered by the same code that answers a direct request (so a line's directive works, e.g.
+fake:{"status": 400} puts that line in the error file with a 400), and ends `completed`, or `expired`
+when some lines (a share `batch_expire_rate`) expired with `batch_expired`. The output file holds the
+2xx answers, the error file the HTTP errors and expired lines, both in shuffled order. Creating refuses at
+once: an unknown file (404), a file over `batch_max_bytes` (400 "File is too large."), another endpoint
+or completion window, metadata over 16 string pairs. `batch_delays` ({operation: seconds}) makes an
+operation wait after it is done and before it is answered, so a test can kill a client that has uploaded
+a file or created a batch but not yet learned its id. The Batch API takes no quota and no rate limit.
+
 Every /v1 request passes, in order: auth -> hang / 5xx injection -> quota -> rate limit ->
 validation -> directive -> latency -> answer. Rate-limit and quota refusals are not successes, and a
 request the limiter refuses takes nothing from its bucket. Every /v1 answer carries
@@ -68,7 +93,17 @@ Stats:
      "in_flight": n,           being handled now
      "max_in_flight": n,       high-water mark of in_flight since start or reset
      "bodies": {fingerprint: {"received": n, "answered": n}},
-     "projects": {openai_project_header: n}}       requests that named an OpenAI-Project
+     "projects": {openai_project_header: n},      requests that named an OpenAI-Project
+     "batch_api": {
+        "calls": {operation: n},   Batch API calls received, by operation (upload, list_files,
+                                   retrieve_file, file_content, delete_file, create, list, retrieve, cancel)
+        "uploaded": [filename],    one entry per file stored by an upload
+        "created": [{"id", "metadata"}],   one entry per batch created
+        "cancelled": [batch id],   one entry per cancel that moved a batch to cancelling
+        "lines": {"answered": n, "expired": n}}}
+
+Batch lines count in `bodies` as direct requests do (processed = received, 2xx = answered), never in
+`received`, `answered` or `by_status`, which count HTTP requests to the answering endpoints.
 
 A fingerprint identifies a request's content: for JSON requests, the sha256 hex of the raw body bytes
 (a batch line's custom_id is never in the body, so the same request sent twice has one fingerprint);

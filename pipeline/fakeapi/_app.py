@@ -17,8 +17,10 @@ import orjson
 from aiohttp import hdrs, web
 
 from ._audio import plan_audio
+from ._batches import BatchStore
 from ._chat import plan_chat, plan_completion
 from ._config import FakeConfig, config_view, update_config
+from ._files import FileStore
 from ._limits import Quota, RateLimiter
 from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, Plan, fingerprint_bytes, mask_key
 from ._stats import Stats
@@ -43,6 +45,8 @@ class FakeState:
         self.limiter = RateLimiter()
         self.quota = Quota()
         self.random = random.Random(config.seed)
+        self.files = FileStore(self.stats)
+        self.batches = BatchStore(config, self.stats, self.random, self.files, _respond)
 
     def reset(self) -> None:
         """Zero the stats, the quota count and the rate-limit meters."""
@@ -66,12 +70,55 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
+    _add_batch_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", _v1_handler(_read_unknown))
     app.router.add_get("/_fake/stats", _get_stats)
     app.router.add_get("/_fake/config", _get_config)
     app.router.add_post("/_fake/config", _post_config)
     app.router.add_post("/_fake/reset", _post_reset)
     return app
+
+
+#: The Batch API's routes: method, path, operation name (stats, `batch_delays`), handler.
+_BATCH_ROUTES: tuple[
+    tuple[str, str, str, Callable[[FakeState, web.Request], Awaitable[web.Response]]], ...
+] = (
+    ("POST", "/v1/files", "upload", lambda state, request: state.files.upload(request)),
+    ("GET", "/v1/files", "list_files", lambda state, request: state.files.listing(request)),
+    ("GET", "/v1/files/{id}", "retrieve_file", lambda state, request: state.files.retrieve(request)),
+    ("GET", "/v1/files/{id}/content", "file_content", lambda state, request: state.files.content(request)),
+    ("DELETE", "/v1/files/{id}", "delete_file", lambda state, request: state.files.delete(request)),
+    ("POST", "/v1/batches", "create", lambda state, request: state.batches.create(request)),
+    ("GET", "/v1/batches", "list", lambda state, request: state.batches.listing(request)),
+    ("GET", "/v1/batches/{id}", "retrieve", lambda state, request: state.batches.retrieve(request)),
+    ("POST", "/v1/batches/{id}/cancel", "cancel", lambda state, request: state.batches.cancel_batch(request)),
+)
+
+
+def _add_batch_routes(app: web.Application) -> None:
+    """The Batch API: auth, then the operation, then its configured delay; no quota or rate limits."""
+    for method, path, operation, action in _BATCH_ROUTES:
+        app.router.add_route(method, path, _batch_handler(operation, action))
+
+
+def _batch_handler(
+    operation: str, action: Callable[[FakeState, web.Request], Awaitable[web.Response]]
+) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        state.stats.batch_call(operation)
+        try:
+            _check_auth(state.config, request.headers.get(hdrs.AUTHORIZATION))
+            response = await action(state, request)
+        except ApiError as error:
+            response = error.response()
+        delay = (state.config.batch_delays or {}).get(operation, 0.0)
+        if delay > 0:  # done, but not yet answered: a client killed now never learns what it made
+            await asyncio.sleep(delay)
+        response.headers.setdefault("x-request-id", f"req_{secrets.token_hex(16)}")
+        return response
+
+    return handle
 
 
 def state_of(app: web.Application) -> FakeState:

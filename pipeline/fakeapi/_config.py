@@ -20,7 +20,26 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "quota": (int, True),
     "seed": (int, True),
     "models": (list, True),
+    "batch_seconds": (float, False),
+    "batch_expire_rate": (float, False),
+    "batch_token_limit": (int, True),
+    "batch_max_lines": (int, False),
+    "batch_max_bytes": (int, False),
+    "batch_delays": (dict, True),
 }
+
+#: The Batch API operations `batch_delays` may slow down (files, then batches).
+BATCH_OPERATIONS = (
+    "upload",
+    "list_files",
+    "retrieve_file",
+    "file_content",
+    "delete_file",
+    "create",
+    "list",
+    "retrieve",
+    "cancel",
+)
 
 
 @dataclass
@@ -52,6 +71,20 @@ class FakeConfig:
     #: Models that exist; a request naming any other gets 404 model_not_found. None: every model exists
     #: but "does-not-exist".
     models: list[str] | None = None
+    #: Seconds a Batch API batch stays in_progress before its lines are answered (its processing time).
+    batch_seconds: float = 0.0
+    #: Share of a batch's lines that expire instead of being answered (`batch_expired` in the error file).
+    batch_expire_rate: float = 0.0
+    #: Enqueued tokens allowed per model over the batches in progress; a batch that would pass it fails
+    #: with `token_limit_exceeded`. None: no limit.
+    batch_token_limit: int | None = None
+    #: Lines one batch input file may hold; more fails the batch's validation.
+    batch_max_lines: int = 50_000
+    #: Bytes one batch input file may hold; a larger one is refused 400 when the batch is created.
+    batch_max_bytes: int = 200 * 1024 * 1024
+    #: Seconds the fake waits before answering a Batch API operation (BATCH_OPERATIONS), after doing it:
+    #: a client killed meanwhile never learns what it made. None: no waits.
+    batch_delays: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -76,6 +109,27 @@ def check_config(config: FakeConfig) -> None:
     models = config.models
     if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
         raise ValueError("models must be a list of strings or null")
+    _check_batch_config(config)
+
+
+def _check_batch_config(config: FakeConfig) -> None:
+    if config.batch_seconds < 0:
+        raise ValueError("batch_seconds must be >= 0")
+    if not 0 <= config.batch_expire_rate <= 1:
+        raise ValueError("batch_expire_rate must be between 0 and 1")
+    for name in ("batch_max_lines", "batch_max_bytes"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if config.batch_token_limit is not None and config.batch_token_limit < 1:
+        raise ValueError("batch_token_limit must be >= 1 or null")
+    delays = config.batch_delays
+    if delays is None:
+        return
+    if not isinstance(delays, dict) or not set(delays) <= set(BATCH_OPERATIONS):
+        raise ValueError(f"batch_delays must map operations ({', '.join(BATCH_OPERATIONS)}) to seconds")
+    for value in delays.values():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError("batch_delays values must be numbers of seconds >= 0")
 
 
 def update_config(config: FakeConfig, changes: dict[str, Any]) -> None:

@@ -22,6 +22,11 @@ class Stats:
         self._max_in_flight = self._in_flight
         self._bodies: dict[str, list[int]] = {}  # fingerprint -> [received, answered]
         self._projects: Counter[str] = Counter()  # OpenAI-Project header -> requests
+        self._batch_calls: Counter[str] = Counter()  # Batch API operation -> calls received
+        self._uploaded: list[str] = []  # file name of every file stored
+        self._created: list[dict[str, Any]] = []  # {"id", "metadata"} of every batch created
+        self._cancelled: list[str] = []  # id of every batch a cancel was accepted for
+        self._lines = {"answered": 0, "expired": 0}  # batch lines processed
 
     def enter(self, project: str | None = None) -> None:
         """A request to /v1 starts being handled (`project`: its OpenAI-Project header)."""
@@ -52,6 +57,34 @@ class Stats:
                 self._answered += 1
                 self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
 
+    def answer_line(self, fingerprint: str, status: int) -> None:
+        """A Batch API line was answered with `status` (it counts in `bodies`, not as an HTTP request)."""
+        with self._lock:
+            self._lines["answered"] += 1
+            if 200 <= status < 300:
+                self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
+
+    def expire_line(self) -> None:
+        with self._lock:
+            self._lines["expired"] += 1
+
+    def batch_call(self, operation: str) -> None:
+        """A Batch API operation was received (before its checks)."""
+        with self._lock:
+            self._batch_calls[operation] += 1
+
+    def uploaded(self, filename: str) -> None:
+        with self._lock:
+            self._uploaded.append(filename)
+
+    def created(self, batch_id: str, metadata: dict[str, str] | None) -> None:
+        with self._lock:
+            self._created.append({"id": batch_id, "metadata": dict(metadata or {})})
+
+    def cancelled(self, batch_id: str) -> None:
+        with self._lock:
+            self._cancelled.append(batch_id)
+
     def snapshot(self) -> dict[str, Any]:
         """The JSON-ready dict served at /_fake/stats."""
         with self._lock:
@@ -63,6 +96,13 @@ class Stats:
                 "max_in_flight": self._max_in_flight,
                 "bodies": {fp: {"received": r, "answered": a} for fp, (r, a) in self._bodies.items()},
                 "projects": dict(self._projects),
+                "batch_api": {
+                    "calls": dict(self._batch_calls),
+                    "uploaded": list(self._uploaded),
+                    "created": [dict(c, metadata=dict(c["metadata"])) for c in self._created],
+                    "cancelled": list(self._cancelled),
+                    "lines": dict(self._lines),
+                },
             }
 
     def reset(self) -> None:

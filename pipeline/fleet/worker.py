@@ -3,8 +3,9 @@
 Celery runs tasks in a thread pool (one thread per chunk being worked on); every thread hands its chunk to
 the process's single event loop, where one Engine (one HTTP pool, one max-in-flight budget) serves all of
 them. A keeper on the same loop re-queues rows whose worker died (lease expired) and re-publishes rows whose
-message was lost. On SIGTERM Celery stops consuming and we drain: in-flight requests finish and are stored,
-unsent rows go back to queued and their chunk message back to the broker (Reject with requeue).
+message was lost; a second one advances the Batch API parts of submitted batch-api batches. On SIGTERM
+Celery stops consuming and we drain: in-flight requests finish and are stored, unsent rows go back to
+queued and their chunk message back to the broker (Reject with requeue); parts are let go.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any, TypeVar
 from celery import Celery, signals
 from celery.exceptions import Reject
 
+from pipeline.batchapi import plan
+from pipeline.batchapi.driver import PartDriver
 from pipeline.fleet.broker import TASK_NAME, publish_chunks, queue_size
 from pipeline.ratelimit import make_limiter, shared_redis_url
 from pipeline.send.engine import Engine
 from pipeline.send.runner import new_event_loop
 from pipeline.settings import Settings
-from pipeline.store import recovery
+from pipeline.store import batches, parts, recovery
 from pipeline.store.db import Database, open_database
 from pipeline.store.models import RequestStatus
 
@@ -45,11 +48,13 @@ class WorkerRuntime:
         self.engine: Engine | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-engine", daemon=True)
         self._keeper: concurrent.futures.Future[None] | None = None
+        self._parts: concurrent.futures.Future[None] | None = None
 
     def start(self) -> None:
         self._thread.start()
         self.engine = self._call(self._open_engine())
         self._keeper = asyncio.run_coroutine_threadsafe(self._keep(), self.loop)
+        self._parts = asyncio.run_coroutine_threadsafe(self._drive_parts(), self.loop)
 
     def run_chunk(self, batch_id: str, ids: list[int]) -> None:
         """Claim and work the chunk; raise Reject(requeue) if rows went back to the queue (drain, pause).
@@ -72,10 +77,13 @@ class WorkerRuntime:
     def drain(self) -> None:
         if self.engine is not None:
             self.loop.call_soon_threadsafe(self.engine.drain)
+        if self._parts is not None:  # parts wait at the Batch API; another worker carries on with them
+            self._parts.cancel()
 
     def stop(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
+        for task in (self._keeper, self._parts):
+            if task is not None:
+                task.cancel()
         if self.engine is not None:
             self._call(self.engine.__aexit__(None, None, None))
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -115,6 +123,40 @@ class WorkerRuntime:
                 log.warning("re-publishing %d rows of batch %s", len(ids), batch_id)
                 recovery.stamp_enqueued(self.db, ids)
                 publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
+
+    async def _drive_parts(self) -> None:
+        """Every tick: cut batch-api broker batches' queued rows into parts, and advance every part that
+        is due (upload, create, poll, store), one engine at a time per part, held under this engine's id."""
+        assert self.engine is not None
+        period = max(0.5, min(self.settings.lease_seconds / 4, self.settings.batch_poll_seconds))
+        async with PartDriver(
+            self.settings, self.db, self.engine.ownership, on_direct=self._publish_direct
+        ) as driver:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    await self._tick_parts(driver)
+                except Exception:  # the database or the API is failing: try again next tick
+                    log.warning("advancing Batch API parts failed", exc_info=True)
+
+    async def _tick_parts(self, driver: PartDriver) -> None:
+        for batch_id in await asyncio.to_thread(parts.batches_to_plan, self.db):
+            batch = await asyncio.to_thread(batches.get_batch, self.db, batch_id)
+            await asyncio.to_thread(plan.plan_parts, self.db, batch)
+        for part_id in await asyncio.to_thread(parts.due_parts, self.db):
+            try:
+                await driver.advance(part_id)
+            except Exception:  # one part's trouble (a bad key, a refused call) must not stop the others
+                log.warning("advancing Batch API part %s failed", part_id, exc_info=True)
+
+    async def _publish_direct(self, batch_id: str, ids: list[int]) -> None:
+        """Rows of a part to be sent directly now (expired under --on-expire direct): to the broker."""
+
+        def publish() -> None:
+            recovery.stamp_enqueued(self.db, ids)
+            publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
+
+        await asyncio.to_thread(publish)
 
 
 class RuntimeSlot:

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.batchapi.options import BatchApiOptions
+from pipeline.endpoints import AUDIO_URLS
 from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
@@ -21,7 +23,7 @@ from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.blobs import BlobWriter, UnreadableAudio
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, BatchState, RequestStatus, utcnow
+from pipeline.store.models import Batch, BatchState, RequestStatus, Via, utcnow
 from pipeline.store.sql import db_time_for
 
 #: Rows per INSERT statement.
@@ -47,12 +49,18 @@ def store_job_file(
     force: bool = False,
     source: str | None = None,
     base_dir: Path | None = None,
+    via: Via = Via.DIRECT,
+    batch_api: BatchApiOptions | None = None,
 ) -> Intake:
-    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch.
+    """Validate and store the job file as a new batch, to be sent `via` one way or the other (with
+    `batch_api`'s options for the Batch API). Raises JobFileError or DuplicateBatch.
 
     `source` names the batch's origin for people (default: the path); audio files are named relative to
-    `base_dir` (default: the job file's folder).
+    `base_dir` (default: the job file's folder). Under the Batch API an audio line is a bad line (the API
+    does not take audio) unless the options say to send audio directly.
     """
+    api = batch_api or BatchApiOptions()
+    refuse_audio = via == Via.BATCH_API and not api.audio_direct
     reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes, base_dir=base_dir)
     batch_id = new_batch_id()
     shown: list[LineError] = []
@@ -69,7 +77,12 @@ def store_job_file(
                 base_url=settings.base_url,
                 organization=settings.organization,
                 key_fingerprint=settings.key_fingerprint(),
-                options={"endpoint": endpoint, "max_attempts": settings.max_attempts},
+                options={
+                    "endpoint": endpoint,
+                    "max_attempts": settings.max_attempts,
+                    **(api.to_options() if via == Via.BATCH_API else {}),
+                },
+                via=via,
             ),
         )
         pending: list[dict[str, Any]] = []
@@ -79,6 +92,8 @@ def store_job_file(
         for line in reader:
             # Once a line is bad and bad lines are not skipped, everything rolls back: read no more clips.
             doomed = bad > 0 and not skip_invalid
+            if refuse_audio:
+                line = _refuse_audio(line, source)
             item, blob = (line, None) if doomed else _store_audio(blobs, line, source)
             if isinstance(item, LineError):
                 bad += 1
@@ -103,6 +118,18 @@ def store_job_file(
         if existing is not None:
             raise DuplicateBatch(existing)
     return Intake(batch_id, good + bad, bad)
+
+
+def _refuse_audio(item: JobLine | LineError, source: str) -> JobLine | LineError:
+    """An audio line of a batch sent through the Batch API, which takes no audio, is a bad line."""
+    if isinstance(item, LineError) or item.url not in AUDIO_URLS:
+        return item
+    return LineError(
+        source,
+        item.line,
+        f"the Batch API does not take {item.url} requests",
+        hint="pass --audio-direct to send the audio lines directly (the rest through the Batch API)",
+    )
 
 
 def _store_audio(

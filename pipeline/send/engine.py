@@ -121,6 +121,11 @@ class Engine:
         return self._own.worker
 
     @property
+    def ownership(self) -> Ownership:
+        """The engine's registration and heartbeat (others may hold Batch API parts under it)."""
+        return self._own
+
+    @property
     def in_flight(self) -> int:
         """Requests on the wire now."""
         return self._http.in_flight

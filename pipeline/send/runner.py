@@ -10,6 +10,7 @@ is gone (a rerun after a kill takes over in a second), or after a lease without 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -49,20 +50,32 @@ async def run_batch(
             on_start(engine)
         if signals:
             with _draining_on_signals(engine) as caught:
-                await _feed(settings, db, batch_id, engine)
+                await feed(settings, db, batch_id, engine)
             engine.stats.stopped_by = caught.signal
         else:
-            await _feed(settings, db, batch_id, engine)
+            await feed(settings, db, batch_id, engine)
     return engine.stats
 
 
-async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine) -> None:
+async def feed(
+    settings: Settings, db: Database, batch_id: str, engine: Engine, *, direct_only: bool = False
+) -> None:
+    """Claim and send the batch's queued rows with `engine` until none is left or it drains.
+
+    `direct_only`: only the rows of a batch-api batch marked to be sent directly (its parts hold the rest).
+    """
     reaper = Reaper(db)
     period = max(0.5, settings.lease_seconds / 4)
-    await _sweep(reaper, engine)
+    await sweep(reaper, engine)
     after, told = 0, False
     while not engine.draining:
-        ids = await asyncio.to_thread(claims.queued_ids, db, batch_id, after, settings.chunk_size)
+        ids = await asyncio.to_thread(
+            functools.partial(claims.queued_ids, direct_only=direct_only),
+            db,
+            batch_id,
+            after,
+            settings.chunk_size,
+        )
         if ids:
             await engine.submit(await engine.claim(ids))
             after = ids[-1]
@@ -74,18 +87,21 @@ async def _feed(settings: Settings, db: Database, batch_id: str, engine: Engine)
         if after:  # a scan ended: look again from the start for rows released meanwhile
             after = 0
             continue
-        held = await asyncio.to_thread(batches.running_count, db, batch_id)
+        held = await asyncio.to_thread(
+            functools.partial(batches.running_count, direct_only=direct_only), db, batch_id
+        )
         if not held:
             return
         if not told:
             log.warning("%d requests of batch %s are held by other engines; waiting for them", held, batch_id)
             told = True
         await asyncio.sleep(period)
-        await _sweep(reaper, engine)
+        await sweep(reaper, engine)
 
 
-async def _sweep(reaper: Reaper, engine: Engine) -> None:
-    """Free the rows of dead engines; a failing database is only logged (the next sweep tries again)."""
+async def sweep(reaper: Reaper, engine: Engine) -> None:
+    """Free the rows (and parts) of dead engines but `engine`; a failing database is only logged (the next
+    sweep tries again)."""
     try:
         await asyncio.to_thread(reaper.sweep, frozenset({engine.worker}))
     except Exception as exc:

@@ -64,7 +64,7 @@ class Transport:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
             connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
-            headers=self._auth_headers(),
+            headers=auth_headers(self._key, self.settings.organization, self.settings.project),
         )
         return self
 
@@ -123,13 +123,16 @@ class Transport:
             error_type=ErrorType.RESPONSE_TOO_LARGE,
         )
 
-    def _auth_headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key.reveal()}", "User-Agent": USER_AGENT}
-        if self.settings.organization:
-            headers["OpenAI-Organization"] = self.settings.organization
-        if self.settings.project:
-            headers["OpenAI-Project"] = self.settings.project
-        return headers
+
+def auth_headers(key: Secret, organization: str | None, project: str | None = None) -> dict[str, str]:
+    """The headers every call to the API carries: the key, the organization and project if any, our
+    User-Agent."""
+    headers = {"Authorization": f"Bearer {key.reveal()}", "User-Agent": USER_AGENT}
+    if organization:
+        headers["OpenAI-Organization"] = organization
+    if project:
+        headers["OpenAI-Project"] = project
+    return headers
 
 
 def _failed(error: APIError) -> Exchange:

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
 from pipeline.store.db import Database
-from pipeline.store.models import Attempt, Batch, BatchState, Request, RequestStatus, utcnow
+from pipeline.store.models import Attempt, Batch, BatchState, Request, RequestStatus, Via, utcnow
 from pipeline.store.sql import columns, executemany, insert_sql
 
 #: The columns intake writes for each request row (the rest belong to claims and recovery).
-REQUEST_COLUMNS = columns(Request, without=("id", "fence", "enqueued_at", "worker"))
+REQUEST_COLUMNS = columns(Request, without=("id", "fence", "enqueued_at", "worker", "via"))
 _INSERT_REQUEST = insert_sql(Request, REQUEST_COLUMNS)
 
 
@@ -162,16 +162,13 @@ def list_batches(db: Database, limit: int = 50) -> list[tuple[Batch, dict[str, i
     return [(b, {"total": sum(counts[b.id].values()), **counts[b.id]}) for b in batches]
 
 
-def running_count(db: Database, batch_id: str) -> int:
+def running_count(db: Database, batch_id: str, *, direct_only: bool = False) -> int:
+    """Rows of the batch in flight (only those marked to be sent directly, if asked)."""
+    stmt = select(func.count()).where(Request.batch_id == batch_id, Request.status == RequestStatus.RUNNING)
+    if direct_only:
+        stmt = stmt.where(Request.via == Via.DIRECT)
     with db.read() as s:
-        return int(
-            s.scalar(
-                select(func.count()).where(
-                    Request.batch_id == batch_id, Request.status == RequestStatus.RUNNING
-                )
-            )
-            or 0
-        )
+        return int(s.scalar(stmt) or 0)
 
 
 # --- control -------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorType, PipelineError
@@ -29,9 +29,11 @@ from pipeline.store.models import (
     Attempt,
     Batch,
     BatchState,
+    Part,
     Request,
     RequestStatus,
     Result,
+    Via,
     Worker,
     utcnow,
 )
@@ -73,6 +75,8 @@ class AttemptRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    #: "batch-api" when the Batch API answered it; None when it was sent directly
+    via: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,7 +133,9 @@ def retire(db: Database, worker: str) -> int:
 
 
 def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
-    """Every running row of `worker` back to queued (cancelled when its batch was), fences bumped."""
+    """Every running row of `worker` back to queued (cancelled when its batch was), fences bumped; and
+    every Batch API part it was advancing free for another engine to take."""
+    s.execute(update(Part).where(Part.holder == worker).values(holder=None))
     rows = [
         (b, i)
         for b, i in s.execute(
@@ -157,8 +163,19 @@ def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
 # --- claims --------------------------------------------------------------------------------------------
 
 
+def sent_directly() -> ColumnElement[bool]:
+    """Rows an engine may send: those of direct batches, and those of batch-api batches marked direct.
+
+    The rows of a batch-api batch are otherwise the Batch API's: no stale message, re-publish or run of
+    the engine may send them (and pay for them) a second way.
+    """
+    direct_batches = select(Batch.id).where(Batch.via == Via.DIRECT)
+    return or_(Request.via == Via.DIRECT, Request.batch_id.in_(direct_batches))
+
+
 def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
-    """Take the queued rows among `ids` of active batches for `worker`; the others are skipped.
+    """Take the queued rows among `ids` of active batches for `worker`; the others are skipped (and the
+    rows of a batch-api batch, unless marked to be sent directly).
 
     Raises WorkerGone when the worker's row is gone. On PostgreSQL the worker row is held FOR SHARE for
     the claim, so the watcher that buries a worker (FOR UPDATE of that row) runs wholly before or after it.
@@ -168,7 +185,12 @@ def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
     for part in parts(ids):
         stmt = (
             update(Request)
-            .where(Request.id.in_(part), Request.status == RequestStatus.QUEUED, Request.batch_id.in_(active))
+            .where(
+                Request.id.in_(part),
+                Request.status == RequestStatus.QUEUED,
+                Request.batch_id.in_(active),
+                sent_directly(),
+            )
             .values(status=RequestStatus.RUNNING, worker=worker, fence=Request.fence + 1)
             .returning(
                 Request.id,
@@ -189,14 +211,18 @@ def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
     return claimed
 
 
-def queued_ids(db: Database, batch_id: str, after: int, limit: int) -> list[int]:
-    """Ids of queued rows of the batch, in id order, after `after`."""
+def queued_ids(
+    db: Database, batch_id: str, after: int, limit: int, *, direct_only: bool = False
+) -> list[int]:
+    """Ids of queued rows of the batch, in id order, after `after` (only those marked direct, if asked)."""
     stmt = (
         select(Request.id)
         .where(Request.batch_id == batch_id, Request.id > after, Request.status == RequestStatus.QUEUED)
         .order_by(Request.id)
         .limit(limit)
     )
+    if direct_only:
+        stmt = stmt.where(Request.via == Via.DIRECT)
     with db.read() as s:
         return list(s.scalars(stmt))
 
@@ -215,9 +241,14 @@ def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
     if not outcomes:
         return []
     with db.write() as s:
-        held = _held_fences(s, [o.request_id for o in outcomes])
-        kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
-        _write(s, kept, db.is_sqlite)
+        return record_in(s, outcomes, db.is_sqlite)
+
+
+def record_in(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> list[Outcome]:
+    """`record` in the caller's write transaction `s` (for a caller that changes more in the same one)."""
+    held = _held_fences(s, [o.request_id for o in outcomes])
+    kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
+    _write(s, kept, sqlite)
     return [o for o in outcomes if held.get(o.request_id) != o.fence]
 
 

@@ -52,6 +52,26 @@ class BatchState(StrEnum):
     CANCELLED = "cancelled"  #: queued requests were cancelled; nothing more is sent
 
 
+class Via(StrEnum):
+    DIRECT = "direct"  #: sent by the engine, one HTTP request each, at the rate limit
+    BATCH_API = "batch-api"  #: handed to the OpenAI Batch API in parts (half price, a 24 h window)
+
+
+class PartState(StrEnum):
+    """Where one Batch API part stands on our side; each remote step is recorded before and after."""
+
+    PLANNED = "planned"  #: its rows are held by the part; nothing was sent yet
+    UPLOADING = "uploading"  #: its input file is being uploaded (it may exist: looked up by name first)
+    UPLOADED = "uploaded"  #: the input file id is recorded; no remote batch exists for this try
+    CREATING = "creating"  #: the remote batch is being created (it may exist: looked up by metadata first)
+    SUBMITTED = "submitted"  #: the remote batch id is recorded; polled until the API is done with it
+    DONE = "done"  #: every row it held is stored (or back in the queue); nothing more to do
+
+    @property
+    def open(self) -> bool:
+        return self is not PartState.DONE
+
+
 class Dispatch(StrEnum):
     LOCAL = "local"  #: executed by the `pipeline run` process that stored it
     BROKER = "broker"  #: sent to workers through the broker (`pipeline submit`)
@@ -93,6 +113,8 @@ class Batch(Base):
     dispatch: Mapped[Dispatch] = mapped_column(_states(Dispatch), default=Dispatch.LOCAL)
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: how its requests are sent (`--via`); the Batch API's own options are in `options`
+    via: Mapped[Via] = mapped_column(_states(Via), default=Via.DIRECT, server_default=Via.DIRECT.value)
 
 
 class Request(Base):
@@ -124,6 +146,9 @@ class Request(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: the audio file of a transcription or translation, stored at intake; None for other endpoints
     blob_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blobs.sha256"))
+    #: `direct` for a row of a batch-api batch that is sent directly (audio under --audio-direct, a line
+    #: that expired under --on-expire direct); None: sent the batch's way
+    via: Mapped[Via | None] = mapped_column(_states(Via))
 
 
 class Worker(Base):
@@ -174,6 +199,49 @@ class Attempt(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)  #: counted for failed attempts too
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: `batch-api` when the Batch API answered it (billed at the Batch API's price); None: sent directly
+    via: Mapped[Via | None] = mapped_column(_states(Via))
+
+
+class Part(Base):
+    """A slice of a batch handed to the OpenAI Batch API: one endpoint, one model, one input file.
+
+    It holds its rows (status running, worker `part:<id>`) under one fence, `fence`, from the claim that
+    made it; every outcome is written only while a row still carries it. `holder` is the engine advancing
+    it now (a registered worker, freed when that engine is buried). What is recorded before and after each
+    remote step (state, input_file_id, tries, remote_batch_id) is what keeps a crash from uploading or
+    creating it twice.
+    """
+
+    __tablename__ = "parts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))  #: the rows' url, e.g. /v1/chat/completions
+    model: Mapped[str] = mapped_column(String(128))
+    state: Mapped[PartState] = mapped_column(_states(PartState), default=PartState.PLANNED)
+    fence: Mapped[int] = mapped_column(Integer)  #: the fence its claim gave every row it holds
+    lines: Mapped[int] = mapped_column(Integer)  #: rows it was planned with, in id order in its file
+    bytes: Mapped[int | None] = mapped_column(Integer)  #: size of its input file, once written
+    #: remote batches created for it so far (one a rejected part is tried again with, after a while)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    holder: Mapped[str | None] = mapped_column(String(128))  #: the engine advancing it now, if any
+    polls: Mapped[int] = mapped_column(Integer, default=0)  #: polls since its remote status last changed
+    input_file_id: Mapped[str | None] = mapped_column(String(128))
+    remote_batch_id: Mapped[str | None] = mapped_column(String(128))
+    #: the remote batch's status: validating, in_progress, finalizing, completed, failed, expired, ...
+    remote_status: Mapped[str | None] = mapped_column(String(32))
+    request_total: Mapped[int | None] = mapped_column(Integer)  #: the remote batch's request_counts
+    request_completed: Mapped[int | None] = mapped_column(Integer)
+    request_failed: Mapped[int | None] = mapped_column(Integer)
+    output_file_id: Mapped[str | None] = mapped_column(String(128))
+    error_file_id: Mapped[str | None] = mapped_column(String(128))
+    #: why the API rejected it: its `errors.data` ({code, message, line}), or a refused create
+    errors: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
+    #: not before (the database's clock): its next poll, or the next try of a part the API turned away
+    next_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Result(Base):

@@ -20,9 +20,9 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 
-from pipeline.store.claims import requeue_rows_of
+from pipeline.store.claims import requeue_rows_of, sent_directly
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Worker
+from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Via, Worker
 from pipeline.store.sql import db_clock, parts
 
 log = logging.getLogger(__name__)
@@ -101,23 +101,23 @@ def process_alive(pid: int) -> bool:
         return True  # no /proc (macOS): signal 0 said it exists
 
 
-def queued_ids(db: Database, batch_id: str, page: int = 10_000) -> Iterator[int]:
-    """Every queued row of the batch, in id order, paged so memory stays flat."""
+def queued_ids(
+    db: Database, batch_id: str, page: int = 10_000, *, direct_only: bool = False
+) -> Iterator[int]:
+    """Every queued row of the batch (only those marked direct, if asked), in id order, paged so memory
+    stays flat."""
     after = 0
     while True:
+        stmt = (
+            select(Request.id)
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED, Request.id > after)
+            .order_by(Request.id)
+            .limit(page)
+        )
+        if direct_only:
+            stmt = stmt.where(Request.via == Via.DIRECT)
         with db.read() as s:
-            ids = list(
-                s.scalars(
-                    select(Request.id)
-                    .where(
-                        Request.batch_id == batch_id,
-                        Request.status == RequestStatus.QUEUED,
-                        Request.id > after,
-                    )
-                    .order_by(Request.id)
-                    .limit(page)
-                )
-            )
+            ids = list(s.scalars(stmt))
         yield from ids
         if len(ids) < page:
             return
@@ -170,6 +170,7 @@ def take_unsent(db: Database, older_than: float) -> list[tuple[str, int]]:
                 Request.status == RequestStatus.QUEUED,
                 or_(Request.enqueued_at.is_(None), Request.enqueued_at < now - timedelta(seconds=older_than)),
                 Request.batch_id.in_(active_broker),
+                sent_directly(),  # the rest of a batch-api batch waits for its parts, never for a message
             )
             .values(enqueued_at=now)
             .returning(Request.batch_id, Request.id)
