@@ -15,7 +15,7 @@ Ownership is checked, never assumed:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,8 +24,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorType, PipelineError
+from pipeline.store import usage
 from pipeline.store.db import Database
 from pipeline.store.models import (
+    CANCELLED_STATES,
     Attempt,
     Batch,
     BatchState,
@@ -35,7 +37,16 @@ from pipeline.store.models import (
     Worker,
     utcnow,
 )
-from pipeline.store.sql import columns, db_time_for, executemany, fitter, insert_sql, parts, upsert_sql
+from pipeline.store.sql import (
+    columns,
+    db_clock,
+    db_time_for,
+    executemany,
+    fitter,
+    insert_sql,
+    parts,
+    upsert_sql,
+)
 
 
 class WorkerGone(PipelineError):
@@ -73,6 +84,8 @@ class AttemptRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None
+    audio_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +99,9 @@ class Outcome:
     result: dict[str, Any] | None = None  #: Result columns, without request_id
     error_type: str | None = None
     error_message: str | None = None
+    #: the row's batch and the model its body names: whose usage counters the attempts add to
+    batch_id: str = ""
+    model: str = ""
 
 
 #: The attempts columns an AttemptRecord fills (with request_id).
@@ -125,7 +141,14 @@ def retire(db: Database, worker: str) -> int:
     with db.write() as s:
         released = requeue_rows_of(s, worker)
         s.execute(delete(Worker).where(Worker.id == worker))
+    settle_states(db, {batch_id for batch_id, _ in released})
     return len(released)
+
+
+def save_flights(db: Database, worker: str, flights: dict[str, list[float]]) -> None:
+    """What the engine has on the wire now, per batch: [requests, USD reserved for them]."""
+    with db.write() as s:
+        s.execute(update(Worker).where(Worker.id == worker).values(flights=flights or None))
 
 
 def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
@@ -140,7 +163,7 @@ def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
         )
     ]
     if rows:  # a cancelled batch keeps no queued rows
-        cancelled = select(Batch.id).where(Batch.state == BatchState.CANCELLED)
+        cancelled = select(Batch.id).where(Batch.state.in_(CANCELLED_STATES))
         s.execute(
             update(Request)
             .where(Request.status == RequestStatus.QUEUED, Request.batch_id.in_(cancelled))
@@ -158,13 +181,13 @@ def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
 
 
 def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
-    """Take the queued rows among `ids` of active batches for `worker`; the others are skipped.
+    """Take the queued rows among `ids` of batches in progress for `worker`; the others are skipped.
 
     Raises WorkerGone when the worker's row is gone. On PostgreSQL the worker row is held FOR SHARE for
     the claim, so the watcher that buries a worker (FOR UPDATE of that row) runs wholly before or after it.
     """
     claimed: list[Claimed] = []
-    active = select(Batch.id).where(Batch.state == BatchState.ACTIVE)
+    active = select(Batch.id).where(Batch.state == BatchState.IN_PROGRESS)
     for part in parts(ids):
         stmt = (
             update(Request)
@@ -218,7 +241,51 @@ def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
         held = _held_fences(s, [o.request_id for o in outcomes])
         kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
         _write(s, kept, db.is_sqlite)
+        usage.add_usage(s, db.is_sqlite, _usage_of(kept))
+    finished = {o.batch_id for o in kept if o.status.final and o.batch_id}
+    if finished:
+        settle_states(db, finished)
     return [o for o in outcomes if held.get(o.request_id) != o.fence]
+
+
+def _usage_of(outcomes: Sequence[Outcome]) -> list[tuple[str, usage.Usage]]:
+    """The counters the outcomes' attempts add, per (batch, model, tier)."""
+    counters: dict[tuple[str, str, str], usage.Usage] = {}
+    for o in outcomes:
+        for a in o.attempts:
+            # The Batch API's attempts are priced apart: this is where their tier (attempt.via) goes.
+            tier = usage.DIRECT
+            key = (o.batch_id, o.model, tier)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = usage.Usage(o.model, tier)
+            tokens = (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.total_tokens)
+            counter.add_attempt(a.started_at, a.http_status, tokens, a.audio_seconds)
+    return [(batch_id, counter) for (batch_id, _, _), counter in counters.items()]
+
+
+#: Batches whose every row is final move on: in progress -> completed, cancelling -> cancelled.
+_SETTLE = (
+    "UPDATE batches SET state = CASE state WHEN 'cancelling' THEN 'cancelled' ELSE 'completed' END,"
+    " finished_at = :now WHERE id = :batch_id AND state IN ('in_progress', 'cancelling')"
+    " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = batches.id"
+    " AND r.status IN ('queued', 'running'))"
+)
+
+
+def settle_states(db: Database, batch_ids: Iterable[str]) -> None:
+    """Mark the batches whose every row is final completed (or cancelled), with `finished_at`.
+
+    Its own transaction, after the writes that finished rows committed: of two engines storing a batch's
+    last rows at once, the one that commits last sees every row final. Never racing the writes, it needs
+    no lock. One indexed probe per batch.
+    """
+    rows = [{"batch_id": b, "now": None} for b in sorted(set(batch_ids))]
+    if not rows:
+        return
+    with db.write() as s:
+        now = db_time_for(db.is_sqlite, db_clock(s))
+        executemany(s, _SETTLE, [{**row, "now": now} for row in rows])
 
 
 def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:
@@ -286,4 +353,7 @@ def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
         }
     )
     with db.write() as s:
-        return executemany(s, _FINISH_REQUEST, [row]) != 0
+        stored = executemany(s, _FINISH_REQUEST, [row]) != 0
+    if stored and outcome.batch_id:
+        settle_states(db, [outcome.batch_id])
+    return stored
