@@ -13,11 +13,14 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from pipeline.errors import ConfigError
 from pipeline.fleet.broker import check_broker, make_celery, publish_chunks
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
+from pipeline.send.metrics import Metrics
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
+from pipeline.spend import make_budget
 from pipeline.store import recovery
 from pipeline.store.db import Database
 
@@ -38,12 +41,38 @@ def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue:
 def run_here(
     settings: Settings, db: Database, batch_id: str, on_start: Callable[[Engine], None] | None = None
 ) -> EngineStats:
-    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first."""
+    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first.
+
+    The rate limit and the spend cap are this process's own unless PIPELINE_REDIS_URL shares them; with
+    `settings.metrics_port` the engine's metrics are served while it runs.
+    """
     settings.require_api_key()
+    metrics = serve_metrics(settings)
 
     async def run() -> EngineStats:
         limiter = make_limiter(settings, settings.redis_url)
-        return await run_batch(settings, db, batch_id, limiter, on_start=on_start)
+        budget = make_budget(settings.redis_url)
+        return await run_batch(
+            settings, db, batch_id, limiter, budget=budget, metrics=metrics, on_start=on_start
+        )
 
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(run())
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(run())
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def serve_metrics(settings: Settings) -> Metrics | None:
+    """The engine's Prometheus metrics, served on `settings.metrics_port`; None when no port is set."""
+    if settings.metrics_port is None:
+        return None
+    metrics = Metrics()
+    try:
+        metrics.serve(settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}"
+        ) from None
+    return metrics

@@ -88,6 +88,12 @@ class Settings:
     limits_file: Path | None = None
     #: a job-file line longer than this is refused (8 MiB: above any model's context as text)
     max_line_bytes: int = 8 * 1024 * 1024
+    #: a prices file whose models replace or add to the shipped price table (pipeline/prices.json)
+    prices_file: Path | None = None
+    #: seconds between two progress lines when stderr is not a terminal (a log file)
+    progress_seconds: float = 10.0
+    #: serve Prometheus metrics on this port (worker, run); None: not served
+    metrics_port: int | None = None
 
     @property
     def db_url(self) -> str:
@@ -146,6 +152,9 @@ ENV_FIELDS = {
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
     "PIPELINE_MAX_LINE_BYTES": "max_line_bytes",
+    "PIPELINE_PRICES_FILE": "prices_file",
+    "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
+    "PIPELINE_METRICS_PORT": "metrics_port",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.
