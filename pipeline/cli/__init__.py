@@ -89,6 +89,14 @@ def _register(*modules: Any) -> None:
             cli.add_command(command)
 
 
-from pipeline.cli import batch_cmds, db_cmds, fake_cmds, fleet_cmds, run_cmds  # noqa: E402
+from pipeline.cli import (  # noqa: E402
+    batch_cmds,
+    db_cmds,
+    estimate_cmds,
+    fake_cmds,
+    fleet_cmds,
+    run_cmds,
+    status_cmds,
+)
 
-_register(run_cmds, fleet_cmds, batch_cmds, db_cmds, fake_cmds)
+_register(run_cmds, estimate_cmds, fleet_cmds, status_cmds, batch_cmds, db_cmds, fake_cmds)

@@ -8,6 +8,7 @@ that same transaction (`store.blobs`), so workers on other machines can send the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,10 @@ from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.blobs import BlobWriter, UnreadableAudio
+from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, RequestStatus, utcnow
+from pipeline.store.reuse import request_key, reuse_answers
 from pipeline.store.sql import db_time_for
 
 #: Rows per INSERT statement.
@@ -34,6 +37,8 @@ class Intake:
     batch_id: str
     total: int
     invalid: int
+    #: requests answered from identical stored answers (--reuse): never sent
+    reused: int = 0
 
 
 def store_job_file(
@@ -44,8 +49,15 @@ def store_job_file(
     endpoint: str | None = None,
     skip_invalid: bool = False,
     force: bool = False,
+    reuse: bool = False,
+    max_cost_usd: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Intake:
-    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch."""
+    """Validate and store the job file as a new batch. Raises JobFileError or DuplicateBatch.
+
+    With `reuse`, requests identical to answered ones are answered from the store (store/reuse.py).
+    `on_progress(lines read)` is called after every INSERT_CHUNK lines stored.
+    """
     reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
     batch_id = new_batch_id()
     shown: list[LineError] = []
@@ -58,11 +70,12 @@ def store_job_file(
                 id=batch_id,
                 source=str(path),
                 content_hash="",
-                state=BatchState.ACTIVE,
+                state=BatchState.IN_PROGRESS,
                 base_url=settings.base_url,
                 organization=settings.organization,
                 key_fingerprint=settings.key_fingerprint(),
-                options={"endpoint": endpoint, "max_attempts": settings.max_attempts},
+                options={"endpoint": endpoint, "max_attempts": settings.max_attempts, "reuse": reuse},
+                max_cost_usd=max_cost_usd,
             ),
         )
         pending: list[dict[str, Any]] = []
@@ -85,17 +98,24 @@ def store_job_file(
             else:
                 good += 1
                 custom_id = item.custom_id
-            pending.append(_row(batch_id, item, custom_id, blob, now))
+            pending.append(_row(batch_id, item, custom_id, blob, now, settings))
             if len(pending) >= INSERT_CHUNK:
                 batches.insert_requests(s, pending)
                 pending.clear()
+                if on_progress is not None:
+                    on_progress(reader.lines_read)
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
         batches.insert_requests(s, pending)
         existing = batches.seal_batch(s, batch_id, reader.content_hash, good + bad, unique=not force)
         if existing is not None:
             raise DuplicateBatch(existing)
-    return Intake(batch_id, good + bad, bad)
+        reused = reuse_answers(s, batch_id, now) if reuse else 0
+        if reused:
+            batches.set_reused(s, batch_id, reused)
+    if reused:
+        settle_states(db, [batch_id])  # every line may have been answered already
+    return Intake(batch_id, good + bad, bad, reused)
 
 
 def _store_audio(
@@ -114,7 +134,7 @@ def _store_audio(
 
 
 def _row(
-    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any
+    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any, settings: Settings
 ) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
@@ -130,7 +150,10 @@ def _row(
             "finished_at": now,
             "created_at": now,
             "blob_sha256": None,
+            "request_key": None,
+            "reused_from": None,
         }
+    key = request_key(item.url, item.body, settings.base_url, settings.organization, blob)
     return {
         "batch_id": batch_id,
         "line": item.line,
@@ -144,4 +167,6 @@ def _row(
         "finished_at": None,
         "created_at": now,
         "blob_sha256": blob,
+        "request_key": key,
+        "reused_from": None,
     }
