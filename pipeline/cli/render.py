@@ -103,23 +103,26 @@ def _limit(value: int | None, source: str | None) -> str:
 
 
 def print_batches(rows: list[tuple[Any, dict[str, int]]]) -> None:
-    """The batches table; ids are never cut (the source column gives way on a narrow terminal)."""
-    table = Table(show_header=True, header_style="bold")
-    table.add_column("batch", no_wrap=True, min_width=max((len(b.id) for b, _ in rows), default=5))
-    table.add_column("created", no_wrap=True)
-    table.add_column("finished", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    for name in COUNT_COLUMNS:
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("source", overflow="fold")
+    """The batches table as plain aligned columns: nothing is ever cut (a wide table wraps instead)."""
+    header = ("batch", "created", "state", *COUNT_COLUMNS, "finished", "source")
+    lines: list[tuple[str, ...]] = [header]
     for batch, counts in rows:
         row = batch_row(batch, counts)
-        table.add_row(
-            batch.id,
-            batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            batch.finished_at.strftime("%Y-%m-%d %H:%M:%S") if batch.finished_at else "",
-            row["state"],
-            *(f"{counts[n]:,}" for n in COUNT_COLUMNS),
-            batch.source,
+        lines.append(
+            (
+                batch.id,
+                batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                row["state"],
+                *(f"{counts[n]:,}" for n in COUNT_COLUMNS),
+                batch.finished_at.strftime("%Y-%m-%d %H:%M:%S") if batch.finished_at else "-",
+                batch.source,
+            )
         )
-    Console(highlight=False).print(table)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {header.index(n) for n in COUNT_COLUMNS}
+    for line in lines:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        click.echo("  ".join(cells).rstrip())
