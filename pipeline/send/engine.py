@@ -1,13 +1,13 @@
 """The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
 
 The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
-take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs and the row
-is still ours (ownership.py) -> HTTP (transport.py) -> classify and parse (responses.py) ->
-limiter.settle -> record the attempt. Every acquire is settled on every path, exceptions included.
-tenacity owns retries (RetryableError only, `backoff_delay` waits). Outcomes go to the writer
-(writer.py), which stores them promptly in batched, fenced transactions; the watcher (watch.py) notices
-batches paused or cancelled by others. The caller chooses the limiter (`pipeline.ratelimit.make_limiter`).
-"""
+take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs, its spend
+cap covers the attempt (accounting.py) and the row is still ours (ownership.py) -> HTTP (transport.py) ->
+classify and parse (responses.py) -> limiter.settle and accounting.settle -> record the attempt. Every
+acquire and reservation is settled on every path, exceptions included. tenacity owns retries
+(RetryableError only, `backoff_delay` waits). Outcomes go to the writer (writer.py), which stores them
+promptly in batched, fenced transactions; the watcher (watch.py) notices batches paused, cancelled or
+re-capped by others. The caller chooses the limiter and the spend budget (`make_limiter`, `make_budget`)."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ class Engine:
             outcome = await self._execute(job)
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
             log.exception("unexpected error on request %s", job.row.id)
-            outcome = _outcome(job, RequestStatus.QUEUED, [], ErrorType.INTERNAL, repr(exc))
+            outcome = job.outcome(RequestStatus.QUEUED, [], ErrorType.INTERNAL, repr(exc))
         if outcome is None:  # not ours any more: nothing of it is written
             self._stored([], [])
             self._drop(job.row)
@@ -268,17 +268,17 @@ class Engine:
         except _Stop as stop:
             if stop.status is None:
                 return None
-            return _outcome(job, stop.status, records, stop.reason, stop.reason)
+            return job.outcome(stop.status, records, stop.reason, stop.reason)
         except BatchBlocked as exc:  # nothing of the batch can succeed until someone acts
             await self._pause(row.batch_id, exc.message)
-            return _outcome(job, RequestStatus.QUEUED, records)
+            return job.outcome(RequestStatus.QUEUED, records)
         except APIError as exc:
             result = result_row(exc.status, exc.request_id, None, exc.body, None) if exc.body else None
-            return _outcome(job, RequestStatus.FAILED, records, exc.error_type, exc.message, result)
+            return job.outcome(RequestStatus.FAILED, records, exc.error_type, exc.message, result)
         result = result_row(answer.status, None, answer.headers, answer.raw, answer.parsed)
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
         self._estimates.learn(job.key.model, result)
-        return _outcome(job, RequestStatus.SUCCEEDED, records, result=result)
+        return job.outcome(RequestStatus.SUCCEEDED, records, result=result)
 
     async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
@@ -391,28 +391,6 @@ class Engine:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
             await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
-
-
-def _outcome(
-    job: Job,
-    status: RequestStatus,
-    records: list[AttemptRecord],
-    error_type: str | None = None,
-    error_message: str | None = None,
-    result: dict[str, object] | None = None,
-) -> Outcome:
-    row = job.row
-    return Outcome(
-        row.id,
-        row.fence,
-        status,
-        records,
-        result,
-        error_type,
-        error_message,
-        batch_id=row.batch_id,
-        model=job.key.model,
-    )
 
 
 def _wait_after_first(state: RetryCallState) -> float:

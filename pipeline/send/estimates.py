@@ -18,7 +18,8 @@ from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.responses import Parsed, Usage, usage_of
 from pipeline.send.tokens import completion_budget, completion_reserve, prompt_counts
 from pipeline.settings import Settings
-from pipeline.store.claims import Claimed
+from pipeline.store.claims import AttemptRecord, Claimed, Outcome
+from pipeline.store.models import RequestStatus
 
 #: Weight of a new answer in the moving average of completion lengths.
 LEARNING_RATE = 0.05
@@ -38,6 +39,29 @@ class Job:
     completion_cap: int | None
     #: the audio `response_format` (None: JSON)
     response_format: str | None
+
+    def outcome(
+        self,
+        status: RequestStatus,
+        records: list[AttemptRecord],
+        error_type: str | None = None,
+        error_message: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """What became of the job, for the writer: the row's attempts, answer and status, and whose usage
+        counters (batch, model) the attempts add to."""
+        row = self.row
+        return Outcome(
+            row.id,
+            row.fence,
+            status,
+            records,
+            result,
+            error_type,
+            error_message,
+            batch_id=row.batch_id,
+            model=self.key.model,
+        )
 
 
 class Estimator:
