@@ -61,8 +61,9 @@ def cli(debug: bool) -> None:
 
     \b
     Quick start (no servers):
+      pipeline estimate jobs/chat.jsonl       # requests, tokens, cost and time before sending anything
       pipeline run jobs/chat.jsonl            # validate, store, send, store answers; prints the batch id
-      pipeline status                         # counts, tokens, errors of the latest batch
+      pipeline status                         # state, counts, cost, tokens, failures of the latest batch
       pipeline export --format csv -o out.csv
     """
 
