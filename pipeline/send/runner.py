@@ -57,6 +57,10 @@ async def run_batch(
             engine.stats.stopped_by = caught.signal
         else:
             await _feed(settings, db, batch_id, engine)
+    try:  # the writer settles the state after each write; if the last one could not, this does
+        await asyncio.to_thread(claims.settle_states, db, [batch_id])
+    except Exception as exc:
+        log.warning("could not settle the state of batch %s (%r)", batch_id, exc)
     return engine.stats
 
 

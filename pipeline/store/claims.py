@@ -15,6 +15,7 @@ Ownership is checked, never assumed:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,8 @@ from pipeline.store.sql import (
     parts,
     upsert_sql,
 )
+
+log = logging.getLogger(__name__)
 
 
 class WorkerGone(PipelineError):
@@ -242,9 +245,12 @@ def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
         kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
         _write(s, kept, db.is_sqlite)
         usage.add_usage(s, db.is_sqlite, _usage_of(kept))
-    finished = {o.batch_id for o in kept if o.status.final and o.batch_id}
-    if finished:
-        settle_states(db, finished)
+    touched = {o.batch_id for o in kept if o.batch_id}
+    if touched:
+        try:
+            settle_states(db, touched)
+        except Exception as exc:  # stored all the same; the next write or recovery pass settles them
+            log.warning("could not settle the state of batches %s (%r)", sorted(touched), exc)
     return [o for o in outcomes if held.get(o.request_id) != o.fence]
 
 
@@ -264,6 +270,12 @@ def _usage_of(outcomes: Sequence[Outcome]) -> list[tuple[str, usage.Usage]]:
     return [(batch_id, counter) for (batch_id, _, _), counter in counters.items()]
 
 
+#: A cancelled batch keeps no queued rows (an engine may release rows before it sees the cancel).
+_CANCEL_LEFT = (
+    "UPDATE requests SET status = 'cancelled', error_type = 'cancelled', error_message = 'cancelled',"
+    " finished_at = :now WHERE batch_id = :batch_id AND status = 'queued' AND EXISTS (SELECT 1 FROM batches b"
+    " WHERE b.id = :batch_id AND b.state IN ('cancelling', 'cancelled'))"
+)
 #: Batches whose every row is final move on: in progress -> completed, cancelling -> cancelled.
 _SETTLE = (
     "UPDATE batches SET state = CASE state WHEN 'cancelling' THEN 'cancelled' ELSE 'completed' END,"
@@ -273,19 +285,35 @@ _SETTLE = (
 )
 
 
+def settle_open(db: Database) -> None:
+    """`settle_states` for every batch in progress or cancelling: the recovery passes' safety net."""
+    with db.read() as s:
+        ids = list(s.scalars(select(Batch.id).where(Batch.state.in_(SETTLING_STATES))))
+    settle_states(db, ids)
+
+
+#: States a batch leaves by itself once every row is final.
+SETTLING_STATES = (BatchState.IN_PROGRESS, BatchState.CANCELLING)
+
+
 def settle_states(db: Database, batch_ids: Iterable[str]) -> None:
-    """Mark the batches whose every row is final completed (or cancelled), with `finished_at`.
+    """Mark the batches whose every row is final completed (or cancelled), with `finished_at`; first, a
+    cancelled batch's queued rows are cancelled.
 
     Its own transaction, after the writes that finished rows committed: of two engines storing a batch's
     last rows at once, the one that commits last sees every row final. Never racing the writes, it needs
-    no lock. One indexed probe per batch.
+    no lock. A few indexed probes per batch.
     """
-    rows = [{"batch_id": b, "now": None} for b in sorted(set(batch_ids))]
-    if not rows:
+    ids = sorted(set(batch_ids))
+    if not ids:
         return
     with db.write() as s:
+        # Batch rows first, as cancel_batch takes them: two transactions never wait on each other crosswise.
+        s.execute(select(Batch.id).where(Batch.id.in_(ids)).order_by(Batch.id).with_for_update())
         now = db_time_for(db.is_sqlite, db_clock(s))
-        executemany(s, _SETTLE, [{**row, "now": now} for row in rows])
+        rows = [{"batch_id": b, "now": now} for b in ids]
+        executemany(s, _CANCEL_LEFT, rows)
+        executemany(s, _SETTLE, rows)
 
 
 def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:

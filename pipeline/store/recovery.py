@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 
-from pipeline.store.claims import requeue_rows_of, settle_states
+from pipeline.store.claims import requeue_rows_of, settle_open, settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Worker
 from pipeline.store.sql import db_clock, parts
@@ -49,6 +49,7 @@ class Reaper:
             self._seen.clear()
             raise
         self._seen = {w: v for w, v in self._seen.items() if any(w == row[0] for row in workers)}
+        settle_open(self.db)  # a batch whose last write could not settle its state is settled here
         freed: list[tuple[str, int]] = []
         for worker, host, pid, beat in workers:
             if worker in spare:
