@@ -134,3 +134,15 @@ def test_0007_splits_active_batches_and_counts_their_usage(database_url: str) ->
         ("done", "gpt-4o-mini", 1, 1, 0, 10),
         ("done", "unknown", 2, 0, 1, 0),
     ]
+
+
+def test_the_highest_numbered_revision_file_is_alembics_head() -> None:
+    """`ensure_schema` finds the head without Alembic: each revision is named after its file's number."""
+    from alembic.script import ScriptDirectory
+
+    from pipeline.store.db import alembic_config, head_revision
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert head_revision() == script.get_current_head()
+    for revision in script.walk_revisions():
+        assert Path(revision.path).name.startswith(f"{revision.revision}_")

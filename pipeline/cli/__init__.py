@@ -6,6 +6,7 @@ EXIT_* constants of exits.py. Never a traceback unless `pipeline --debug` asks f
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
@@ -18,8 +19,39 @@ from pipeline.errors import JobFileError, PipelineError
 __all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 
 
+#: Every command and the module that defines it: a command's module (and what it imports: the engine,
+#: aiohttp, Celery...) is imported only when that command runs, so `pipeline status` starts fast.
+COMMAND_MODULES = {
+    "run": "run_cmds",
+    "estimate": "estimate_cmds",
+    "submit": "fleet_cmds",
+    "worker": "fleet_cmds",
+    "status": "status_cmds",
+    "batches": "status_cmds",
+    "errors": "status_cmds",
+    "export": "batch_cmds",
+    "cancel": "batch_cmds",
+    "retry": "batch_cmds",
+    "resume": "batch_cmds",
+    "db": "db_cmds",
+    "fake-api": "fake_cmds",
+    "demo": "fake_cmds",
+}
+
+
 class _Group(click.Group):
-    """Turns every error of every command into a message and an exit code (see failures.py)."""
+    """Turns every error of every command into a message and an exit code (see failures.py), and loads
+    each command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands: list[click.Command] = importlib.import_module(f"pipeline.cli.{module}").COMMANDS
+        return next(c for c in commands if c.name == cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -82,22 +114,3 @@ def report_invalid(exc: JobFileError) -> None:
         "(fix them, or pass --skip-invalid to run the valid lines and record these as failed)",
         err=True,
     )
-
-
-def _register(*modules: Any) -> None:
-    for module in modules:
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-from pipeline.cli import (  # noqa: E402
-    batch_cmds,
-    db_cmds,
-    estimate_cmds,
-    fake_cmds,
-    fleet_cmds,
-    run_cmds,
-    status_cmds,
-)
-
-_register(run_cmds, estimate_cmds, fleet_cmds, status_cmds, batch_cmds, db_cmds, fake_cmds)
