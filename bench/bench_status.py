@@ -29,7 +29,7 @@ from bench_export import build  # noqa: E402
 
 from pipeline.prices import shipped  # noqa: E402
 from pipeline.report import batch_report  # noqa: E402
-from pipeline.store import batches  # noqa: E402
+from pipeline.store import batches, usage  # noqa: E402
 from pipeline.store.db import Database  # noqa: E402
 from pipeline.store.models import Batch  # noqa: E402
 
@@ -77,6 +77,7 @@ def main() -> None:
         with db.write() as s:
             s.execute(text(COUNTERS), {"b": batch_id})
             s.execute(text(TOKENS), {"b": batch_id})
+            usage.rebuild_failures(s, batch_id)
     if args.vacuum and not db.is_sqlite:
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))

@@ -126,7 +126,11 @@ def test_0007_splits_active_batches_and_counts_their_usage(database_url: str) ->
                 " ORDER BY batch_id, model"
             )
         ).all()
+        failures = conn.execute(
+            text("SELECT batch_id, error_type, http_status, count FROM batch_failures")
+        ).all()
     db.engine.dispose()
+    assert [tuple(f) for f in failures] == [("done", "unknown", 0, 1)]
     assert states == {"done": "completed", "open": "in_progress", "stop": "cancelling", "gone": "cancelled"}
     assert str(finished["done"]).startswith("2026-01-02 11:00:00") and finished["open"] is None
     assert str(finished["gone"]).startswith("2026-01-03 09:00:00")

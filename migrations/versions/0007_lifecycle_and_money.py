@@ -1,6 +1,6 @@
 """Lifecycle and money: batch states in_progress/cancelling/completed with finished_at, a spend cap,
-per-batch usage counters (status never scans attempts), cached tokens and audio seconds per attempt,
-request keys for --reuse, and what each engine has in flight
+per-batch usage and failure counters (status never scans attempts or failed rows), cached tokens and
+audio seconds per attempt, request keys for --reuse, and what each engine has in flight
 
 Revision ID: 0007
 Revises: 0006
@@ -79,6 +79,28 @@ def upgrade() -> None:
         " LEFT JOIN results res ON res.request_id = r.id"
         " GROUP BY r.batch_id, coalesce(res.model, 'unknown')"
     )
+
+    op.create_table(
+        "batch_failures",
+        sa.Column(
+            "batch_id", sa.String(32), sa.ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+        ),
+        sa.Column("error_type", sa.String(64), primary_key=True),
+        sa.Column("http_status", sa.Integer(), primary_key=True),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("sample", sa.Text(), nullable=True),
+    )
+    op.execute(REBUILD_FAILURES)
+
+
+#: The failure counters of batches, from their failed rows (as store/usage.py rebuilds them).
+REBUILD_FAILURES = (
+    "INSERT INTO batch_failures (batch_id, error_type, http_status, count, sample)"
+    " SELECT r.batch_id, coalesce(r.error_type, 'unknown'), coalesce(res.http_status, 0), count(*),"
+    " max(r.error_message) FROM requests r LEFT JOIN results res ON res.request_id = r.id"
+    " WHERE r.status = 'failed' GROUP BY r.batch_id, coalesce(r.error_type, 'unknown'),"
+    " coalesce(res.http_status, 0)"
+)
 
 
 def downgrade() -> None:

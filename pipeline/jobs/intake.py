@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.orm import Session
 
 from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
@@ -25,6 +26,7 @@ from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, RequestStatus, utcnow
 from pipeline.store.reuse import request_key, reuse_answers
 from pipeline.store.sql import db_time_for
+from pipeline.store.usage import add_failures
 
 #: Rows per INSERT statement.
 INSERT_CHUNK = 5000
@@ -107,15 +109,35 @@ def store_job_file(
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
         batches.insert_requests(s, pending)
-        existing = batches.seal_batch(s, batch_id, reader.content_hash, good + bad, unique=not force)
-        if existing is not None:
-            raise DuplicateBatch(existing)
-        reused = reuse_answers(s, batch_id, now) if reuse else 0
-        if reused:
-            batches.set_reused(s, batch_id, reused)
+        reused = _seal(s, batch_id, reader.content_hash, good, bad, shown, force=force, reuse=reuse, now=now)
     if reused:
         settle_states(db, [batch_id])  # every line may have been answered already
     return Intake(batch_id, good + bad, bad, reused)
+
+
+def _seal(
+    s: Session,
+    batch_id: str,
+    content_hash: str,
+    good: int,
+    bad: int,
+    shown: list[LineError],
+    *,
+    force: bool,
+    reuse: bool,
+    now: Any,
+) -> int:
+    """End intake's transaction: the content key (DuplicateBatch if stored before), the invalid lines
+    counted as failures, and with `reuse` the answers reused (how many)."""
+    existing = batches.seal_batch(s, batch_id, content_hash, good + bad, unique=not force)
+    if existing is not None:
+        raise DuplicateBatch(existing)
+    if bad:
+        add_failures(s, ((batch_id, ErrorType.INVALID_LINE.value, None, str(shown[0])) for _ in range(bad)))
+    reused = reuse_answers(s, batch_id, now) if reuse else 0
+    if reused:
+        batches.set_reused(s, batch_id, reused)
+    return reused
 
 
 def _store_audio(

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
+from pipeline.store import usage
 from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Request, RequestStatus, Result, Worker, utcnow
@@ -140,18 +141,12 @@ class FailureGroup:
 
 
 def failure_groups(db: Database, batch_id: str, limit: int = 10) -> list[FailureGroup]:
-    """The batch's failed requests grouped by error type and HTTP status, most common first."""
-    with db.read() as s:
-        rows = s.execute(
-            select(Request.error_type, Result.http_status, func.count(), func.max(Request.error_message))
-            .select_from(Request)
-            .outerjoin(Result, Result.request_id == Request.id)
-            .where(Request.batch_id == batch_id, Request.status == RequestStatus.FAILED)
-            .group_by(Request.error_type, Result.http_status)
-            .order_by(func.count().desc())
-            .limit(limit)
-        ).all()
-    return [FailureGroup(etype or "unknown", status, n, sample) for etype, status, n, sample in rows]
+    """The batch's failed requests grouped by error type and HTTP status, most common first (from the
+    failure counters: a few rows however many failed)."""
+    return [
+        FailureGroup(f.error_type, f.http_status or None, f.count, f.sample)
+        for f in usage.failures_of(db, batch_id, limit)
+    ]
 
 
 def failed_rows(db: Database, batch_id: str) -> Iterator[tuple[str, str | None, int | None, str | None, int]]:
@@ -297,5 +292,7 @@ def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]
             )
             .values(status=RequestStatus.QUEUED, error_type=None, error_message=None, finished_at=None)
         )
+        if RequestStatus.FAILED in wanted:
+            usage.rebuild_failures(s, batch_id)
     settle_states(db, [batch_id])
     return int(getattr(done, "rowcount", 0) or 0)

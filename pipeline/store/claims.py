@@ -245,6 +245,14 @@ def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
         kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
         _write(s, kept, db.is_sqlite)
         usage.add_usage(s, db.is_sqlite, _usage_of(kept))
+        usage.add_failures(
+            s,
+            [
+                (o.batch_id, o.error_type, (o.result or {}).get("http_status"), o.error_message)
+                for o in kept
+                if o.status == RequestStatus.FAILED and o.batch_id
+            ],
+        )
     touched = {o.batch_id for o in kept if o.batch_id}
     if touched:
         try:
@@ -382,6 +390,8 @@ def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
     )
     with db.write() as s:
         stored = executemany(s, _FINISH_REQUEST, [row]) != 0
+        if stored and outcome.batch_id:
+            usage.add_failures(s, [(outcome.batch_id, ErrorType.UNSTORABLE.value, None, reason)])
     if stored and outcome.batch_id:
         settle_states(db, [outcome.batch_id])
     return stored

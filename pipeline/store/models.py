@@ -263,3 +263,16 @@ class BatchUsage(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class BatchFailure(Base):
+    """Failed requests of a batch per error type and final HTTP status, kept as they fail (`status` reads
+    these instead of every failed row); rebuilt from the rows when `retry` sends failed ones again."""
+
+    __tablename__ = "batch_failures"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    error_type: Mapped[str] = mapped_column(String(64), primary_key=True)  #: "unknown" when none
+    http_status: Mapped[int] = mapped_column(Integer, primary_key=True)  #: 0: no answer (timeout...)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    sample: Mapped[str | None] = mapped_column(Text)  #: one of their error messages

@@ -1,8 +1,11 @@
-"""Per-batch usage counters: what the API charged each batch, per model, kept as attempts are written.
+"""Per-batch counters: what the API charged each batch per model, and its failures per error type and HTTP
+status, kept as attempts and outcomes are written.
 
-`claims.record` adds the attempts of every transaction it writes (`add_usage`, one executemany of upserts
-per transaction, never one per request), so `status` reads a few rows instead of scanning every attempt of
-a million-request batch. Cost is not stored: it is computed when read, from the price table in force.
+`claims.record` adds the attempts and failures of every transaction it writes (`add_usage`,
+`add_failures`: one executemany of upserts per transaction, never one per request), so `status` reads a
+few rows instead of scanning every attempt or failed row of a million-request batch. Cost is not stored:
+it is computed when read, from the price table in force. `retry` sends failed rows again: it rebuilds the
+batch's failure counters from its rows (`rebuild_failures`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from pipeline.store.db import Database
-from pipeline.store.models import BatchUsage, Result
+from pipeline.store.models import BatchFailure, BatchUsage, Result
 from pipeline.store.sql import db_time_for, executemany, fitter
 
 #: How attempts sent one by one to the API are priced; the Batch API's are "batch-api" (half price).
@@ -44,6 +47,21 @@ _ADD_USAGE = (
     " THEN excluded.first_sent_at ELSE batch_usage.first_sent_at END"
 )
 _fit = fitter(BatchUsage)
+_ADD_FAILURES = (
+    "INSERT INTO batch_failures (batch_id, error_type, http_status, count, sample)"
+    " VALUES (:batch_id, :error_type, :http_status, :count, :sample)"
+    " ON CONFLICT (batch_id, error_type, http_status)"
+    " DO UPDATE SET count = batch_failures.count + excluded.count"
+)
+_fit_failure = fitter(BatchFailure)
+#: The batch's failure counters, from its failed rows.
+_REBUILD_FAILURES = (
+    "INSERT INTO batch_failures (batch_id, error_type, http_status, count, sample)"
+    " SELECT r.batch_id, coalesce(r.error_type, 'unknown'), coalesce(res.http_status, 0), count(*),"
+    " max(r.error_message) FROM requests r LEFT JOIN results res ON res.request_id = r.id"
+    " WHERE r.batch_id = :batch_id AND r.status = 'failed'"
+    " GROUP BY r.batch_id, coalesce(r.error_type, 'unknown'), coalesce(res.http_status, 0)"
+)
 
 
 @dataclass(slots=True)
@@ -155,3 +173,43 @@ def completion_totals(db: Database) -> list[tuple[str, int, int]]:
             .group_by(Result.model)
         ).all()
     return [(str(model), int(tokens or 0), int(n or 0)) for model, tokens, n in rows]
+
+
+def add_failures(s: Session, failures: Iterable[tuple[str, str | None, int | None, str | None]]) -> None:
+    """Count failed requests, given as (batch id, error type, final HTTP status, message), in `s`'s
+    transaction."""
+    counts: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for batch_id, error_type, http_status, message in failures:
+        key = (batch_id, error_type or "unknown", http_status or 0)
+        row = counts.get(key)
+        if row is None:
+            row = counts[key] = _fit_failure(
+                {
+                    "batch_id": key[0],
+                    "error_type": key[1],
+                    "http_status": key[2],
+                    "count": 0,
+                    "sample": message,
+                }
+            )
+        row["count"] += 1
+    executemany(s, _ADD_FAILURES, [counts[k] for k in sorted(counts)])
+
+
+def rebuild_failures(s: Session, batch_id: str) -> None:
+    """The batch's failure counters, counted again from its failed rows (after `retry` re-queued some)."""
+    s.execute(delete(BatchFailure).where(BatchFailure.batch_id == batch_id))
+    s.execute(text(_REBUILD_FAILURES), {"batch_id": batch_id})
+
+
+def failures_of(db: Database, batch_id: str, limit: int) -> list[BatchFailure]:
+    """The batch's failure counters, the most common first."""
+    with db.read() as s:
+        return list(
+            s.scalars(
+                select(BatchFailure)
+                .where(BatchFailure.batch_id == batch_id, BatchFailure.count > 0)
+                .order_by(BatchFailure.count.desc(), BatchFailure.error_type)
+                .limit(limit)
+            )
+        )
