@@ -185,3 +185,20 @@ def test_batches_shows_whole_ids_on_a_narrow_terminal(fake: FakeServer, tmp_path
             timeout=60,
         ).stdout
         assert batch_id in table and "completed" in table
+
+
+def test_retry_recounts_the_failures(fake: FakeServer, tmp_path: Path) -> None:
+    lines = [chat_line(f"q{i}", f"question {i}") for i in range(10)]
+    lines += [
+        chat_line(f"bad{i}", 'fake:{"status": 422, "times": 1, "message": "no ' + str(i) + '"}')
+        for i in range(5)
+    ]
+    result = invoke("run", str(write_jsonl(tmp_path / "jobs.jsonl", lines)), "--base-url", fake.url)
+    assert result.exit_code == EXIT_SOME_FAILED, result.stderr
+    batch_id = batch_of(result.stdout)
+    assert [(f["http_status"], f["count"]) for f in status_of(batch_id)["failures"]] == [(422, 5)]
+    result = invoke("retry", batch_id, "--base-url", fake.url)  # the directive held once: now they succeed
+    assert result.exit_code == 0, result.stderr
+    report = status_of(batch_id)
+    assert report["failures"] == [] and report["errors"] == {} and report["succeeded"] == 15
+    assert report["state"] == "completed"
