@@ -13,13 +13,17 @@ import asyncio
 import sys
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from pipeline.send.engine import Engine
+from pipeline.cli.render import usd
+
+if TYPE_CHECKING:  # the engine (aiohttp, tenacity) loads only for the commands that send
+    from pipeline.send.engine import Engine
 
 #: Seconds between redraws on a terminal.
 REFRESH_SECONDS = 0.25
@@ -113,7 +117,7 @@ class LiveProgress:
         share = f" ({done / self.total:.0%})" if self.total else ""
         return (
             f"requests {done:,}/{self.total:,}{share}  {per_second:,.1f} req/s  "
-            f"tokens {tokens_per_min:,.0f}/min{_tpm_limit(engine)}  ETA {eta}  ${s.cost_usd:,.4f}  "
+            f"tokens {tokens_per_min:,.0f}/min{_tpm_limit(engine)}  ETA {eta}  {usd(s.cost_usd)}  "
             f"429s {s.rate_limited:,}  failed {s.failed:,}  in flight {engine.in_flight:,}  "
             f"elapsed {_duration(now - self._started)}"
         )

@@ -52,13 +52,18 @@ def report_view(report: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
+def usd(amount: float) -> str:
+    """Dollars as people read them: cents for large sums, more digits for the small ones of a test run."""
+    return f"${amount:,.2f}" if amount >= 100 else f"${amount:,.4f}" if amount >= 0.01 else f"${amount:.6f}"
+
+
 def money_line(report: dict[str, Any]) -> str:
     """Cost so far, against the cap when there is one, and what has no price."""
-    line = f"cost: ${report['cost_usd']:,.4f}"
+    line = f"cost: {usd(report['cost_usd'])}"
     if report["max_cost_usd"] is not None:
-        line += f" of a ${report['max_cost_usd']:,.4f} cap"
+        line += f" of a {usd(report['max_cost_usd'])} cap"
         if report["reserved_usd"]:
-            line += f" (${report['reserved_usd']:,.4f} reserved for requests in flight)"
+            line += f" ({usd(report['reserved_usd'])} reserved for requests in flight)"
     if report["unpriced_models"]:
         line += f"; no price for {', '.join(report['unpriced_models'])} (not counted: add them with --prices)"
     return line + f"   [prices as of {report['prices']['as_of']}]"
