@@ -37,9 +37,6 @@ from pipeline.errors import (
 )
 from pipeline.settings import Settings
 
-#: The distribution's name on the package index (the import package and the command are `pipeline`).
-DISTRIBUTION = "pipeline-bulk"
-
 if TYPE_CHECKING:
     from pipeline.api import arun, results, run
     from pipeline.store.models import BatchState, RequestStatus

@@ -20,12 +20,14 @@ from pipeline.batchapi import plan
 from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.driver import OnChange
 from pipeline.batchapi.runner import Finish, run_batch_api
-from pipeline.errors import PermanentError
+from pipeline.errors import ConfigError, PermanentError
 from pipeline.fleet.broker import check_broker, make_celery, publish_chunks
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
+from pipeline.send.metrics import Metrics
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
+from pipeline.spend import make_budget
 from pipeline.store import batches, recovery
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, Via
@@ -60,15 +62,27 @@ def plan_parts(db: Database, batch_id: str) -> int:
 def run_here(
     settings: Settings, db: Database, batch_id: str, on_start: Callable[[Engine], None] | None = None
 ) -> EngineStats:
-    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first."""
+    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first.
+
+    The rate limit and the spend cap are this process's own unless PIPELINE_REDIS_URL shares them; with
+    `settings.metrics_port` the engine's metrics are served while it runs.
+    """
     settings.require_api_key()
+    metrics = serve_metrics(settings)
 
     async def run() -> EngineStats:
         limiter = make_limiter(settings, settings.redis_url)
-        return await run_batch(settings, db, batch_id, limiter, on_start=on_start)
+        budget = make_budget(settings.redis_url)
+        return await run_batch(
+            settings, db, batch_id, limiter, budget=budget, metrics=metrics, on_start=on_start
+        )
 
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(run())
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(run())
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def cancel_remote(settings: Settings, batch: Batch, remote_ids: list[str]) -> int:
@@ -105,3 +119,17 @@ def run_batch_api_here(
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(run())
+
+
+def serve_metrics(settings: Settings) -> Metrics | None:
+    """The engine's Prometheus metrics, served on `settings.metrics_port`; None when no port is set."""
+    if settings.metrics_port is None:
+        return None
+    metrics = Metrics()
+    try:
+        metrics.serve(settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}"
+        ) from None
+    return metrics

@@ -16,7 +16,8 @@
                 ├── QuotaExhausted  429 insufficient_quota
                 ├── AccessDenied    401, 403: a wrong key, no access to the organization or project
                 ├── NotFound        404: an unknown model, or a base URL with a wrong path
-                └── EndpointDown    the circuit breaker: no attempt connected (or all got 5xx) for a while
+                ├── EndpointDown    the circuit breaker: no attempt connected (or all got 5xx) for a while
+                └── SpendCapReached the batch's spend cap cannot cover the next attempt (--max-cost)
 
 Retry policy keys on RetryableError alone; the engine stores PermanentError on the row, except BatchBlocked,
 which pauses the batch and puts the row back in the queue (`pipeline resume` continues).
@@ -56,6 +57,7 @@ class ErrorType(StrEnum):
     MISSING_AUDIO = "missing_audio"  #: the stored clip of an audio request is gone
     UNSTORABLE = "unstorable"  #: the outcome could not be stored even on its own; the row failed
     ENDPOINT_DOWN = "endpoint_down"  #: the circuit breaker tripped on this attempt; the batch paused
+    SPEND_CAP = "spend_cap"  #: the batch's spend cap cannot cover the attempt; the batch paused
     INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
     CANCELLED = "cancelled"  #: cancelled before it was sent
     BATCH_EXPIRED = "batch_expired"  #: the Batch API did not get to it within its 24 h window
@@ -169,6 +171,10 @@ class NotFound(BatchBlocked):
 
 class EndpointDown(BatchBlocked):
     """The circuit breaker tripped: every attempt for a while failed to connect, timed out or got 5xx."""
+
+
+class SpendCapReached(BatchBlocked):
+    """What the batch spent plus what is reserved for requests in flight would exceed its cap."""
 
 
 class DuplicateBatch(PipelineError):

@@ -59,10 +59,17 @@ _Column = ColumnElement[Any] | InstrumentedAttribute[Any]
 _Writer = Callable[[Iterable[Sequence[Any]], BinaryIO], int]
 
 
-def export_batch(db: Database, batch_id: str, fmt: str, out: BinaryIO) -> int:
+def export_batch(
+    db: Database,
+    batch_id: str,
+    fmt: str,
+    out: BinaryIO,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Write every request of the batch to `out` (binary stream) in `fmt`; return the number of records.
 
-    `out` is left open. Raises `ConfigError` for an unknown format and `BatchNotFound` for an unknown batch.
+    `out` is left open. `on_progress(rows read)` is called every YIELD_PER rows. Raises `ConfigError` for
+    an unknown format and `BatchNotFound` for an unknown batch.
     """
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -74,9 +81,17 @@ def export_batch(db: Database, batch_id: str, fmt: str, out: BinaryIO) -> int:
         # On the session's connection, as Core: the ORM's per-row loading adds nothing for plain columns.
         rows = session.connection().execute(stmt)
         try:
-            return writer(rows, out)
+            return writer(rows if on_progress is None else _counted(rows, on_progress), out)
         finally:
             rows.close()
+
+
+def _counted(rows: Iterable[Sequence[Any]], on_progress: Callable[[int], None]) -> Iterator[Sequence[Any]]:
+    """`rows`, calling `on_progress(rows so far)` every YIELD_PER rows."""
+    for count, row in enumerate(rows, 1):
+        if count % YIELD_PER == 0:
+            on_progress(count)
+        yield row
 
 
 def _last_latency() -> ColumnElement[float | None]:

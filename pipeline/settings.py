@@ -98,6 +98,12 @@ class Settings:
     part_bytes: int = 200_000_000
     #: longest wait between two polls of one Batch API part (early polls come sooner)
     batch_poll_seconds: float = 60.0
+    #: a prices file whose models replace or add to the shipped price table (pipeline/prices.json)
+    prices_file: Path | None = None
+    #: seconds between two progress lines when stderr is not a terminal (a log file)
+    progress_seconds: float = 10.0
+    #: serve Prometheus metrics on this port (worker, run); None: not served
+    metrics_port: int | None = None
 
     @property
     def db_url(self) -> str:
@@ -164,6 +170,9 @@ ENV_FIELDS = {
     "PIPELINE_PART_SIZE": "part_size",
     "PIPELINE_PART_BYTES": "part_bytes",
     "PIPELINE_BATCH_POLL_SECONDS": "batch_poll_seconds",
+    "PIPELINE_PRICES_FILE": "prices_file",
+    "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
+    "PIPELINE_METRICS_PORT": "metrics_port",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.

@@ -61,3 +61,93 @@ def test_upgrading_an_old_schema_keeps_its_rows(tmp_path: Path) -> None:
         dispatch = conn.execute(text("SELECT dispatch FROM batches")).scalar_one()
     assert tuple(row) == ("c1", "queued", None)
     assert dispatch == "local"
+
+
+def test_0008_splits_active_batches_and_counts_their_usage(database_url: str) -> None:
+    """On SQLite and PostgreSQL: active batches become in_progress or completed, usage is counted."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from pipeline.store.db import alembic_config
+
+    url = database_url
+    command.upgrade(alembic_config(url), "0007")
+    db = Database(url)
+    batch = (
+        "INSERT INTO batches (id, created_at, source, content_hash, state, base_url, key_fingerprint, total,"
+        " options, dispatch) VALUES (:id, '2026-01-01', 'x.jsonl', :id, :state, 'u', 'k', 2, '{}', 'local')"
+    )
+    request = (
+        "INSERT INTO requests (id, batch_id, line, custom_id, url, body, status, attempts, created_at,"
+        " finished_at, fence) VALUES (:rid, :b, 1, :c, '/v1/chat/completions', '{}', :status, 1,"
+        " '2026-01-01', :done, 0)"
+    )
+    with db.engine.begin() as conn:
+        for bid, state in (
+            ("done", "active"),
+            ("open", "active"),
+            ("stop", "cancelled"),
+            ("gone", "cancelled"),
+        ):
+            conn.execute(text(batch), {"id": bid, "state": state})
+        rows = [
+            (1, "done", "succeeded", "2026-01-02 10:00:00"),
+            (2, "done", "failed", "2026-01-02 11:00:00"),
+            (3, "open", "succeeded", "2026-01-02 10:00:00"),
+            (4, "open", "queued", None),
+            (5, "stop", "running", None),
+            (6, "gone", "cancelled", "2026-01-03 09:00:00"),
+        ]
+        for rid, bid, status, done in rows:
+            conn.execute(
+                text(request), {"rid": rid, "b": bid, "c": f"c{rid}", "status": status, "done": done}
+            )
+        conn.execute(
+            text(
+                "INSERT INTO results (request_id, http_status, body, model)"
+                " VALUES (1, 200, '{}', 'gpt-4o-mini')"
+            )
+        )
+        for rid, status, prompt in ((1, 200, 10), (2, 429, None), (2, 400, None)):
+            conn.execute(
+                text(
+                    "INSERT INTO attempts (request_id, number, started_at, latency_ms, http_status,"
+                    " prompt_tokens, completion_tokens, total_tokens)"
+                    " VALUES (:r, 1, '2026-01-02', 5, :s, :p, :p, :p)"
+                ),
+                {"r": rid, "s": status, "p": prompt},
+            )
+    db.ensure_schema()
+    with db.engine.connect() as conn:
+        states = dict(conn.execute(text("SELECT id, state FROM batches")).all())
+        finished = dict(conn.execute(text("SELECT id, finished_at FROM batches")).all())
+        usage = conn.execute(
+            text(
+                "SELECT batch_id, model, attempts, charged, rate_limited, prompt_tokens FROM batch_usage"
+                " ORDER BY batch_id, model"
+            )
+        ).all()
+        failures = conn.execute(
+            text("SELECT batch_id, error_type, http_status, count FROM batch_failures")
+        ).all()
+    db.engine.dispose()
+    assert [tuple(f) for f in failures] == [("done", "unknown", 0, 1)]
+    assert states == {"done": "completed", "open": "in_progress", "stop": "cancelling", "gone": "cancelled"}
+    assert str(finished["done"]).startswith("2026-01-02 11:00:00") and finished["open"] is None
+    assert str(finished["gone"]).startswith("2026-01-03 09:00:00")
+    assert [tuple(u) for u in usage] == [
+        ("done", "gpt-4o-mini", 1, 1, 0, 10),
+        ("done", "unknown", 2, 0, 1, 0),
+    ]
+
+
+def test_the_highest_numbered_revision_file_is_alembics_head() -> None:
+    """`ensure_schema` finds the head without Alembic: each revision is named after its file's number."""
+    from alembic.script import ScriptDirectory
+
+    from pipeline.store.db import alembic_config, head_revision
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert head_revision() == script.get_current_head()
+    for revision in script.walk_revisions():
+        assert Path(revision.path).name.startswith(f"{revision.revision}_")

@@ -60,7 +60,7 @@ def test_a_wrong_key_pauses_the_batch_and_resume_with_the_right_key_completes_it
     result = invoke("resume", batch_id, "--base-url", fake.url)
     assert result.exit_code == 0, result.stderr
     final = status_of(batch_id)
-    assert final["succeeded"] == 1000 and final["state"] == "active"
+    assert final["succeeded"] == 1000 and final["state"] == "completed"
     assert fake.stats()["answered"] == 1000
     assert fake.stats()["received"] == 1000 + sent_with_the_wrong_key
 

@@ -82,7 +82,7 @@ def test_quota_exhaustion_pauses_the_batch_and_resume_completes_it(
     fake.config.quota = None
     fleet.cli("resume", batch_id)
     final = wait_final(fleet, batch_id, 60)
-    assert final["succeeded"] == 600 and final["state"] == "active"
+    assert final["succeeded"] == 600 and final["state"] == "completed"
     assert answered_more_than_once(fake) == 0
 
 
@@ -100,7 +100,7 @@ def test_quota_pause_in_process_run_then_resume(fake: FakeServer, tmp_path: Path
     result = invoke("resume", batch_id, "--base-url", fake.url)
     assert result.exit_code == 0, result.stderr
     report = orjson.loads(invoke("status", batch_id, "--json").stdout)
-    assert report["succeeded"] == 200 and report["state"] == "active"
+    assert report["succeeded"] == 200 and report["state"] == "completed"
     assert answered_more_than_once(fake) == 0
 
 

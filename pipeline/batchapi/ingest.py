@@ -29,7 +29,8 @@ from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.options import OnExpire
 from pipeline.errors import APIError, ErrorType
 from pipeline.send.classify import classify
-from pipeline.send.responses import Parsed, parse_answer, result_row, usage_of
+from pipeline.send.estimates import usage
+from pipeline.send.responses import Parsed, parse_answer, result_row
 from pipeline.send.writer import Writer
 from pipeline.store import parts
 from pipeline.store.claims import AttemptRecord, Outcome
@@ -93,6 +94,24 @@ class Window:
         return AttemptRecord(row.attempts + 1, self.started_at, self.latency_ms, via=_VIA, **fields)
 
 
+class _PartWriter:
+    """The writer, for outcomes that name the part's batch and model (whose usage counters they feed)."""
+
+    def __init__(self, writer: Writer, part: Part) -> None:
+        self._writer, self._part = writer, part
+
+    def put(self, outcome: Outcome) -> None:
+        self._writer.put(_of_part(self._part, outcome))
+
+    async def join(self) -> None:
+        await self._writer.join()
+
+
+def _of_part(part: Part, outcome: Outcome) -> Outcome:
+    outcome.batch_id, outcome.model = part.batch_id, part.model
+    return outcome
+
+
 def held_rows(db: Database, part: Part) -> dict[str, Held]:
     """custom_id -> row, for every row the part still holds."""
     return {c: Held(i, u, a) for i, c, u, _b, a in parts.part_rows(db, part)}
@@ -113,7 +132,8 @@ async def store_answers(
     window = Window.of(remote)
     tally = Tally()
     expired: list[Held] = []
-    async with Writer(db, tally.count) as writer:
+    async with Writer(db, tally.count) as sink:
+        writer = _PartWriter(sink, part)
         for file_id in (remote.get("output_file_id"), remote.get("error_file_id")):
             if isinstance(file_id, str) and file_id:
                 expired += await _store_file(client, file_id, held, part.fence, window, writer)
@@ -129,7 +149,7 @@ async def store_answers(
 
 
 async def _store_file(
-    client: BatchClient, file_id: str, held: dict[str, Held], fence: int, window: Window, writer: Writer
+    client: BatchClient, file_id: str, held: dict[str, Held], fence: int, window: Window, writer: _PartWriter
 ) -> list[Held]:
     """Put an outcome for every line of the file that names a held row; returns the rows that expired."""
     expired: list[Held] = []
@@ -178,18 +198,18 @@ def _answered(row: Held, fence: int, response: Mapping[str, Any], window: Window
             error = bad
     else:
         error = classify(status, {"x-request-id": request_id or ""}, raw)
-    prompt, completion, total = (
-        (parsed.prompt_tokens, parsed.completion_tokens, parsed.total_tokens) if parsed else usage_of(raw)
-    )
+    used = usage(parsed, raw)
     attempt = window.attempt(
         row,
         http_status=status,
         error_type=error.error_type if error else None,
         error_message=error.message if error else None,
         x_request_id=request_id,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=total,
+        prompt_tokens=used.prompt_tokens,
+        completion_tokens=used.completion_tokens,
+        total_tokens=used.total_tokens,
+        cached_tokens=used.cached_tokens,
+        audio_seconds=used.audio_seconds,
     )
     result = result_row(status, request_id, None, raw, parsed)
     if error is not None:
@@ -214,7 +234,7 @@ def _expire(
     on_expire: OnExpire,
     max_attempts: int,
     cancelled: bool,
-    writer: Writer,
+    writer: _PartWriter,
 ) -> list[Outcome]:
     """Put the final outcomes of expired rows; returns those that go back to the queue."""
     back: list[Outcome] = []
@@ -233,6 +253,8 @@ def _expire(
 
 
 async def _requeue(db: Database, part: Part, outcomes: list[Outcome], direct: bool, tally: Tally) -> None:
+    for outcome in outcomes:
+        _of_part(part, outcome)
     refused = await asyncio.to_thread(parts.requeue, db, part, outcomes, direct)
     gone = {id(o) for o in refused}
     tally.count([o for o in outcomes if id(o) not in gone], refused)
@@ -250,7 +272,8 @@ async def store_rejection(
     first = errors[0] if errors else {"code": ErrorType.BATCH_REJECTED, "message": "no reason given"}
     tally = Tally()
     back: list[Outcome] = []
-    async with Writer(db, tally.count) as writer:
+    async with Writer(db, tally.count) as sink:
+        writer = _PartWriter(sink, part)
         for number, (request_id, _c, url, _b, attempts) in enumerate(rows, 1):
             error = by_line.get(number) if by_line else first
             if error is None:

@@ -90,7 +90,7 @@ async def _tick(
     """One round; True when the batch is done."""
     await sweep(reaper, engine)
     batch = await asyncio.to_thread(batches.get_batch, db, batch_id)
-    if batch.state == BatchState.ACTIVE:
+    if batch.state == BatchState.IN_PROGRESS:
         await asyncio.to_thread(plan.plan_parts, db, batch)
     for part_id in await asyncio.to_thread(parts.due_parts, db, batch_id):
         if stopper.stopped.is_set():
@@ -106,7 +106,7 @@ def _done(db: Database, batch_id: str) -> bool:
     if parts.open_count(db, batch_id):
         return False
     counts = batches.status_counts(db, batch_id)
-    active = batches.batch_states(db, [batch_id]).get(batch_id) == BatchState.ACTIVE
+    active = batches.batch_states(db, [batch_id]).get(batch_id) == BatchState.IN_PROGRESS
     return not active or counts["queued"] + counts["running"] == 0
 
 

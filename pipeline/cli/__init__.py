@@ -11,46 +11,47 @@ from typing import Any
 
 import click
 
-from pipeline import DISTRIBUTION
+from pipeline.about import DISTRIBUTION
 from pipeline.cli.exits import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
 from pipeline.cli.failures import is_database_error, one_line, quiet_stdout, save_traceback
 from pipeline.errors import JobFileError, PipelineError
 
 __all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
 
-#: Every command and where it is defined (module:attribute in pipeline.cli). A command's module is imported
-#: when the command runs, so no command pays for another's libraries, and `pipeline --version` or shell
-#: completion of command names import none of them.
-COMMANDS = {
-    "run": "run_cmds:run",
-    "submit": "fleet_cmds:submit",
-    "worker": "fleet_cmds:worker",
-    "status": "batch_cmds:status",
-    "export": "batch_cmds:export",
-    "batches": "batch_cmds:batches",
-    "cancel": "batch_cmds:cancel",
-    "retry": "batch_cmds:retry",
-    "resume": "batch_cmds:resume",
-    "db": "db_cmds:db",
-    "fake-api": "fake_cmds:fake_api",
-    "demo": "fake_cmds:demo",
+#: Every command and the module that defines it: a command's module (and what it imports: the engine,
+#: aiohttp, Celery...) is imported only when that command runs, so `pipeline status` starts fast and
+#: `pipeline --version` or shell completion of command names import none of them.
+COMMAND_MODULES = {
+    "run": "run_cmds",
+    "estimate": "estimate_cmds",
+    "submit": "fleet_cmds",
+    "worker": "fleet_cmds",
+    "status": "status_cmds",
+    "batches": "status_cmds",
+    "errors": "status_cmds",
+    "export": "batch_cmds",
+    "cancel": "batch_cmds",
+    "retry": "batch_cmds",
+    "resume": "batch_cmds",
+    "db": "db_cmds",
+    "fake-api": "fake_cmds",
+    "demo": "fake_cmds",
 }
 
 
 class _Group(click.Group):
-    """Loads each command when it is used, and turns every error of every command into a message and an
-    exit code (see failures.py)."""
+    """Turns every error of every command into a message and an exit code (see failures.py), and loads
+    each command's module on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return sorted(COMMAND_MODULES)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        where = COMMANDS.get(cmd_name)
-        if where is None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
             return None
-        module, attribute = where.split(":")
-        command: click.Command = getattr(importlib.import_module(f"pipeline.cli.{module}"), attribute)
-        return command
+        commands: list[click.Command] = importlib.import_module(f"pipeline.cli.{module}").COMMANDS
+        return next(c for c in commands if c.name == cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -92,8 +93,9 @@ def cli(debug: bool) -> None:
 
     \b
     Quick start (no servers):
+      pipeline estimate jobs/chat.jsonl       # requests, tokens, cost and time before sending anything
       pipeline run jobs/chat.jsonl            # validate, store, send, store answers; prints the batch id
-      pipeline status                         # counts, tokens, errors of the latest batch
+      pipeline status                         # state, counts, cost, tokens, failures of the latest batch
       pipeline export --format csv -o out.csv
     """
 

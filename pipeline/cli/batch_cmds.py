@@ -1,4 +1,4 @@
-"""Commands that look at stored batches: status, export."""
+"""Commands that act on stored batches: export, cancel, retry, resume."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import time
 from typing import Any
 
 import click
-import orjson
 
 from pipeline import dispatch
-from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
-from pipeline.cli.render import batch_report, print_batches, print_report
+from pipeline.cli.options import (
+    api_options,
+    broker_options,
+    database,
+    max_cost_option,
+    pop_settings,
+    prices_option,
+    store_options,
+)
+from pipeline.cli.progress import Ticker
 from pipeline.cli.sending import send
 from pipeline.errors import PathError
 from pipeline.export import FORMATS, export_batch
@@ -19,26 +26,7 @@ from pipeline.settings import Settings
 from pipeline.store import batches as batch_store
 from pipeline.store import parts
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, RequestStatus, Via
-
-
-@click.command()
-@click.argument("batch_id", metavar="[BATCH]", required=False)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
-@store_options
-def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
-    """Counts by status, tokens, 429s and elapsed time of BATCH (default: the latest).
-
-    Reads only the database, so it works while workers run. With --json the keys include total, queued,
-    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors,
-    via, and parts (each Batch API part: state, remote_status, request_counts, tries, errors).
-    """
-    db = database(pop_settings(params), create=False)
-    report = batch_report(db, batch_store.get_batch(db, batch_id))
-    if as_json:
-        click.echo(orjson.dumps(report).decode())
-    else:
-        print_report(report)
+from pipeline.store.models import CANCELLED_STATES, Batch, RequestStatus, Via
 
 
 @click.command()
@@ -55,42 +43,28 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     jsonl   one object per request: body, full response, usage, finish reasons, error
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
-    db = database(pop_settings(params), create=False)
+    settings = pop_settings(params)
+    db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
+    ticker = Ticker("rows exported", batch.total, settings.progress_seconds)
     if output == "-":
-        n = export_batch(db, batch.id, fmt, sys.stdout.buffer)
+        n = export_batch(db, batch.id, fmt, sys.stdout.buffer, ticker.update)
         sys.stdout.buffer.flush()
     else:
-        n = _export_to_file(db, batch.id, fmt, output)
+        n = _export_to_file(db, batch.id, fmt, output, ticker)
+    ticker.done(n)
     click.echo(
         f"exported {n} requests of batch {batch.id} as {fmt}" + ("" if output == "-" else f" to {output}"),
         err=True,
     )
 
 
-def _export_to_file(db: Database, batch_id: str, fmt: str, path: str) -> int:
+def _export_to_file(db: Database, batch_id: str, fmt: str, path: str, ticker: Ticker) -> int:
     try:
         with open(path, "wb") as out:
-            return export_batch(db, batch_id, fmt, out)
+            return export_batch(db, batch_id, fmt, out, ticker.update)
     except OSError as exc:  # a directory, a missing directory, no permission, a full disk
         raise PathError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout")
-@click.option("--limit", type=int, default=50, show_default=True)
-@store_options
-def batches(as_json: bool, limit: int, **params: Any) -> None:
-    """List the newest batches with their counts by status."""
-    db = database(pop_settings(params), create=False)
-    rows = batch_store.list_batches(db, limit)
-    if as_json:
-        for batch, counts in rows:
-            click.echo(
-                orjson.dumps({"batch": batch.id, "source": batch.source, "state": batch.state, **counts})
-            )
-        return
-    print_batches(rows)
 
 
 @click.command()
@@ -111,8 +85,8 @@ def cancel(batch_id: str, wait: float, **params: Any) -> None:
     settings = pop_settings(params)
     db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
-    cancelled = batch_store.cancel_batch(db, batch.id)
-    click.echo(f"batch {batch.id}: {cancelled} queued requests cancelled", err=True)
+    before = batch_store.status_counts(db, batch.id)
+    queued = batch_store.cancel_batch(db, batch.id)
     if batch.via == Via.BATCH_API:
         _cancel_parts(settings, db, batch)
     deadline = time.monotonic() + wait
@@ -121,8 +95,23 @@ def cancel(batch_id: str, wait: float, **params: Any) -> None:
         time.monotonic() < deadline
     ):
         time.sleep(0.2)
+    after = batch_store.status_counts(db, batch.id)
+    cancelled = after["cancelled"] - before["cancelled"]
+    finished = {k: after[k] - before[k] for k in ("succeeded", "failed")}
+    click.echo(
+        f"batch {batch.id}: {cancelled:,} requests cancelled ({queued:,} queued, "
+        f"{max(0, cancelled - queued):,} held unsent by engines); of those in flight, "
+        f"{finished['succeeded']:,} succeeded and {finished['failed']:,} failed since",
+        err=True,
+    )
     if running:
-        click.echo(f"{running} requests still in flight after {wait:g}s; they will finish", err=True)
+        click.echo(
+            f"{running:,} requests still held after {wait:g}s: in flight ones finish, the rest are cancelled"
+            f" (state: {batch_store.get_batch(db, batch.id).state})",
+            err=True,
+        )
+    else:
+        click.echo(f"state: {batch_store.get_batch(db, batch.id).state}", err=True)
     click.echo(batch.id)
 
 
@@ -156,6 +145,7 @@ def _cancel_parts(settings: Settings, db: Database, batch: Batch) -> None:
     show_default=True,
     help="Which final requests to send again (repeatable)",
 )
+@prices_option
 @api_options
 @broker_options
 @store_options
@@ -174,17 +164,31 @@ def retry(batch_id: str, statuses: tuple[str, ...], **params: Any) -> None:
 
 @click.command()
 @click.argument("batch_id", metavar="BATCH")
+@max_cost_option
+@prices_option
 @api_options
 @broker_options
 @store_options
-def resume(batch_id: str, **params: Any) -> None:
-    """Continue a paused BATCH (for example after the account's quota was restored)."""
+def resume(batch_id: str, max_cost: float | None, **params: Any) -> None:
+    """Continue a paused BATCH (after the quota was restored, the key fixed, or with a higher --max-cost).
+
+    Takes the API key from the environment and the --base-url given now. A cancelled batch is not resumed:
+    `pipeline retry BATCH --status cancelled` sends its cancelled requests.
+    """
     settings = pop_settings(params)
     db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
+    if batch.state in CANCELLED_STATES:
+        raise click.ClickException(
+            f"batch {batch.id} was cancelled; to send its cancelled requests: "
+            f"pipeline retry {batch.id} --status cancelled"
+        )
+    if max_cost is not None:
+        batch_store.set_max_cost(db, batch.id, max_cost)
     batch_store.requeue_final(db, batch.id, [])
-    click.echo(f"batch {batch.id} resumed", err=True)
+    cap = f" with a spend cap of ${max_cost:,.4f}" if max_cost is not None else ""
+    click.echo(f"batch {batch.id} resumed{cap}", err=True)
     sys.exit(send(settings, db, batch.id))
 
 
-COMMANDS = [status, export, batches, cancel, retry, resume]
+COMMANDS = [export, cancel, retry, resume]

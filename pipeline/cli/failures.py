@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline import DISTRIBUTION
+from pipeline.about import version
 from pipeline.errors import ConnectError
 from pipeline.settings import mask_url
 
@@ -47,12 +47,7 @@ def database_errors(url: str) -> Iterator[None]:
 
 def save_traceback(command: str | None) -> str | None:
     """Write the exception being handled, with its traceback, to a new file; its path (None if unwritable)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        release = version(DISTRIBUTION)
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        release = "unknown version"
+    release = version()
     try:
         fd, path = tempfile.mkstemp(prefix="pipeline-error-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:

@@ -9,18 +9,30 @@ from typing import Any
 import click
 
 from pipeline import dispatch
-from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
+from pipeline.cli.options import (
+    api_options,
+    broker_options,
+    database,
+    max_cost_option,
+    metrics_option,
+    pop_settings,
+    prices_option,
+    store_options,
+)
 from pipeline.cli.run_cmds import (
     endpoint_option,
     force_option,
     note_way,
+    reuse_option,
     skip_invalid_option,
     store_from_params,
     way_options,
 )
+from pipeline.cli.sending import report_intake
 from pipeline.errors import DuplicateBatch
 from pipeline.fleet.broker import DEFAULT_QUEUE
 from pipeline.fleet.worker import install
+from pipeline.prices import load_prices
 from pipeline.ratelimit import limit_table
 from pipeline.store.models import Via
 
@@ -31,6 +43,9 @@ from pipeline.store.models import Via
 @skip_invalid_option
 @force_option
 @way_options
+@reuse_option
+@max_cost_option
+@prices_option
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
 @click.option("--chunk-size", type=int, help="Request ids per message [env PIPELINE_CHUNK_SIZE; 500]")
 @broker_options
@@ -45,6 +60,7 @@ def submit(**params: Any) -> None:
     """
     queue = params.pop("queue")
     settings = pop_settings(params)
+    load_prices(settings.prices_file)  # a bad prices file stores nothing
     db = database(settings)
     app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
     asked = params.get("via")
@@ -56,14 +72,10 @@ def submit(**params: Any) -> None:
         click.echo(dup.batch_id)
         return
     made = dispatch.plan_parts(db, intake.batch_id) if asked == Via.BATCH_API.value else 0
+    report_intake(settings, db, intake, "stored")
     messages = dispatch.enqueue(app, settings, db, intake.batch_id, queue)
     parts = f"; {made} parts for the Batch API" if asked == Via.BATCH_API.value else ""
-    click.echo(
-        f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued{parts}",
-        err=True,
-    )
-    if intake.invalid:
-        click.echo(f"{intake.invalid} invalid line(s) recorded as failed", err=True)
+    click.echo(f"{messages} messages enqueued{parts}", err=True)
     click.echo(intake.batch_id)
 
 
@@ -72,6 +84,8 @@ def submit(**params: Any) -> None:
 @click.option("--queues", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--chunk-size", type=int, help="Ids per re-published message [env PIPELINE_CHUNK_SIZE; 500]")
+@prices_option
+@metrics_option
 @api_options
 @broker_options
 @store_options
@@ -81,10 +95,12 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     Hundreds of requests are in flight per process (--max-in-flight), shared by --concurrency chunks.
     SIGTERM drains: in-flight requests finish and are stored, the rest go back to the queue, exit 0.
     Rows left running by a dead worker are re-queued by the others when their lease expires.
+    --metrics-port N serves Prometheus metrics at http://host:N/metrics (see docs/architecture.md).
     """
     settings = pop_settings(params)
     settings.require_api_key()
-    limit_table(settings)  # a bad limits file stops the worker here, not in every task
+    limit_table(settings)  # a bad limits or prices file stops the worker here, not in every task
+    load_prices(settings.prices_file)
     database(settings)
     app = dispatch.connect_broker(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]

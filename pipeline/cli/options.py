@@ -33,6 +33,8 @@ _FIELDS = {
     "redis_url": "redis_url",
     "part_size": "part_size",
     "part_bytes": "part_bytes",
+    "prices": "prices_file",
+    "metrics_port": "metrics_port",
 }
 
 
@@ -109,6 +111,35 @@ def api_options(fn: F) -> F:
     ):
         fn = decorator(fn)
     return fn
+
+
+def prices_option(fn: F) -> F:
+    """Which prices cost is computed with: the commands that send or report money take it."""
+    return click.option(
+        "--prices",
+        type=click.Path(dir_okay=False),
+        help="JSON or TOML prices over the shipped table [env PIPELINE_PRICES_FILE]",
+    )(fn)
+
+
+def metrics_option(fn: F) -> F:
+    """Serve Prometheus metrics while sending: `run` and `worker` take it."""
+    return click.option(
+        "--metrics-port",
+        type=int,
+        help="Serve Prometheus metrics on this port at /metrics [env PIPELINE_METRICS_PORT]",
+    )(fn)
+
+
+def max_cost_option(fn: F) -> F:
+    """The spend cap of a batch: run, submit and resume take it."""
+    return click.option(
+        "--max-cost",
+        "max_cost",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="USD",
+        help="Pause the batch before its cost (spent + reserved for requests in flight) would exceed USD",
+    )(fn)
 
 
 def settings_from(params: dict[str, Any]) -> Settings:

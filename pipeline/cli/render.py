@@ -1,145 +1,63 @@
-"""How batches look on a terminal and in --json."""
+"""How batches look on a terminal: the status report, the end-of-run summary, the batches table."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
-from pipeline.store import batches, limit_states, parts
-from pipeline.store.db import Database
-from pipeline.store.models import Batch, Part, RequestStatus, utcnow
+from pipeline.report import batch_row, part_line
 
+__all__ = ["part_line", "print_report", "print_summary", "report_view"]
 
-def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    """Everything `status` shows, as plain JSON-ready values."""
-    counts = counts or batches.status_counts(db, batch.id)
-    attempts = batches.attempt_stats(db, batch.id)
-    unfinished = counts[RequestStatus.QUEUED] + counts[RequestStatus.RUNNING]
-    end = utcnow() if unfinished or attempts["last_finished_at"] is None else attempts["last_finished_at"]
-    elapsed = (end - batch.created_at).total_seconds()
-    return {
-        "batch": batch.id,
-        "source": batch.source,
-        "state": batch.state,
-        "pause_reason": batch.pause_reason,
-        "created_at": _iso(batch.created_at),
-        "elapsed_seconds": round(elapsed, 3),
-        **counts,
-        "tokens": batches.token_totals(db, batch.id),
-        "attempts": attempts["attempts"],
-        "rate_limited": attempts["rate_limited"],
-        "errors": dict(batches.error_breakdown(db, batch.id)),
-        "limits": _limits(db, batch),
-        "via": batch.via.value,
-        "parts": [part_report(part) for part in parts.parts_of(db, batch.id)],
-    }
+#: The count columns of `status` and `batches`, in order.
+COUNT_COLUMNS = ("total", "queued", "running", "succeeded", "failed", "cancelled")
 
 
-def part_report(part: Part) -> dict[str, Any]:
-    """One Batch API part, as `status --json` shows it."""
-    return {
-        "part": part.id,
-        "endpoint": part.endpoint,
-        "model": part.model,
-        "lines": part.lines,
-        "state": part.state.value,
-        "remote_batch_id": part.remote_batch_id,
-        "remote_status": part.remote_status,
-        "request_counts": {
-            "total": part.request_total,
-            "completed": part.request_completed,
-            "failed": part.request_failed,
-        },
-        "tries": part.tries,
-        "input_file_id": part.input_file_id,
-        "output_file_id": part.output_file_id,
-        "error_file_id": part.error_file_id,
-        "errors": part.errors or [],
-        "created_at": _iso(part.created_at),
-        "finished_at": _iso(part.finished_at),
-    }
-
-
-def part_line(part: Part) -> str:
-    """One line on a part's progress, for `run` to print as it changes."""
-    counts = ""
-    if part.request_total is not None:
-        counts = (
-            f" {part.request_completed or 0}/{part.request_total} done, {part.request_failed or 0} failed"
-        )
-    remote = f", remote {part.remote_status}{counts}" if part.remote_status else ""
-    why = f": {_first_error(part)}" if part.errors else ""
-    return f"part {part.id} ({part.model}, {part.lines} requests): {part.state.value}{remote}{why}"
-
-
-def _first_error(part: Part) -> str:
-    first = (part.errors or [{}])[0]
-    line = f" (line {first['line']})" if first.get("line") is not None else ""
-    return f"{first.get('code') or 'error'}: {first.get('message') or ''}{line}".strip()
-
-
-#: A saved limiter state older than this is not "current" (no engine is using the key now).
-FRESH_SECONDS = 30
-
-
-def _limits(db: Database, batch: Batch) -> list[dict[str, Any]]:
-    """The limits in force for the batch's API and key, with the recent send rate where it is fresh."""
-    states = limit_states.limit_states(db, batch.base_url, batch.key_fingerprint)
-    now = utcnow()
-    return [
-        {
-            "model": st.model,
-            "rpm": st.rpm,
-            "rpm_source": st.rpm_source,
-            "tpm": st.tpm,
-            "tpm_source": st.tpm_source,
-            "sent_rpm": st.sent_rpm if (now - st.updated_at).total_seconds() < FRESH_SECONDS else 0.0,
-            "sent_tpm": st.sent_tpm if (now - st.updated_at).total_seconds() < FRESH_SECONDS else 0.0,
-            "cooldown_until": _iso(st.cooldown_until)
-            if st.cooldown_until and st.cooldown_until > now
-            else None,
-            "updated_at": _iso(st.updated_at),
-        }
-        for st in states
-    ]
-
-
-def print_report(report: dict[str, Any]) -> None:
-    console = Console(stderr=False, highlight=False)
+def report_view(report: dict[str, Any]) -> Group:
+    """The status report as something rich can print (or redraw, under `status --watch`)."""
     state = report["state"] + (f" ({report['pause_reason']})" if report["pause_reason"] else "")
-    console.print(f"[bold]batch {report['batch']}[/bold]  {report['source']}  {state}")
+    lines: list[Any] = [
+        Text.from_markup(f"[bold]batch {report['batch']}[/bold]  {report['source']}  {state}")
+    ]
     table = Table(show_header=True, header_style="bold")
-    for name in ("total", "queued", "running", "succeeded", "failed", "cancelled"):
+    for name in (*COUNT_COLUMNS, "in flight"):
         table.add_column(name, justify="right")
-    table.add_row(
-        *(str(report[n]) for n in ("total", "queued", "running", "succeeded", "failed", "cancelled"))
-    )
-    console.print(table)
+    table.add_row(*(f"{report[n]:,}" for n in COUNT_COLUMNS), f"{report['in_flight']:,}")
+    lines.append(table)
     tokens = report["tokens"]
-    console.print(
-        f"tokens: {tokens['total_tokens']:,} (prompt {tokens['prompt_tokens']:,}, "
-        f"completion {tokens['completion_tokens']:,})   attempts: {report['attempts']:,}   "
-        f"429s: {report['rate_limited']:,}   elapsed: {report['elapsed_seconds']:.1f}s"
-    )
-    if report["errors"]:
-        console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
-    if report["parts"]:
-        _print_parts(console, report["parts"])
-    for lim in report["limits"]:
-        console.print(
-            f"limits {lim['model']}: rpm {_limit(lim['rpm'], lim['rpm_source'])}, "
-            f"tpm {_limit(lim['tpm'], lim['tpm_source'])}; sending {lim['sent_rpm']:,.0f} req/min, "
-            f"{lim['sent_tpm']:,.0f} tokens/min"
-            + (f"; cooling down until {lim['cooldown_until']}" if lim["cooldown_until"] else "")
+    lines.append(
+        Text(
+            f"tokens: {tokens['total_tokens']:,} (prompt {tokens['prompt_tokens']:,}, cached "
+            f"{tokens['cached_tokens']:,}, completion {tokens['completion_tokens']:,})   attempts: "
+            f"{report['attempts']:,}   429s: {report['rate_limited']:,}   elapsed: "
+            f"{report['elapsed_seconds']:.1f}s"
+            + (f"   reused: {report['reused']:,}" if report["reused"] else "")
         )
+    )
+    lines.append(Text(money_line(report)))
+    for f in report["failures"]:
+        status = f"HTTP {f['http_status']}" if f["http_status"] is not None else "no answer"
+        lines.append(Text(f"failed: {f['count']:,} x {f['error_type']} ({status}), e.g. {f['sample']!r}"))
+    if report["parts"]:
+        lines.append(Text(f"via the Batch API: {len(report['parts'])} parts"))
+        lines.append(_parts_table(report["parts"]))
+    for lim in report["limits"]:
+        lines.append(
+            Text(
+                f"limits {lim['model']}: rpm {_limit(lim['rpm'], lim['rpm_source'])}, "
+                f"tpm {_limit(lim['tpm'], lim['tpm_source'])}; sending {lim['sent_rpm']:,.0f} req/min, "
+                f"{lim['sent_tpm']:,.0f} tokens/min"
+                + (f"; cooling down until {lim['cooldown_until']}" if lim["cooldown_until"] else "")
+            )
+        )
+    return Group(*lines)
 
 
-def _print_parts(console: Console, rows: list[dict[str, Any]]) -> None:
-    console.print(f"via the Batch API: {len(rows)} parts")
+def _parts_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(show_header=True, header_style="bold")
     for name in ("part", "model", "requests", "state", "remote", "completed", "failed", "tries", "errors"):
         table.add_column(
@@ -158,65 +76,89 @@ def _print_parts(console: Console, rows: list[dict[str, Any]]) -> None:
             str(row["tries"]),
             f"{errors[0].get('code')}: {errors[0].get('message')}" if errors else "",
         )
-    console.print(table)
+    return table
 
 
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def usd(amount: float) -> str:
+    """Dollars as people read them: cents for large sums, more digits for the small ones of a test run."""
+    return f"${amount:,.2f}" if amount >= 100 else f"${amount:,.4f}" if amount >= 0.01 else f"${amount:.6f}"
+
+
+def money_line(report: dict[str, Any]) -> str:
+    """Cost so far, against the cap when there is one, and what has no price."""
+    line = f"cost: {usd(report['cost_usd'])}"
+    if report["max_cost_usd"] is not None:
+        line += f" of a {usd(report['max_cost_usd'])} cap"
+        if report["reserved_usd"]:
+            line += f" ({usd(report['reserved_usd'])} reserved for requests in flight)"
+    if report["unpriced_models"]:
+        line += f"; no price for {', '.join(report['unpriced_models'])} (not counted: add them with --prices)"
+    return line + f"   [prices as of {report['prices']['as_of']}]"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    Console(highlight=False).print(report_view(report))
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The one-paragraph end-of-run summary, on stderr."""
+    line = (
+        f"batch {report['batch']}: {report['succeeded']:,} succeeded, {report['failed']:,} failed, "
+        f"{report['cancelled']:,} cancelled of {report['total']:,}"
+    )
+    unfinished = report["queued"] + report["running"]
+    if unfinished:
+        line += f", {unfinished:,} unfinished"
+    if report["reused"]:
+        line += f" ({report['reused']:,} answered from stored answers, not sent)"
+    click.echo(line + f"; {report['state']}", err=True)
+    tokens = report["tokens"]
+    click.echo(
+        f"tokens {tokens['total_tokens']:,}, attempts {report['attempts']:,}, "
+        f"429s {report['rate_limited']:,}, {report['elapsed_seconds']:.1f}s; {money_line(report)}",
+        err=True,
+    )
+    if report["state"] == "paused":
+        resume = f"pipeline resume {report['batch']}"
+        if report["pause_reason"] and report["pause_reason"].startswith("spend cap"):
+            resume += " --max-cost USD"
+        click.echo(f"paused: {report['pause_reason']} (continue with: {resume})", err=True)
+    for f in report["failures"]:
+        status = f"HTTP {f['http_status']}" if f["http_status"] is not None else "no answer"
+        click.echo(f"  {f['count']:,} failed: {f['error_type']} ({status}), e.g. {f['sample']!r}", err=True)
+    if report["failed"]:
+        click.echo(f"  every failed request: pipeline errors {report['batch']}", err=True)
+
+
 def _limit(value: int | None, source: str | None) -> str:
     return f"{value:,} ({source})" if value else "unknown"
 
 
-def print_summary(db: Database, batch: Batch, counts: dict[str, int]) -> None:
-    """The one-paragraph end-of-run summary, on stderr."""
-    report = batch_report(db, batch, counts)
-    tokens = report["tokens"]
-    line = (
-        f"batch {batch.id}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
-        f"{counts['cancelled']} cancelled of {counts['total']}"
-    )
-    unfinished = counts["queued"] + counts["running"]
-    if unfinished:
-        line += f", {unfinished} unfinished"
-    click.echo(line, err=True)
-    click.echo(
-        f"tokens {tokens['total_tokens']:,}, attempts {report['attempts']:,}, "
-        f"429s {report['rate_limited']:,}, {report['elapsed_seconds']:.1f}s",
-        err=True,
-    )
-    if report["state"] == "paused":
-        click.echo(f"paused: {report['pause_reason']} (continue with: pipeline resume {batch.id})", err=True)
-    for etype, n in report["errors"].items():
-        click.echo(f"  {n} failed: {etype}", err=True)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() + "Z" if value is not None else None
-
-
-def print_batches(rows: list[tuple[Batch, dict[str, int]]]) -> None:
-    table = Table(show_header=True, header_style="bold")
-    for name in (
-        "batch",
-        "created",
-        "source",
-        "state",
-        "total",
-        "queued",
-        "running",
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        table.add_column(name, justify="left" if name in ("batch", "created", "source", "state") else "right")
+def print_batches(rows: list[tuple[Any, dict[str, int]]]) -> None:
+    """The batches table as plain aligned columns: nothing is ever cut (a wide table wraps instead)."""
+    header = ("batch", "created", "state", *COUNT_COLUMNS, "finished", "source")
+    lines: list[tuple[str, ...]] = [header]
     for batch, counts in rows:
-        table.add_row(
-            batch.id,
-            batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            batch.source,
-            batch.state,
-            *(str(counts[n]) for n in ("total", "queued", "running", "succeeded", "failed", "cancelled")),
+        row = batch_row(batch, counts)
+        lines.append(
+            (
+                batch.id,
+                batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                row["state"],
+                *(f"{counts[n]:,}" for n in COUNT_COLUMNS),
+                batch.finished_at.strftime("%Y-%m-%d %H:%M:%S") if batch.finished_at else "-",
+                batch.source,
+            )
         )
-    Console(highlight=False).print(table)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {header.index(n) for n in COUNT_COLUMNS}
+    for line in lines:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        click.echo("  ".join(cells).rstrip())

@@ -9,14 +9,24 @@ from typing import Any, TypeVar
 import click
 
 from pipeline.batchapi.options import BatchApiOptions, OnExpire
-from pipeline.cli.options import api_options, database, pop_settings, store_options
-from pipeline.cli.sending import run_here
+from pipeline.cli.options import (
+    api_options,
+    database,
+    max_cost_option,
+    metrics_option,
+    pop_settings,
+    prices_option,
+    store_options,
+)
+from pipeline.cli.progress import Ticker
+from pipeline.cli.sending import report_intake, run_here
 from pipeline.endpoints import ENDPOINTS
 from pipeline.errors import DuplicateBatch
 from pipeline.jobs.intake import Intake, store_job_file
+from pipeline.prices import load_prices
 from pipeline.ratelimit import limit_table
 from pipeline.settings import Settings
-from pipeline.store import batches
+from pipeline.store import batches as batch_store
 from pipeline.store.db import Database
 from pipeline.store.models import Via
 
@@ -32,6 +42,11 @@ skip_invalid_option = click.option(
 )
 force_option = click.option(
     "--force", is_flag=True, help="Make a new batch even if this file was submitted before"
+)
+reuse_option = click.option(
+    "--reuse",
+    is_flag=True,
+    help="Answer requests identical to ones already answered (any batch) from the store: not sent, no cost",
 )
 
 
@@ -92,9 +107,11 @@ def way_from_params(settings: Settings, params: dict[str, Any]) -> tuple[Via, Ba
 
 
 def store_from_params(db: Database, settings: Settings, params: dict[str, Any]) -> Intake:
-    """Store the job file named by the FILE/--endpoint/--skip-invalid/--force/--via... parameters."""
+    """Store the job file named by FILE/--endpoint/--skip-invalid/--force/--via.../--reuse/--max-cost, with
+    progress on a long file."""
     via, options = way_from_params(settings, params)
-    return store_job_file(
+    ticker = Ticker("lines read", None, settings.progress_seconds)
+    intake = store_job_file(
         db,
         settings,
         params["job_file"],
@@ -103,12 +120,17 @@ def store_from_params(db: Database, settings: Settings, params: dict[str, Any]) 
         force=params["force"],
         via=via,
         batch_api=options,
+        reuse=params["reuse"],
+        max_cost_usd=params["max_cost"],
+        on_progress=ticker.update,
     )
+    ticker.done(intake.total)
+    return intake
 
 
 def note_way(db: Database, batch_id: str, params: dict[str, Any]) -> None:
     """A file stored before is continued the way it was stored: say so when another way was asked for."""
-    stored = batches.get_batch(db, batch_id).via
+    stored = batch_store.get_batch(db, batch_id).via
     if params.get("via") not in (None, stored.value):
         click.echo(f"batch {batch_id} was stored with --via {stored.value}; it continues that way", err=True)
 
@@ -119,6 +141,10 @@ def note_way(db: Database, batch_id: str, params: dict[str, Any]) -> None:
 @skip_invalid_option
 @force_option
 @way_options
+@reuse_option
+@max_cost_option
+@prices_option
+@metrics_option
 @api_options
 @store_options
 def run(**params: Any) -> None:
@@ -126,8 +152,9 @@ def run(**params: Any) -> None:
 
     Runs until every request is final. The summary goes to stderr; the batch id is the last line of stdout.
     Running the same file again continues its batch (only unfinished requests are sent) unless --force.
-    Exit 0 when all succeeded, 3 when some failed or were cancelled (or are not finished), 5 when the batch
-    paused.
+    Progress goes to stderr: a live line on a terminal, a plain line every PIPELINE_PROGRESS_SECONDS (10)
+    otherwise. Exit 0 when all succeeded, 3 when some failed or were cancelled (or are not finished), 5 when
+    the batch paused (e.g. its --max-cost was reached: `pipeline resume BATCH --max-cost USD` continues).
 
     With --via batch-api the requests go to the OpenAI Batch API in parts (one endpoint and model each) and
     this command polls them until they are answered; Ctrl-C stops the waiting, not the remote batches, and
@@ -135,19 +162,20 @@ def run(**params: Any) -> None:
     """
     settings = pop_settings(params)
     settings.require_api_key()
-    limit_table(settings)  # a bad limits file is reported before anything is stored
+    limit_table(settings)  # a bad limits or prices file is reported before anything is stored
+    load_prices(settings.prices_file)
     db = database(settings)
     asked = params.get("via")
     try:
         intake = store_from_params(db, settings, params)
         batch_id = intake.batch_id
-        click.echo(f"stored {intake.total} requests as batch {batch_id}", err=True)
-        if intake.invalid:
-            click.echo(f"{intake.invalid} invalid line(s) recorded as failed", err=True)
+        report_intake(settings, db, intake, "stored")
     except DuplicateBatch as dup:
         batch_id = dup.batch_id
         click.echo(f"{dup}; continuing it (use --force for a new batch)", err=True)
         note_way(db, batch_id, {"via": asked})
+        if params["max_cost"] is not None:
+            batch_store.set_max_cost(db, batch_id, params["max_cost"])
     sys.exit(run_here(settings, db, batch_id))
 
 

@@ -22,7 +22,8 @@ from ._chat import plan_chat, plan_completion
 from ._config import FakeConfig, config_view, update_config
 from ._files import FileStore
 from ._limits import Quota, RateLimiter
-from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, Plan, fingerprint_bytes, mask_key
+from ._plan import Plan
+from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, fingerprint_bytes, mask_key
 from ._stats import Stats
 
 #: Largest JSON body read (audio uploads are streamed and not bound by it).

@@ -31,10 +31,10 @@ from aiohttp import hdrs, web
 
 from ._directives import Directive, directive_in, invalid_directive
 from ._multipart import FormParser, boundary_of
+from ._plan import Plan
 from ._protocol import (
     Answer,
     ApiError,
-    Plan,
     check_model_exists,
     count_tokens,
     fingerprint_bytes,

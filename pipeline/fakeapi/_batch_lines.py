@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 
 from ._chat import plan_chat, plan_completion
-from ._protocol import ApiError, Plan
+from ._plan import Plan
+from ._protocol import ApiError
 from ._stats import Stats
 
 #: Endpoints a batch can name that the fake answers, and how a body for each is read.

@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 
 from ._directives import Directive, directive_in
+from ._plan import Plan
 from ._protocol import (
     Answer,
     ApiError,
-    Plan,
     check_model_exists,
     count_tokens,
     fingerprint_bytes,

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from ._directives import Directive
 
 #: The organization named in rate-limit messages and the openai-organization header.
 ORGANIZATION = "org-fake"
@@ -83,33 +80,6 @@ class Answer:
     @classmethod
     def json(cls, data: Any) -> Answer:
         return cls(orjson.dumps(data))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A request read off the wire, before any check.
-
-    `respond` validates the request and builds its answer, raising ApiError when it is invalid; it is
-    called only once auth, faults, quota and rate limits have let the request through, with the
-    request's `directive` when that is in force (else None), and applies the directive's text and model.
-    An unmetered plan (an unknown URL) skips faults, quota and rate limits.
-    """
-
-    fingerprint: str
-    model: str
-    tokens: int
-    respond: Callable[[Directive | None], Answer]
-    metered: bool = True
-    directive: Directive | None = None
-
-    @classmethod
-    def failing(cls, fingerprint: str, error: ApiError, model: str = "", *, metered: bool = True) -> Plan:
-        """A plan whose validation can only fail with `error`."""
-
-        def respond(directive: Directive | None) -> Answer:
-            raise error
-
-        return cls(fingerprint, model, 0, respond, metered)
 
 
 def fingerprint_bytes(raw: bytes) -> str:

@@ -23,11 +23,13 @@ from celery.exceptions import Reject
 
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
+from pipeline.dispatch import serve_metrics
 from pipeline.fleet.broker import TASK_NAME, publish_chunks, queue_size
 from pipeline.ratelimit import make_limiter, shared_redis_url
 from pipeline.send.engine import Engine
 from pipeline.send.runner import new_event_loop
 from pipeline.settings import Settings
+from pipeline.spend import make_budget
 from pipeline.store import batches, parts, recovery
 from pipeline.store.db import Database, open_database
 from pipeline.store.models import RequestStatus
@@ -46,6 +48,7 @@ class WorkerRuntime:
         self.db: Database = open_database(settings.db_url)
         self.loop = new_event_loop()
         self.engine: Engine | None = None
+        self.metrics = serve_metrics(settings)
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-engine", daemon=True)
         self._keeper: concurrent.futures.Future[None] | None = None
         self._parts: concurrent.futures.Future[None] | None = None
@@ -88,13 +91,17 @@ class WorkerRuntime:
             self._call(self.engine.__aexit__(None, None, None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def _open_engine(self) -> Engine:
-        # One budget for every worker: the limiter lives in Redis when there is one.
-        engine = Engine(self.settings, self.db, make_limiter(self.settings, shared_redis_url(self.settings)))
+        # One budget for every worker: the limiter and the spend caps live in Redis when there is one.
+        shared = shared_redis_url(self.settings)
+        limiter, budget = make_limiter(self.settings, shared), make_budget(shared)
+        engine = Engine(self.settings, self.db, limiter, budget, self.metrics)
         return await engine.__aenter__()
 
     async def _keep(self) -> None:

@@ -8,11 +8,13 @@ that same transaction (`store.blobs`), so workers on other machines can send the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.orm import Session
 
 from pipeline.batchapi.options import BatchApiOptions
 from pipeline.endpoints import AUDIO_URLS
@@ -22,9 +24,12 @@ from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.blobs import BlobWriter, UnreadableAudio
+from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, RequestStatus, Via, utcnow
+from pipeline.store.reuse import request_key, reuse_answers
 from pipeline.store.sql import db_time_for
+from pipeline.store.usage import add_failures
 
 #: Rows per INSERT statement.
 INSERT_CHUNK = 5000
@@ -37,6 +42,8 @@ class Intake:
     batch_id: str
     total: int
     invalid: int
+    #: requests answered from identical stored answers (--reuse): never sent
+    reused: int = 0
 
 
 def store_job_file(
@@ -51,13 +58,18 @@ def store_job_file(
     base_dir: Path | None = None,
     via: Via = Via.DIRECT,
     batch_api: BatchApiOptions | None = None,
+    reuse: bool = False,
+    max_cost_usd: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Intake:
     """Validate and store the job file as a new batch, to be sent `via` one way or the other (with
     `batch_api`'s options for the Batch API). Raises JobFileError or DuplicateBatch.
 
     `source` names the batch's origin for people (default: the path); audio files are named relative to
     `base_dir` (default: the job file's folder). Under the Batch API an audio line is a bad line (the API
-    does not take audio) unless the options say to send audio directly.
+    does not take audio) unless the options say to send audio directly. With `reuse`, requests identical
+    to answered ones are answered from the store (store/reuse.py). `on_progress(lines read)` is called
+    after every INSERT_CHUNK lines stored.
     """
     api = batch_api or BatchApiOptions()
     refuse_audio = via == Via.BATCH_API and not api.audio_direct
@@ -73,16 +85,18 @@ def store_job_file(
                 id=batch_id,
                 source=source or str(path),
                 content_hash="",
-                state=BatchState.ACTIVE,
+                state=BatchState.IN_PROGRESS,
                 base_url=settings.base_url,
                 organization=settings.organization,
                 key_fingerprint=settings.key_fingerprint(),
                 options={
                     "endpoint": endpoint,
                     "max_attempts": settings.max_attempts,
+                    "reuse": reuse,
                     **(api.to_options() if via == Via.BATCH_API else {}),
                 },
                 via=via,
+                max_cost_usd=max_cost_usd,
             ),
         )
         pending: list[dict[str, Any]] = []
@@ -107,17 +121,44 @@ def store_job_file(
             else:
                 good += 1
                 custom_id = item.custom_id
-            pending.append(_row(batch_id, item, custom_id, blob, now))
+            pending.append(_row(batch_id, item, custom_id, blob, now, settings))
             if len(pending) >= INSERT_CHUNK:
                 batches.insert_requests(s, pending)
                 pending.clear()
+                if on_progress is not None:
+                    on_progress(reader.lines_read)
         if bad and (not skip_invalid or not good):
             raise JobFileError(shown, bad)
         batches.insert_requests(s, pending)
-        existing = batches.seal_batch(s, batch_id, reader.content_hash, good + bad, unique=not force)
-        if existing is not None:
-            raise DuplicateBatch(existing)
-    return Intake(batch_id, good + bad, bad)
+        reused = _seal(s, batch_id, reader.content_hash, good, bad, shown, force=force, reuse=reuse, now=now)
+    if reused:
+        settle_states(db, [batch_id])  # every line may have been answered already
+    return Intake(batch_id, good + bad, bad, reused)
+
+
+def _seal(
+    s: Session,
+    batch_id: str,
+    content_hash: str,
+    good: int,
+    bad: int,
+    shown: list[LineError],
+    *,
+    force: bool,
+    reuse: bool,
+    now: Any,
+) -> int:
+    """End intake's transaction: the content key (DuplicateBatch if stored before), the invalid lines
+    counted as failures, and with `reuse` the answers reused (how many)."""
+    existing = batches.seal_batch(s, batch_id, content_hash, good + bad, unique=not force)
+    if existing is not None:
+        raise DuplicateBatch(existing)
+    if bad:
+        add_failures(s, ((batch_id, ErrorType.INVALID_LINE.value, None, str(shown[0])) for _ in range(bad)))
+    reused = reuse_answers(s, batch_id, now) if reuse else 0
+    if reused:
+        batches.set_reused(s, batch_id, reused)
+    return reused
 
 
 def _refuse_audio(item: JobLine | LineError, source: str) -> JobLine | LineError:
@@ -148,7 +189,7 @@ def _store_audio(
 
 
 def _row(
-    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any
+    batch_id: str, item: JobLine | LineError, custom_id: str, blob: str | None, now: Any, settings: Settings
 ) -> dict[str, Any]:
     if isinstance(item, LineError):
         return {
@@ -164,7 +205,10 @@ def _row(
             "finished_at": now,
             "created_at": now,
             "blob_sha256": None,
+            "request_key": None,
+            "reused_from": None,
         }
+    key = request_key(item.url, item.body, settings.base_url, settings.organization, blob)
     return {
         "batch_id": batch_id,
         "line": item.line,
@@ -178,4 +222,6 @@ def _row(
         "finished_at": None,
         "created_at": now,
         "blob_sha256": blob,
+        "request_key": key,
+        "reused_from": None,
     }

@@ -1,13 +1,13 @@
 """The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
 
 The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
-take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs and the row
-is still ours (ownership.py) -> HTTP (transport.py) -> classify and parse (responses.py) ->
-limiter.settle -> record the attempt. Every acquire is settled on every path, exceptions included.
-tenacity owns retries (RetryableError only, `backoff_delay` waits). Outcomes go to the writer
-(writer.py), which stores them promptly in batched, fenced transactions; the watcher (watch.py) notices
-batches paused or cancelled by others. The caller chooses the limiter (`pipeline.ratelimit.make_limiter`).
-"""
+take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs, its spend
+cap covers the attempt (accounting.py) and the row is still ours (ownership.py) -> HTTP (transport.py) ->
+classify and parse (responses.py) -> limiter.settle and accounting.settle -> record the attempt. Every
+acquire and reservation is settled on every path, exceptions included. tenacity owns retries
+(RetryableError only, `backoff_delay` waits). Outcomes go to the writer (writer.py), which stores them
+promptly in batched, fenced transactions; the watcher (watch.py) notices batches paused, cancelled or
+re-capped by others. The caller chooses the limiter and the spend budget (`make_limiter`, `make_budget`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -29,43 +30,34 @@ from pipeline.errors import (
     RateLimited,
     RetryableError,
 )
+from pipeline.prices import load_prices
 from pipeline.ratelimit import Limiter
+from pipeline.ratelimit.rules import LimitKey
+from pipeline.send.accounting import Accounting, EngineStats, Ticket
 from pipeline.send.breaker import Breaker
 from pipeline.send.classify import backoff_delay, classify
 from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
+from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
-from pipeline.send.responses import Parsed, parse_answer, result_row
+from pipeline.send.responses import Parsed, Usage, parse_answer, result_row
 from pipeline.send.slots import Slots
 from pipeline.send.transport import Transport
 from pipeline.send.watch import Watch
 from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
+from pipeline.spend import Budget
+from pipeline.spend.local import LocalBudget
 from pipeline.store import batches, blobs, claims
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome, WorkerGone
 from pipeline.store.db import Database, first_line, is_transient
-from pipeline.store.models import BatchState, RequestStatus, utcnow
+from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
+
+__all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
 
 #: Longest pause between two tries of a claim that failed (database busy, restarting, disk full).
 MAX_CLAIM_RETRY_SECONDS = 10.0
-
-
-@dataclass
-class EngineStats:
-    """Counters for progress displays; only the engine's own event loop writes them."""
-
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    released: int = 0
-    #: rows given up because another engine took them back (this one was declared dead)
-    lost: int = 0
-    attempts: int = 0
-    rate_limited: int = 0
-    total_tokens: int = 0
-    #: the signal that stopped `pipeline run` before every row was final (SIGINT, SIGTERM), if one did
-    stopped_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +83,19 @@ class _Stop(Exception):
 class Engine:
     """`async with Engine(...) as engine:` then `await engine.submit(await engine.claim(ids))`."""
 
-    def __init__(self, settings: Settings, db: Database, limiter: Limiter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        limiter: Limiter,
+        budget: Budget | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.limiter = limiter
-        self.stats = EngineStats()
+        self._acct = Accounting(load_prices(settings.prices_file), budget or LocalBudget(), metrics)
+        self.stats = self._acct.stats
         self.draining = False
         self._key = settings.require_api_key()
         self._estimates = Estimator(settings, self._key.fingerprint())
@@ -109,7 +109,13 @@ class Engine:
         self._own = Ownership(db, settings.lease_seconds)
         self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
         self._writer = Writer(db, self._stored)
-        self._watch = Watch(db, limiter, lambda: {row.batch_id for row in self._held.values()})
+        self._watch = Watch(
+            db,
+            limiter,
+            self._acct,
+            lambda: {row.batch_id for row in self._held.values()},
+            lambda: self.worker,
+        )
         self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds)
 
     def __repr__(self) -> str:
@@ -129,6 +135,10 @@ class Engine:
     def in_flight(self) -> int:
         """Requests on the wire now."""
         return self._http.in_flight
+
+    def limiter_views(self) -> dict[LimitKey, dict[str, Any]]:
+        """What the limiter said of each key at the last save (limits in force, send rate)."""
+        return self._watch.snapshots
 
     async def __aenter__(self) -> Engine:
         await self._own.__aenter__()
@@ -151,6 +161,9 @@ class Engine:
                 await self._watch.save_limits()
             await self._http.__aexit__(None, None, None)
             await self._own.__aexit__(None, None, None)
+            aclose = getattr(self._acct.budget, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def drain(self) -> None:
         """Send nothing new: in-flight requests finish and are stored (for at most drain_seconds when the
@@ -180,6 +193,7 @@ class Engine:
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
+        await self._watch.learn({row.batch_id for row in rows})
         for job in await asyncio.to_thread(self._estimates.prepare, rows):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
@@ -188,6 +202,7 @@ class Engine:
 
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
+        await self._watch.learn({row.batch_id for row in rows})
         jobs = await asyncio.to_thread(self._estimates.prepare, rows)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
@@ -198,7 +213,7 @@ class Engine:
         row = job.row
         self._watch.keys.add(job.key)
         self._held[row.id] = row
-        self._watch.states[row.batch_id] = BatchState.ACTIVE  # the claim just found it active (e.g. resumed)
+        self._watch.states[row.batch_id] = BatchState.IN_PROGRESS  # the claim just found it so (e.g. resumed)
         task = asyncio.create_task(self._run_one(job))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -221,18 +236,12 @@ class Engine:
             outcome = await self._execute(job)
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
             log.exception("unexpected error on request %s", job.row.id)
-            outcome = Outcome(
-                job.row.id,
-                job.row.fence,
-                RequestStatus.QUEUED,
-                error_type=ErrorType.INTERNAL,
-                error_message=repr(exc),
-            )
+            outcome = job.outcome(RequestStatus.QUEUED, [], ErrorType.INTERNAL, repr(exc))
         if outcome is None:  # not ours any more: nothing of it is written
             self._stored([], [])
             self._drop(job.row)
             return None
-        self._count(outcome)
+        self._acct.count(outcome)
         self._writer.put(outcome)
         return outcome
 
@@ -266,21 +275,17 @@ class Engine:
         except _Stop as stop:
             if stop.status is None:
                 return None
-            return Outcome(
-                row.id, row.fence, stop.status, records, error_type=stop.reason, error_message=stop.reason
-            )
+            return job.outcome(stop.status, records, stop.reason, stop.reason)
         except BatchBlocked as exc:  # nothing of the batch can succeed until someone acts
             await self._pause(row.batch_id, exc.message)
-            return Outcome(row.id, row.fence, RequestStatus.QUEUED, records)
+            return job.outcome(RequestStatus.QUEUED, records)
         except APIError as exc:
             result = result_row(exc.status, exc.request_id, None, exc.body, None) if exc.body else None
-            return Outcome(
-                row.id, row.fence, RequestStatus.FAILED, records, result, exc.error_type, exc.message
-            )
+            return job.outcome(RequestStatus.FAILED, records, exc.error_type, exc.message, result)
         result = result_row(answer.status, None, answer.headers, answer.raw, answer.parsed)
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
         self._estimates.learn(job.key.model, result)
-        return Outcome(row.id, row.fence, RequestStatus.SUCCEEDED, records, result)
+        return job.outcome(RequestStatus.SUCCEEDED, records, result=result)
 
     async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
@@ -304,21 +309,30 @@ class Engine:
         row, key, estimate = job.row, job.key, job.estimate
         async with self._slots:  # max in flight: the checks below happen right before sending
             self._check_stop(row)
+            waited = time.perf_counter()
             await self.limiter.acquire(key, estimate)
+            waited = time.perf_counter() - waited
             charged: int | None = 0  # what settles the reservation if nothing else does (refunds it)
             headers: Mapping[str, str] = {}
+            ticket: Ticket | None = None
+            status, used, sent = None, Usage(), False
             try:
                 self._check_stop(row)  # the wait for budget may have outlasted the batch (paused, cancelled)
+                ticket = await self._acct.reserve(job, self._watch.cap(row.batch_id))
                 await self._check_owned(row)
                 started, t0 = utcnow(), time.perf_counter()
-                exchange = await self._http.post(row)
+                with self._acct.on_wire(row.batch_id):
+                    exchange = await self._http.post(row)
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
-                latency = (time.perf_counter() - t0) * 1000.0
+                latency, sent = (time.perf_counter() - t0) * 1000.0, True
                 parsed, error = self._parse(job, status, headers, raw, error)
-                prompt, completion, total = usage(parsed, raw)
-                charged = charged_tokens(job, status, prompt, total)
+                used = usage(parsed, raw)
+                charged = charged_tokens(job, status, used.prompt_tokens, used.total_tokens)
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
+                if ticket is not None:
+                    self._acct.settle(ticket, key.model, sent, status, used)
+        self._acct.observe_latency(latency, waited)
         records.append(
             AttemptRecord(
                 len(records) + 1,
@@ -328,15 +342,14 @@ class Engine:
                 error.error_type if error else None,
                 error.message if error else None,
                 headers.get("x-request-id"),
-                prompt,
-                completion,
-                total,
+                used.prompt_tokens,
+                used.completion_tokens,
+                used.total_tokens,
+                used.cached_tokens,
+                used.audio_seconds,
             )
         )
-        self.stats.attempts += 1
-        self.stats.total_tokens += total or 0
         if isinstance(error, RateLimited):
-            self.stats.rate_limited += 1
             self.limiter.cooldown(key, error.retry_after or 1.0)
         if self._breaker.observe(status, error):
             why = self._breaker.describe(self.settings.base_url)
@@ -370,7 +383,7 @@ class Engine:
 
     def _check_stop(self, row: Claimed) -> None:
         state = self._watch.state(row.batch_id)
-        if state == BatchState.CANCELLED:
+        if state in CANCELLED_STATES:
             raise _Stop(RequestStatus.CANCELLED, ErrorType.CANCELLED)
         if state == BatchState.PAUSED or self.draining:
             raise _Stop(RequestStatus.QUEUED, None)
@@ -384,15 +397,7 @@ class Engine:
         if self._watch.state(batch_id) != BatchState.PAUSED:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
-            await asyncio.to_thread(batches.set_batch_state, self.db, batch_id, BatchState.PAUSED, reason)
-
-    def _count(self, outcome: Outcome) -> None:
-        name = {
-            RequestStatus.SUCCEEDED: "succeeded",
-            RequestStatus.FAILED: "failed",
-            RequestStatus.CANCELLED: "cancelled",
-        }.get(outcome.status, "released")
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+            await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
 
 
 def _wait_after_first(state: RetryCallState) -> float:

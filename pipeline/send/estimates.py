@@ -15,10 +15,11 @@ import orjson
 
 from pipeline.endpoints import AUDIO_URLS
 from pipeline.ratelimit.rules import LimitKey
-from pipeline.send.responses import Parsed, usage_of
-from pipeline.send.tokens import completion_budget, estimate_many
+from pipeline.send.responses import Parsed, Usage, usage_of
+from pipeline.send.tokens import completion_budget, completion_reserve, prompt_counts
 from pipeline.settings import Settings
-from pipeline.store.claims import Claimed
+from pipeline.store.claims import AttemptRecord, Claimed, Outcome
+from pipeline.store.models import RequestStatus
 
 #: Weight of a new answer in the moving average of completion lengths.
 LEARNING_RATE = 0.05
@@ -30,11 +31,37 @@ class Job:
 
     row: Claimed
     key: LimitKey
+    #: tokens reserved against the TPM limit: the prompt plus the completion budget
     estimate: int
+    #: the prompt's part of `estimate`, counted offline
+    prompt_tokens: int
     #: max_tokens x n when the body sets max_tokens: what the API charges against the TPM limit
     completion_cap: int | None
     #: the audio `response_format` (None: JSON)
     response_format: str | None
+
+    def outcome(
+        self,
+        status: RequestStatus,
+        records: list[AttemptRecord],
+        error_type: str | None = None,
+        error_message: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """What became of the job, for the writer: the row's attempts, answer and status, and whose usage
+        counters (batch, model) the attempts add to."""
+        row = self.row
+        return Outcome(
+            row.id,
+            row.fence,
+            status,
+            records,
+            result,
+            error_type,
+            error_message,
+            batch_id=row.batch_id,
+            model=self.key.model,
+        )
 
 
 class Estimator:
@@ -52,9 +79,11 @@ class Estimator:
         # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
         # models are charged their real usage when the answer settles.
         chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
-        estimates = [0] * len(rows)
-        for i, n in zip(chat, estimate_many([bodies[i] for i in chat], self._completion_avg), strict=True):
-            estimates[i] = n
+        prompts, completions = [0] * len(rows), [0] * len(rows)
+        chat_bodies = [bodies[i] for i in chat]
+        for i, prompt, body in zip(chat, prompt_counts(chat_bodies), chat_bodies, strict=True):
+            prompts[i] = prompt
+            completions[i] = completion_reserve(body, self._completion_avg)
         fingerprint, org = self.key_fingerprint, self.settings.organization
         return [
             Job(
@@ -62,11 +91,12 @@ class Estimator:
                 LimitKey(
                     self.settings.base_url, fingerprint, org, str(body.get("model")), self.settings.project
                 ),
-                estimate,
+                prompt + completion,
+                prompt,
                 completion_budget(body) if row.url not in AUDIO_URLS else None,
                 body.get("response_format") if row.url in AUDIO_URLS else None,
             )
-            for row, body, estimate in zip(rows, bodies, estimates, strict=True)
+            for row, body, prompt, completion in zip(rows, bodies, prompts, completions, strict=True)
         ]
 
     def learn(self, model: str, result: dict[str, Any]) -> None:
@@ -94,8 +124,14 @@ def charged_tokens(job: Job, status: int | None, prompt: int | None, total: int 
     return total
 
 
-def usage(parsed: Parsed | None, raw: bytes) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, total) tokens the attempt reported, failed ones included."""
+def usage(parsed: Parsed | None, raw: bytes) -> Usage:
+    """The usage the attempt reported, failed ones included (all None when none)."""
     if parsed is not None:
-        return parsed.prompt_tokens, parsed.completion_tokens, parsed.total_tokens
-    return usage_of(raw) if raw else (None, None, None)
+        return Usage(
+            parsed.prompt_tokens,
+            parsed.completion_tokens,
+            parsed.total_tokens,
+            parsed.cached_tokens,
+            parsed.audio_seconds,
+        )
+    return usage_of(raw) if raw else Usage()

@@ -35,6 +35,18 @@ class Parsed:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     audio_seconds: float | None = None
+    cached_tokens: int | None = None  #: prompt tokens served from the prompt cache
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one answer says the API charged: tokens (cached ones are part of the prompt) or audio seconds."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    audio_seconds: float | None = None
 
 
 def parse_answer(
@@ -88,7 +100,7 @@ def parse_success(data: dict[str, Any]) -> Parsed:
     audio_seconds = _number(data.get("duration"))
     if usage.get("type") == "duration":
         audio_seconds = _number(usage.get("seconds"))
-    prompt, completion, total = _tokens(usage)
+    prompt, completion, total, cached = _tokens(usage)
     return Parsed(
         response_id=_str(data.get("id")),
         model=_str(data.get("model")),
@@ -98,25 +110,30 @@ def parse_success(data: dict[str, Any]) -> Parsed:
         completion_tokens=completion,
         total_tokens=total,
         audio_seconds=audio_seconds,
+        cached_tokens=cached,
     )
 
 
-def usage_of(body: bytes) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, total) tokens of any JSON body that reports usage; Nones otherwise."""
+def usage_of(body: bytes) -> Usage:
+    """The token usage of any JSON body that reports it (an error answer that was charged); else empty."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None, None
+        return Usage()
     usage = data.get("usage") if isinstance(data, dict) else None
-    return _tokens(usage) if isinstance(usage, dict) else (None, None, None)
+    return Usage(*_tokens(usage)) if isinstance(usage, dict) else Usage()
 
 
-def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
-    """The one reading of a `usage` object: (prompt, completion, total), token-billed audio names included."""
+def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None, int | None, int | None]:
+    """The one reading of a `usage` object: (prompt, completion, total, cached), token-billed audio names
+    included."""
+    details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
     return (
         _int(usage.get("prompt_tokens", usage.get("input_tokens"))),
         _int(usage.get("completion_tokens", usage.get("output_tokens"))),
         _int(usage.get("total_tokens")),
+        cached,
     )
 
 

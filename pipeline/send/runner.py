@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 from pipeline.ratelimit import Limiter
 from pipeline.send.engine import Engine, EngineStats
+from pipeline.send.metrics import Metrics
 from pipeline.settings import Settings
+from pipeline.spend import Budget
 from pipeline.store import batches, claims
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
@@ -41,11 +43,13 @@ async def run_batch(
     batch_id: str,
     limiter: Limiter,
     *,
+    budget: Budget | None = None,
+    metrics: Metrics | None = None,
     on_start: Callable[[Engine], None] | None = None,
     signals: bool = True,
 ) -> EngineStats:
     """Send every row of the batch until all are final; SIGINT/SIGTERM drain first (when `signals`)."""
-    async with Engine(settings, db, limiter) as engine:
+    async with Engine(settings, db, limiter, budget, metrics) as engine:
         if on_start is not None:
             on_start(engine)
         if signals:
@@ -54,6 +58,10 @@ async def run_batch(
             engine.stats.stopped_by = caught.signal
         else:
             await feed(settings, db, batch_id, engine)
+    try:  # the writer settles the state after each write; if the last one could not, this does
+        await asyncio.to_thread(claims.settle_states, db, [batch_id])
+    except Exception as exc:
+        log.warning("could not settle the state of batch %s (%r)", batch_id, exc)
     return engine.stats
 
 
@@ -82,7 +90,7 @@ async def feed(
             continue
         await engine.join()
         states = await asyncio.to_thread(batches.batch_states, db, [batch_id])
-        if states.get(batch_id) != BatchState.ACTIVE:
+        if states.get(batch_id) != BatchState.IN_PROGRESS:
             return
         if after:  # a scan ended: look again from the start for rows released meanwhile
             after = 0

@@ -82,6 +82,15 @@ def estimate_many(bodies: list[dict[str, Any]], learned: Mapping[str, float] | N
     DEFAULT_COMPLETION_TOKENS.
     """
     learned = learned or {}
+    return [
+        prompt + _completion_budget(body, _default_for(body, learned))
+        for prompt, body in zip(prompt_counts(bodies), bodies, strict=True)
+    ]
+
+
+def prompt_counts(bodies: list[dict[str, Any]]) -> list[int]:
+    """Prompt tokens of each body, counted offline: the text with the model's encoding (one tokenizer call
+    per encoding), plus TOKENS_PER_MESSAGE per chat message for the chat format's framing."""
     texts = [prompt_text(body) for body in bodies]
     counts = [0] * len(bodies)
     if toktok is not None:
@@ -95,11 +104,14 @@ def estimate_many(bodies: list[dict[str, Any]], learned: Mapping[str, float] | N
     else:
         counts = [math.ceil(len(text) / 4) for text in texts]
     return [
-        counts[i]
-        + TOKENS_PER_MESSAGE * len(body.get("messages") or [])
-        + _completion_budget(body, _default_for(body, learned))
-        for i, body in enumerate(bodies)
+        count + TOKENS_PER_MESSAGE * len(body.get("messages") or [])
+        for count, body in zip(counts, bodies, strict=True)
     ]
+
+
+def completion_reserve(body: dict[str, Any], learned: Mapping[str, float]) -> int:
+    """Completion tokens to reserve: max_tokens x n, else the learned (or default) length x n."""
+    return _completion_budget(body, _default_for(body, learned))
 
 
 def completion_budget(body: dict[str, Any]) -> int | None:

@@ -10,29 +10,20 @@ import asyncio
 import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from pipeline import DISTRIBUTION
+from pipeline.about import version
 from pipeline.endpoints import AUDIO_CONTENT_TYPES, AUDIO_URLS
 from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
 
-
-def _user_agent() -> str:
-    try:
-        return f"pipeline/{version(DISTRIBUTION)}"
-    except PackageNotFoundError:  # a checkout that was never installed
-        return "pipeline"
-
-
 #: What the User-Agent header says.
-USER_AGENT = _user_agent()
+USER_AGENT = f"pipeline/{version()}"
 
 
 @dataclass(frozen=True, slots=True)

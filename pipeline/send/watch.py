@@ -1,7 +1,10 @@
-"""What the engine learns from others while it runs: batches paused or cancelled elsewhere.
+"""What the engine learns from others while it runs, and what it tells them.
 
-And what it tells them: every few seconds the limiter's view of each key it used (limits in force, send
-rate) is saved for `pipeline status`.
+Every second: the state and spend cap of each batch it holds rows of (paused, cancelled or re-capped
+elsewhere), for capped batches what the database says was spent and what the other engines hold reserved
+(fed to the spend budget), and this engine's own flights (requests on the wire and USD reserved, per batch)
+saved on its worker row for `pipeline status` and the other engines. Every few seconds the limiter's view
+of each key it used (limits in force, send rate) is saved too.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
-from pipeline.store import batches, limit_states
+from pipeline.send.accounting import Accounting
+from pipeline.store import batches, claims, limit_states, usage
+from pipeline.store.batches import Control
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
 
@@ -27,18 +33,44 @@ LIMITS_SAVE_POLLS = 5
 
 
 class Watch:
-    """The batch states the engine acts on, kept fresh by `run` (a background task)."""
+    """The batch states and caps the engine acts on, kept fresh by `run` (a background task)."""
 
-    def __init__(self, db: Database, limiter: Limiter, batch_ids: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        limiter: Limiter,
+        accounting: Accounting,
+        batch_ids: Callable[[], Iterable[str]],
+        worker: Callable[[], str],
+    ) -> None:
         self.db = db
         self.limiter = limiter
+        self.accounting = accounting
         self._batch_ids = batch_ids
+        self._worker = worker
         self.states: dict[str, BatchState] = {}
+        self.caps: dict[str, float | None] = {}
         #: every key the engine sent with, for the limiter snapshots
         self.keys: set[LimitKey] = set()
+        #: the limiter's view of each key at the last save, for progress displays
+        self.snapshots: dict[LimitKey, dict[str, Any]] = {}
+        self._saved_flights: dict[str, list[float]] | None = None
 
     def state(self, batch_id: str) -> BatchState:
-        return self.states.get(batch_id, BatchState.ACTIVE)
+        return self.states.get(batch_id, BatchState.IN_PROGRESS)
+
+    def cap(self, batch_id: str) -> float | None:
+        return self.caps.get(batch_id)
+
+    async def learn(self, batch_ids: set[str]) -> None:
+        """Read the state and cap of batches before sending their rows (a claim may follow a resume that
+        changed the cap); a failing database keeps what is known, checked again every second."""
+        try:
+            await asyncio.to_thread(self._refresh, batch_ids)
+        except Exception as exc:
+            if batch_ids - self.caps.keys():  # never send a batch whose cap is unknown
+                raise
+            log.warning("could not read batch states (%r); using the last known", exc)
 
     async def run(self) -> None:
         polls = 0
@@ -50,10 +82,39 @@ class Watch:
                     await self.save_limits()
                 except Exception:  # a display aid: never worth stopping the engine
                     log.warning("could not save limiter state", exc_info=True)
-            ids = set(self._batch_ids())
-            if ids:
-                with contextlib.suppress(Exception):  # the database is busy or restarting: next period
-                    self.states.update(await asyncio.to_thread(batches.batch_states, self.db, ids))
+            ids = set(self._batch_ids()) | set(self.accounting.flights_view())
+            with contextlib.suppress(Exception):  # the database is busy or restarting: next period
+                await asyncio.to_thread(self._refresh, ids)
+                await self._save_flights()
+
+    def _refresh(self, ids: set[str]) -> None:
+        if not ids:
+            return
+        controls: dict[str, Control] = batches.batch_controls(self.db, ids)
+        for batch_id, control in controls.items():
+            self.states[batch_id] = control.state
+            self.caps[batch_id] = control.max_cost_usd
+        capped = [b for b, c in controls.items() if c.max_cost_usd is not None]
+        if not capped:
+            return
+        spent = usage.usage_of(self.db, capped)
+        others = batches.flights_of_others(self.db, capped, self._worker())
+        prices = self.accounting.prices
+        for batch_id in capped:
+            recorded = sum(
+                prices.cost(
+                    u.model, u.tier, u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.audio_seconds
+                )
+                or 0.0
+                for u in spent[batch_id].models
+            )
+            self.accounting.budget.observe(batch_id, recorded, others.get(batch_id, 0.0))
+
+    async def _save_flights(self) -> None:
+        flights = self.accounting.flights_view()
+        if flights or self._saved_flights:  # nothing to say twice: an idle engine writes nothing
+            await asyncio.to_thread(claims.save_flights, self.db, self._worker(), flights)
+        self._saved_flights = flights
 
     async def save_limits(self) -> None:
         """Save what the limiter says of every key this engine used, for `pipeline status`."""
@@ -64,4 +125,5 @@ class Watch:
         for key in list(self.keys):
             snap = snapshot(key)
             snapshots.append((key, await snap if inspect.isawaitable(snap) else snap))
+        self.snapshots = dict(snapshots)
         await asyncio.to_thread(limit_states.save_limit_states, self.db, snapshots)

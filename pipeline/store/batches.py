@@ -1,21 +1,37 @@
 """Batches: creating one at intake, reading its counts for `status`, and the controls (cancel, retry, pause).
 
+States: in_progress -> completed when every row is final (`claims.settle_states`, after the writes that
+finished them); paused by an engine (quota, a wrong key, the spend cap...) until `resume`; cancel makes it
+cancelling, then cancelled once the rows in flight are final.
+
 Intake writes through a session it holds open for the whole job file (`new_batch`, `insert_requests`,
 `seal_batch`), so a rejected file leaves nothing behind. Everything else is a short transaction of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
+from pipeline.store import usage
+from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
-from pipeline.store.models import Attempt, Batch, BatchState, Request, RequestStatus, Via, utcnow
+from pipeline.store.models import (
+    Batch,
+    BatchState,
+    Request,
+    RequestStatus,
+    Result,
+    Via,
+    Worker,
+    utcnow,
+)
 from pipeline.store.sql import columns, executemany, insert_sql
 
 #: The columns intake writes for each request row (the rest belong to claims and recovery).
@@ -59,6 +75,11 @@ def seal_batch(s: Session, batch_id: str, content_hash: str, total: int, *, uniq
     return None
 
 
+def set_reused(s: Session, batch_id: str, reused: int) -> None:
+    """How many of the batch's requests intake answered from stored answers."""
+    s.execute(update(Batch).where(Batch.id == batch_id).values(reused=reused))
+
+
 # --- reading -------------------------------------------------------------------------------------------
 
 
@@ -82,18 +103,33 @@ def get_batch(db: Database, batch_id: str | None) -> Batch:
     return matches[0]
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What an engine must know of a batch before sending one of its rows."""
+
+    state: BatchState
+    max_cost_usd: float | None
+
+
 def batch_states(db: Database, batch_ids: Iterable[str]) -> dict[str, BatchState]:
+    return {bid: control.state for bid, control in batch_controls(db, batch_ids).items()}
+
+
+def batch_controls(db: Database, batch_ids: Iterable[str]) -> dict[str, Control]:
+    """State and spend cap of each batch."""
     ids = list(batch_ids)
     if not ids:
         return {}
     with db.read() as s:
-        return {
-            bid: state for bid, state in s.execute(select(Batch.id, Batch.state).where(Batch.id.in_(ids)))
-        }
+        rows = s.execute(select(Batch.id, Batch.state, Batch.max_cost_usd).where(Batch.id.in_(ids)))
+        return {bid: Control(state, cap) for bid, state, cap in rows}
 
 
 def status_counts(db: Database, batch_id: str) -> dict[str, int]:
-    """Requests of the batch by status, every status present (0 when none), plus `total`."""
+    """Requests of the batch by status, every status present (0 when none), plus `total`.
+
+    One index-only pass over (batch_id, status): about 0.15 s for a million rows on SQLite.
+    """
     with db.read() as s:
         rows = s.execute(
             select(Request.status, func.count()).where(Request.batch_id == batch_id).group_by(Request.status)
@@ -103,48 +139,62 @@ def status_counts(db: Database, batch_id: str) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
-def token_totals(db: Database, batch_id: str) -> dict[str, int | None]:
-    """Tokens billed over every attempt of the batch (failed attempts included)."""
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Failed requests of one error type and final HTTP status (None: no answer, e.g. a timeout)."""
+
+    error_type: str
+    http_status: int | None
+    count: int
+    sample: str | None  #: one of their error messages
+
+
+def failure_groups(db: Database, batch_id: str, limit: int = 10) -> list[FailureGroup]:
+    """The batch's failed requests grouped by error type and HTTP status, most common first (from the
+    failure counters: a few rows however many failed)."""
+    return [
+        FailureGroup(f.error_type, f.http_status or None, f.count, f.sample)
+        for f in usage.failures_of(db, batch_id, limit)
+    ]
+
+
+def failed_rows(db: Database, batch_id: str) -> Iterator[tuple[str, str | None, int | None, str | None, int]]:
+    """(custom_id, error type, HTTP status, message, attempts) of every failed request, in id order."""
+    stmt = (
+        select(
+            Request.custom_id, Request.error_type, Result.http_status, Request.error_message, Request.attempts
+        )
+        .select_from(Request)
+        .outerjoin(Result, Result.request_id == Request.id)
+        .where(Request.batch_id == batch_id, Request.status == RequestStatus.FAILED)
+        .order_by(Request.id)
+        .execution_options(yield_per=2000, stream_results=True)
+    )
     with db.read() as s:
-        row = s.execute(
-            select(
-                func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-                func.coalesce(func.sum(Attempt.completion_tokens), 0),
-                func.coalesce(func.sum(Attempt.total_tokens), 0),
-            )
-            .join(Request, Request.id == Attempt.request_id)
-            .where(Request.batch_id == batch_id)
-        ).one()
-    return {"prompt_tokens": row[0], "completion_tokens": row[1], "total_tokens": row[2]}
+        for row in s.execute(stmt):
+            yield row[0], row[1], row[2], row[3], row[4]
 
 
-def error_breakdown(db: Database, batch_id: str, limit: int = 5) -> list[tuple[str, int]]:
-    """The most common error types among the batch's failed requests."""
+def in_flight(db: Database, batch_id: str) -> tuple[int, float]:
+    """Requests of the batch on the wire now, and the USD reserved for them, as engines last saved them."""
     with db.read() as s:
-        rows = s.execute(
-            select(Request.error_type, func.count())
-            .where(Request.batch_id == batch_id, Request.status == RequestStatus.FAILED)
-            .group_by(Request.error_type)
-            .order_by(func.count().desc())
-            .limit(limit)
-        ).all()
-    return [(etype or "unknown", n) for etype, n in rows]
+        flights = s.scalars(select(Worker.flights).where(Worker.flights.is_not(None))).all()
+    on_wire = [f[batch_id] for f in flights if f and batch_id in f]
+    return int(sum(n for n, _ in on_wire)), float(sum(usd for _, usd in on_wire))
 
 
-def attempt_stats(db: Database, batch_id: str) -> dict[str, Any]:
-    """Attempts made, 429s answered, and the first send / last answer times of the batch."""
+def flights_of_others(db: Database, batch_ids: Sequence[str], worker: str) -> dict[str, float]:
+    """USD the engines other than `worker` hold reserved for requests of each batch."""
     with db.read() as s:
-        row = s.execute(
-            select(
-                func.count(Attempt.id),
-                func.coalesce(func.sum(func.cast(Attempt.http_status == 429, Integer)), 0),
-                func.min(Attempt.started_at),
-            )
-            .join(Request, Request.id == Attempt.request_id)
-            .where(Request.batch_id == batch_id)
-        ).one()
-        last = s.scalar(select(func.max(Request.finished_at)).where(Request.batch_id == batch_id))
-    return {"attempts": row[0], "rate_limited": row[1], "first_sent_at": row[2], "last_finished_at": last}
+        rows = s.execute(select(Worker.id, Worker.flights).where(Worker.flights.is_not(None))).all()
+    held: dict[str, float] = {}
+    for who, flights in rows:
+        if who == worker or not flights:
+            continue
+        for batch_id in batch_ids:
+            if batch_id in flights:
+                held[batch_id] = held.get(batch_id, 0.0) + float(flights[batch_id][1])
+    return held
 
 
 def list_batches(db: Database, limit: int = 50) -> list[tuple[Batch, dict[str, int]]]:
@@ -184,16 +234,34 @@ def retarget(db: Database, batch_id: str, base_url: str, organization: str | Non
         )
 
 
-def set_batch_state(db: Database, batch_id: str, state: BatchState, reason: str | None = None) -> None:
+def set_max_cost(db: Database, batch_id: str, max_cost_usd: float | None) -> None:
+    """The batch's spend cap (None: no cap)."""
     with db.write() as s:
-        s.execute(update(Batch).where(Batch.id == batch_id).values(state=state, pause_reason=reason))
+        s.execute(update(Batch).where(Batch.id == batch_id).values(max_cost_usd=max_cost_usd))
+
+
+def pause_batch(db: Database, batch_id: str, reason: str) -> None:
+    """Pause the batch with the reason, if it is in progress (a cancelled or finished one stays so)."""
+    with db.write() as s:
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.state == BatchState.IN_PROGRESS)
+            .values(state=BatchState.PAUSED, pause_reason=reason)
+        )
 
 
 def cancel_batch(db: Database, batch_id: str) -> int:
-    """Cancel the batch: queued rows become cancelled (rows in flight finish). Returns how many."""
+    """Cancel the batch: queued rows become cancelled; rows in flight finish, and then it is `cancelled`.
+
+    Returns how many queued rows were cancelled here (engines cancel the rows they hold unsent).
+    """
     now = utcnow()
     with db.write() as s:
-        s.execute(update(Batch).where(Batch.id == batch_id).values(state=BatchState.CANCELLED))
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.state.not_in([BatchState.COMPLETED, BatchState.CANCELLED]))
+            .values(state=BatchState.CANCELLING)
+        )
         done = s.execute(
             update(Request)
             .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
@@ -204,18 +272,22 @@ def cancel_batch(db: Database, batch_id: str) -> int:
                 finished_at=now,
             )
         )
-        return int(getattr(done, "rowcount", 0) or 0)
+    settle_states(db, [batch_id])
+    return int(getattr(done, "rowcount", 0) or 0)
 
 
 def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]) -> int:
-    """Put the batch's rows in `statuses` back to queued (errors cleared), and make the batch active.
+    """Put the batch's rows in `statuses` back to queued (errors cleared); the batch is in progress again
+    (and completed at once when nothing is left to send).
 
     Invalid lines (stored with --skip-invalid) stay failed: they have no request to send.
     """
     wanted = list(statuses)
     with db.write() as s:
         s.execute(
-            update(Batch).where(Batch.id == batch_id).values(state=BatchState.ACTIVE, pause_reason=None)
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(state=BatchState.IN_PROGRESS, pause_reason=None, finished_at=None)
         )
         done = s.execute(
             update(Request)
@@ -226,4 +298,7 @@ def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]
             )
             .values(status=RequestStatus.QUEUED, error_type=None, error_message=None, finished_at=None)
         )
-        return int(getattr(done, "rowcount", 0) or 0)
+        if RequestStatus.FAILED in wanted:
+            usage.rebuild_failures(s, batch_id)
+    settle_states(db, [batch_id])
+    return int(getattr(done, "rowcount", 0) or 0)

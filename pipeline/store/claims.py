@@ -15,17 +15,20 @@ Ownership is checked, never assumed:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorType, PipelineError
+from pipeline.store import usage
 from pipeline.store.db import Database
 from pipeline.store.models import (
+    CANCELLED_STATES,
     Attempt,
     Batch,
     BatchState,
@@ -37,7 +40,18 @@ from pipeline.store.models import (
     Worker,
     utcnow,
 )
-from pipeline.store.sql import columns, db_time_for, executemany, fitter, insert_sql, parts, upsert_sql
+from pipeline.store.sql import (
+    columns,
+    db_clock,
+    db_time_for,
+    executemany,
+    fitter,
+    insert_sql,
+    parts,
+    upsert_sql,
+)
+
+log = logging.getLogger(__name__)
 
 
 class WorkerGone(PipelineError):
@@ -75,6 +89,8 @@ class AttemptRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None
+    audio_seconds: float | None = None
     #: "batch-api" when the Batch API answered it; None when it was sent directly
     via: str | None = None
 
@@ -90,6 +106,9 @@ class Outcome:
     result: dict[str, Any] | None = None  #: Result columns, without request_id
     error_type: str | None = None
     error_message: str | None = None
+    #: the row's batch and the model its body names: whose usage counters the attempts add to
+    batch_id: str = ""
+    model: str = ""
 
 
 #: The attempts columns an AttemptRecord fills (with request_id).
@@ -129,7 +148,14 @@ def retire(db: Database, worker: str) -> int:
     with db.write() as s:
         released = requeue_rows_of(s, worker)
         s.execute(delete(Worker).where(Worker.id == worker))
+    settle_states(db, {batch_id for batch_id, _ in released})
     return len(released)
+
+
+def save_flights(db: Database, worker: str, flights: dict[str, list[float]]) -> None:
+    """What the engine has on the wire now, per batch: [requests, USD reserved for them]."""
+    with db.write() as s:
+        s.execute(update(Worker).where(Worker.id == worker).values(flights=flights or None))
 
 
 def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
@@ -146,7 +172,7 @@ def requeue_rows_of(s: Session, worker: str) -> list[tuple[str, int]]:
         )
     ]
     if rows:  # a cancelled batch keeps no queued rows
-        cancelled = select(Batch.id).where(Batch.state == BatchState.CANCELLED)
+        cancelled = select(Batch.id).where(Batch.state.in_(CANCELLED_STATES))
         s.execute(
             update(Request)
             .where(Request.status == RequestStatus.QUEUED, Request.batch_id.in_(cancelled))
@@ -174,14 +200,14 @@ def sent_directly() -> ColumnElement[bool]:
 
 
 def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
-    """Take the queued rows among `ids` of active batches for `worker`; the others are skipped (and the
+    """Take the queued rows among `ids` of batches in progress for `worker`; the others are skipped (and the
     rows of a batch-api batch, unless marked to be sent directly).
 
     Raises WorkerGone when the worker's row is gone. On PostgreSQL the worker row is held FOR SHARE for
     the claim, so the watcher that buries a worker (FOR UPDATE of that row) runs wholly before or after it.
     """
     claimed: list[Claimed] = []
-    active = select(Batch.id).where(Batch.state == BatchState.ACTIVE)
+    active = select(Batch.id).where(Batch.state == BatchState.IN_PROGRESS)
     for part in parts(ids):
         stmt = (
             update(Request)
@@ -241,15 +267,120 @@ def record(db: Database, outcomes: Sequence[Outcome]) -> list[Outcome]:
     if not outcomes:
         return []
     with db.write() as s:
-        return record_in(s, outcomes, db.is_sqlite)
+        refused = record_in(s, outcomes, db.is_sqlite)
+    settle_after(db, outcomes, refused)
+    return refused
 
 
 def record_in(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> list[Outcome]:
-    """`record` in the caller's write transaction `s` (for a caller that changes more in the same one)."""
+    """`record` in the caller's write transaction `s` (for a caller that changes more in the same one; it
+    calls `settle_after` once that transaction committed)."""
     held = _held_fences(s, [o.request_id for o in outcomes])
     kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
     _write(s, kept, sqlite)
+    usage.add_usage(s, sqlite, _usage_of(kept))
+    usage.add_failures(
+        s,
+        [
+            (o.batch_id, o.error_type, (o.result or {}).get("http_status"), o.error_message)
+            for o in kept
+            if o.status == RequestStatus.FAILED and o.batch_id
+        ],
+    )
     return [o for o in outcomes if held.get(o.request_id) != o.fence]
+
+
+def settle_after(db: Database, outcomes: Sequence[Outcome], refused: Sequence[Outcome]) -> None:
+    """After a transaction that stored outcomes committed: settle the state of the batches they touched."""
+    gone = {id(o) for o in refused}
+    touched = {o.batch_id for o in outcomes if o.batch_id and id(o) not in gone}
+    if touched:
+        try:
+            settle_states(db, touched)
+        except Exception as exc:  # stored all the same; the next write or recovery pass settles them
+            log.warning("could not settle the state of batches %s (%r)", sorted(touched), exc)
+
+
+def _usage_of(outcomes: Sequence[Outcome]) -> list[tuple[str, usage.Usage]]:
+    """The counters the outcomes' attempts add, per (batch, model, tier)."""
+    counters: dict[tuple[str, str, str], usage.Usage] = {}
+    for o in outcomes:
+        for a in o.attempts:
+            tier = a.via or usage.DIRECT  # the Batch API's attempts are priced apart (half)
+            key = (o.batch_id, o.model, tier)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = usage.Usage(o.model, tier)
+            tokens = (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.total_tokens)
+            counter.add_attempt(a.started_at, a.http_status, tokens, a.audio_seconds)
+    return [(batch_id, counter) for (batch_id, _, _), counter in counters.items()]
+
+
+#: A cancelled batch keeps no queued rows (an engine may release rows before it sees the cancel).
+_CANCEL_LEFT = (
+    "UPDATE requests SET status = 'cancelled', error_type = 'cancelled', error_message = 'cancelled',"
+    " finished_at = :now WHERE batch_id = :batch_id AND status = 'queued' AND EXISTS (SELECT 1 FROM batches b"
+    " WHERE b.id = :batch_id AND b.state IN ('cancelling', 'cancelled'))"
+)
+#: Batches whose every row is final move on: in progress -> completed, cancelling -> cancelled.
+_SETTLE = (
+    "UPDATE batches SET state = CASE state WHEN 'cancelling' THEN 'cancelled' ELSE 'completed' END,"
+    " finished_at = :now WHERE id = :batch_id AND state IN ('in_progress', 'cancelling')"
+    " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = batches.id"
+    " AND r.status IN ('queued', 'running'))"
+)
+
+
+def settle_open(db: Database) -> None:
+    """`settle_states` for every batch in progress or cancelling: the recovery passes' safety net."""
+    with db.read() as s:
+        ids = list(s.scalars(select(Batch.id).where(Batch.state.in_(SETTLING_STATES))))
+    settle_states(db, ids)
+
+
+#: States a batch leaves by itself once every row is final.
+SETTLING_STATES = (BatchState.IN_PROGRESS, BatchState.CANCELLING)
+
+
+def settle_states(db: Database, batch_ids: Iterable[str]) -> None:
+    """Mark the batches whose every row is final completed (or cancelled), with `finished_at`; first, a
+    cancelled batch's queued rows are cancelled.
+
+    After the writes that finished rows committed: of two engines storing a batch's last rows at once, the
+    one that commits last sees every row final, so it needs no lock across them. A read (no write lock, a
+    few indexed probes per batch) finds the batches with something to do; only those take a write
+    transaction, so a batch in full flow costs its writers no second write per transaction.
+    """
+    ids = _to_settle(db, set(batch_ids))
+    if not ids:
+        return
+    with db.write() as s:
+        # Batch rows first, as cancel_batch takes them: two transactions never wait on each other crosswise.
+        s.execute(select(Batch.id).where(Batch.id.in_(ids)).order_by(Batch.id).with_for_update())
+        now = db_time_for(db.is_sqlite, db_clock(s))
+        rows = [{"batch_id": b, "now": now} for b in ids]
+        executemany(s, _CANCEL_LEFT, rows)
+        executemany(s, _SETTLE, rows)
+
+
+def _to_settle(db: Database, batch_ids: set[str]) -> list[str]:
+    """Those of the batches that are done (in progress or cancelling, no row queued or running), or
+    cancelled with queued rows left."""
+    if not batch_ids:
+        return []
+    open_rows = select(Request.id).where(
+        Request.batch_id == Batch.id, Request.status.in_([RequestStatus.QUEUED, RequestStatus.RUNNING])
+    )
+    queued = select(Request.id).where(Request.batch_id == Batch.id, Request.status == RequestStatus.QUEUED)
+    stmt = select(Batch.id).where(
+        Batch.id.in_(sorted(batch_ids)),
+        or_(
+            and_(Batch.state.in_(SETTLING_STATES), ~open_rows.exists()),
+            and_(Batch.state.in_(CANCELLED_STATES), queued.exists()),
+        ),
+    )
+    with db.read() as s:
+        return sorted(s.scalars(stmt))
 
 
 def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:
@@ -317,4 +448,9 @@ def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
         }
     )
     with db.write() as s:
-        return executemany(s, _FINISH_REQUEST, [row]) != 0
+        stored = executemany(s, _FINISH_REQUEST, [row]) != 0
+        if stored and outcome.batch_id:
+            usage.add_failures(s, [(outcome.batch_id, ErrorType.UNSTORABLE.value, None, reason)])
+    if stored and outcome.batch_id:
+        settle_states(db, [outcome.batch_id])
+    return stored

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     Float,
@@ -47,9 +48,19 @@ FINAL_STATUSES = frozenset({RequestStatus.SUCCEEDED, RequestStatus.FAILED, Reque
 
 
 class BatchState(StrEnum):
-    ACTIVE = "active"  #: requests are sent as workers claim them
-    PAUSED = "paused"  #: nothing is sent until `pipeline resume` (e.g. the account ran out of quota)
-    CANCELLED = "cancelled"  #: queued requests were cancelled; nothing more is sent
+    IN_PROGRESS = "in_progress"  #: requests are sent as workers claim them
+    PAUSED = "paused"  #: nothing is sent until `pipeline resume` (out of quota, a spend cap, a wrong key...)
+    CANCELLING = "cancelling"  #: cancelled; requests that were in flight are still finishing
+    CANCELLED = "cancelled"  #: cancelled, and every request is final; nothing more is sent
+    COMPLETED = "completed"  #: every request is final (succeeded, failed or cancelled)
+
+    @property
+    def final(self) -> bool:
+        return self in (BatchState.CANCELLED, BatchState.COMPLETED)
+
+
+#: Batch states whose engines must send nothing more: their queued rows are cancelled.
+CANCELLED_STATES = frozenset({BatchState.CANCELLING, BatchState.CANCELLED})
 
 
 class Via(StrEnum):
@@ -104,7 +115,7 @@ class Batch(Base):
     content_hash: Mapped[str] = mapped_column(String(64), index=True)  #: sha256 of the file and its options
     #: the content hash, unique: two intakes of the same file cannot both commit (None for --force copies)
     content_key: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[BatchState] = mapped_column(_states(BatchState), default=BatchState.ACTIVE)
+    state: Mapped[BatchState] = mapped_column(_states(BatchState), default=BatchState.IN_PROGRESS)
     pause_reason: Mapped[str | None] = mapped_column(Text)
     base_url: Mapped[str] = mapped_column(Text)
     organization: Mapped[str | None] = mapped_column(String(128))
@@ -112,9 +123,14 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     dispatch: Mapped[Dispatch] = mapped_column(_states(Dispatch), default=Dispatch.LOCAL)
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
+    #: when the last request became final (state completed or cancelled); None while any is not
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: how its requests are sent (`--via`); the Batch API's own options are in `options`
     via: Mapped[Via] = mapped_column(_states(Via), default=Via.DIRECT, server_default=Via.DIRECT.value)
+    #: the spend cap: the batch pauses before spent + reserved for requests in flight would exceed it
+    max_cost_usd: Mapped[float | None] = mapped_column(Float)
+    #: requests answered at intake from identical stored answers (--reuse), never sent
+    reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Request(Base):
@@ -126,6 +142,7 @@ class Request(Base):
         Index("ix_requests_batch_status", "batch_id", "status"),
         Index("ix_requests_status_worker", "status", "worker"),
         Index("ix_requests_batch_id_id", "batch_id", "id"),
+        Index("ix_requests_request_key", "request_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -149,6 +166,10 @@ class Request(Base):
     #: `direct` for a row of a batch-api batch that is sent directly (audio under --audio-direct, a line
     #: that expired under --on-expire direct); None: sent the batch's way
     via: Mapped[Via | None] = mapped_column(_states(Via))
+    #: sha256 of endpoint, canonical body, base URL, organization and audio: equal keys, identical requests
+    request_key: Mapped[str | None] = mapped_column(String(64))
+    #: the request whose stored answer this one reuses (--reuse): never sent, no attempts, no cost
+    reused_from: Mapped[int | None] = mapped_column(Integer)
 
 
 class Worker(Base):
@@ -166,6 +187,8 @@ class Worker(Base):
     #: its own lease: watchers give it this long without a beat (workers may be configured differently)
     lease_seconds: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: batch id -> [requests on the wire, USD reserved for them], saved every second while it sends
+    flights: Mapped[dict[str, list[float]] | None] = mapped_column(JSON)
 
 
 class Blob(Base):
@@ -201,6 +224,8 @@ class Attempt(Base):
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     #: `batch-api` when the Batch API answered it (billed at the Batch API's price); None: sent directly
     via: Mapped[Via | None] = mapped_column(_states(Via))
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)  #: prompt tokens served from the cache
+    audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage
 
 
 class Part(Base):
@@ -285,3 +310,39 @@ class LimitState(Base):
     sent_tpm: Mapped[float | None] = mapped_column(Float)
     cooldown_until: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class BatchUsage(Base):
+    """What the API charged a batch, per model: kept by every write of attempts, so `status` never scans them.
+
+    Only attempts whose answer reported usage (tokens or audio seconds) add tokens; every attempt is counted.
+    `tier` is how the attempts were sent ("direct"); the cost is computed when read, from the price table.
+    """
+
+    __tablename__ = "batch_usage"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)  #: as the request body names it
+    tier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    charged: Mapped[int] = mapped_column(Integer, default=0)  #: attempts whose answer reported usage
+    rate_limited: Mapped[int] = mapped_column(Integer, default=0)  #: attempts answered 429
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class BatchFailure(Base):
+    """Failed requests of a batch per error type and final HTTP status, kept as they fail (`status` reads
+    these instead of every failed row); rebuilt from the rows when `retry` sends failed ones again."""
+
+    __tablename__ = "batch_failures"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    error_type: Mapped[str] = mapped_column(String(64), primary_key=True)  #: "unknown" when none
+    http_status: Mapped[int] = mapped_column(Integer, primary_key=True)  #: 0: no answer (timeout...)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    sample: Mapped[str | None] = mapped_column(Text)  #: one of their error messages

@@ -26,6 +26,7 @@ from pipeline.store import claims
 from pipeline.store.claims import Outcome, WorkerGone
 from pipeline.store.db import Database
 from pipeline.store.models import (
+    CANCELLED_STATES,
     Batch,
     BatchState,
     Dispatch,
@@ -91,7 +92,7 @@ def new_part(
 
     The rows are locked first, so the one fence they all get is above every fence they had.
     """
-    active = select(Batch.id).where(Batch.id == batch_id, Batch.state == BatchState.ACTIVE)
+    active = select(Batch.id).where(Batch.id == batch_id, Batch.state == BatchState.IN_PROGRESS)
     with db.write() as s:
         locked: list[tuple[int, int]] = []
         for chunk in id_slices(sorted(ids)):
@@ -145,7 +146,7 @@ def batches_to_plan(db: Database) -> list[str]:
     stmt = select(Batch.id).where(
         Batch.via == Via.BATCH_API,
         Batch.dispatch == Dispatch.BROKER,
-        Batch.state == BatchState.ACTIVE,
+        Batch.state == BatchState.IN_PROGRESS,
         waiting,
     )
     with db.read() as s:
@@ -286,7 +287,8 @@ def requeue(db: Database, part: Part, outcomes: Sequence[Outcome], direct: bool)
         refused = claims.record_in(s, outcomes, db.is_sqlite)
         gone = {o.request_id for o in refused}
         freed = [o.request_id for o in outcomes if o.request_id not in gone]
-        cancelled = s.scalar(select(Batch.state).where(Batch.id == part.batch_id)) == BatchState.CANCELLED
+        state = s.scalar(select(Batch.state).where(Batch.id == part.batch_id))
+        cancelled = state in CANCELLED_STATES
         for chunk in id_slices(sorted(freed)):
             queued = update(Request).where(Request.id.in_(chunk), Request.status == RequestStatus.QUEUED)
             s.execute(queued.values(worker=None, via=Via.DIRECT if direct else None))
@@ -294,4 +296,5 @@ def requeue(db: Database, part: Part, outcomes: Sequence[Outcome], direct: bool)
                 s.execute(
                     queued.values(status=RequestStatus.CANCELLED, **CANCELLED_ROW, finished_at=utcnow())
                 )
+    claims.settle_after(db, outcomes, refused)
     return refused

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 
-from pipeline.store.claims import requeue_rows_of, sent_directly
+from pipeline.store.claims import requeue_rows_of, sent_directly, settle_open, settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Via, Worker
 from pipeline.store.sql import db_clock, parts
@@ -54,6 +54,7 @@ class Reaper:
             self._seen.clear()
             raise
         self._seen = {w: v for w, v in self._seen.items() if any(w == row[0] for row in workers)}
+        settle_open(self.db)  # a batch whose last write could not settle its state is settled here
         freed: list[tuple[str, int]] = []
         for worker, host, pid, beat, lease_seconds in workers:
             if worker in spare:
@@ -83,6 +84,7 @@ def bury(db: Database, worker: str, beat: int) -> list[tuple[str, int]]:
             return []
         rows = requeue_rows_of(s, worker)
         s.execute(delete(Worker).where(Worker.id == worker))
+    settle_states(db, {batch_id for batch_id, _ in rows})  # a cancelling batch may be done now
     return rows
 
 
@@ -153,14 +155,14 @@ def stamp_enqueued(db: Database, ids: Sequence[int]) -> None:
 
 
 def take_unsent(db: Database, older_than: float) -> list[tuple[str, int]]:
-    """Queued rows of active broker batches whose last message is older than `older_than` seconds.
+    """Queued rows of broker batches in progress whose last message is older than `older_than` seconds.
 
     Called only when the broker queue is empty: such rows lost their message (a broker restarted without
     persistence, a publish that failed, an engine buried). Taking them stamps them, on the database's
     clock, so only one worker re-publishes each.
     """
     active_broker = select(Batch.id).where(
-        Batch.state == BatchState.ACTIVE, Batch.dispatch == Dispatch.BROKER
+        Batch.state == BatchState.IN_PROGRESS, Batch.dispatch == Dispatch.BROKER
     )
     with db.write() as s:
         now = db_clock(s)
