@@ -171,7 +171,7 @@ def test_a_worker_paused_past_its_lease_sends_and_writes_nothing_it_lost(
     repeats = answered_more_than_once(fake)
     print(f"paused past the lease: {repeats} answered twice, {in_flight_at_pause} in flight at the pause")
     assert repeats <= in_flight_at_pause, (repeats, in_flight_at_pause)
-    assert "declared dead" in paused.output()
+    wait_for(lambda: "declared dead" in paused.output(), 30)  # it finds out at its next beat, and says so
     assert_books_balance(database_url, batch_id)
 
 
