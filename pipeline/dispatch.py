@@ -1,9 +1,9 @@
 """Sending a batch's queued rows the way the batch was made: in this process, or through the broker.
 
 `run_here` runs the engine on this process's event loop until every claimable row is final (`pipeline run`,
-and `retry`/`resume` of such a batch); `enqueue` names the queued rows in broker messages for the workers
-(`pipeline submit`, and `retry`/`resume` of a submitted batch). The caller picks the limiter here: one
-process paces itself unless PIPELINE_REDIS_URL shares a budget.
+and `retry`/`resume` of such a batch); `enqueue` publishes capacity for the queued rows in broker messages
+for the workers (`pipeline submit`, and `retry`/`resume` of a submitted batch, on the queue it was submitted
+to). The caller picks the limiter here: one process paces itself unless PIPELINE_REDIS_URL shares a budget.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from pipeline.fleet.broker import check_broker, make_celery, publish_chunks
+from pipeline.fleet.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_capacity
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
-from pipeline.store import recovery
+from pipeline.store import fair, recovery
 from pipeline.store.db import Database
 
 
@@ -30,9 +30,11 @@ def connect_broker(settings: Settings) -> Celery:
 
 
 def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue: str | None = None) -> int:
-    """Mark the batch as sent through the broker and publish its queued rows; returns the messages sent."""
-    recovery.mark_enqueued(db, batch_id)
-    return publish_chunks(app, batch_id, recovery.queued_ids(db, batch_id), settings.chunk_size, queue)
+    """Mark the batch as sent through the broker and publish capacity for its queued rows; returns the
+    messages sent. The queue is `queue`, else the one the batch was submitted to, else the default."""
+    queue = queue or fair.batch_queues(db, [batch_id]).get(batch_id) or DEFAULT_QUEUE
+    rows = recovery.mark_enqueued(db, batch_id, queue)
+    return publish_capacity(app, batch_id, rows, settings.chunk_size, queue)
 
 
 def run_here(

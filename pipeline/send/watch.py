@@ -1,7 +1,8 @@
-"""What the engine learns from others while it runs: batches paused or cancelled elsewhere.
+"""What the engine learns from others while it runs: batches paused or cancelled elsewhere, and priorities
+changed by `pipeline priority`.
 
 And what it tells them: every few seconds the limiter's view of each key it used (limits in force, send
-rate) is saved for `pipeline status`.
+rate, each batch's send rate) is saved for `pipeline status`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable
 
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
-from pipeline.store import batches, limit_states
+from pipeline.store import batch_rates, batches, fair, limit_states
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
 
@@ -34,11 +37,26 @@ class Watch:
         self.limiter = limiter
         self._batch_ids = batch_ids
         self.states: dict[str, BatchState] = {}
+        #: each batch's weight in the fair share of slots and keys
+        self.priorities: dict[str, int] = {}
         #: every key the engine sent with, for the limiter snapshots
         self.keys: set[LimitKey] = set()
+        #: names this process's figures among the engines' (an in-process limiter sees only its own sends)
+        self.source = f"{socket.gethostname()}:{os.getpid()}"
 
     def state(self, batch_id: str) -> BatchState:
         return self.states.get(batch_id, BatchState.ACTIVE)
+
+    def priority(self, batch_id: str) -> int:
+        return self.priorities.get(batch_id, 1)
+
+    async def learn_priorities(self, batch_ids: set[str]) -> None:
+        """Read the priorities of batches just claimed, unless known; a failing database leaves them at 1
+        until the next poll."""
+        new = batch_ids - self.priorities.keys()
+        if new:
+            with contextlib.suppress(Exception):
+                self.priorities.update(await asyncio.to_thread(fair.priorities, self.db, new))
 
     async def run(self) -> None:
         polls = 0
@@ -54,6 +72,7 @@ class Watch:
             if ids:
                 with contextlib.suppress(Exception):  # the database is busy or restarting: next period
                     self.states.update(await asyncio.to_thread(batches.batch_states, self.db, ids))
+                    self.priorities.update(await asyncio.to_thread(fair.priorities, self.db, ids))
 
     async def save_limits(self) -> None:
         """Save what the limiter says of every key this engine used, for `pipeline status`."""
@@ -65,3 +84,4 @@ class Watch:
             snap = snapshot(key)
             snapshots.append((key, await snap if inspect.isawaitable(snap) else snap))
         await asyncio.to_thread(limit_states.save_limit_states, self.db, snapshots)
+        await asyncio.to_thread(batch_rates.save_batch_rates, self.db, self.source, snapshots)
