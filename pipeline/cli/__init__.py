@@ -31,6 +31,7 @@ COMMANDS = {
     "cancel": "batch_cmds:cancel",
     "retry": "batch_cmds:retry",
     "resume": "batch_cmds:resume",
+    "priority": "priority_cmds:priority",
     "db": "db_cmds:db",
     "fake-api": "fake_cmds:fake_api",
     "demo": "fake_cmds:demo",

@@ -14,6 +14,7 @@ from pipeline.cli.render import batch_report, print_batches, print_report
 from pipeline.cli.sending import send
 from pipeline.errors import PathError
 from pipeline.export import FORMATS, export_batch
+from pipeline.store import batch_rates
 from pipeline.store import batches as batch_store
 from pipeline.store.db import Database
 from pipeline.store.models import RequestStatus
@@ -27,7 +28,8 @@ def status(batch_id: str | None, as_json: bool, **params: Any) -> None:
     """Counts by status, tokens, 429s and elapsed time of BATCH (default: the latest).
 
     Reads only the database, so it works while workers run. With --json the keys include total, queued,
-    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors.
+    running, succeeded, failed, cancelled, state, pause_reason, tokens, attempts, rate_limited, errors,
+    priority, and share: while the batch sends, the fraction of its key's recent requests that are its own.
     """
     db = database(pop_settings(params), create=False)
     report = batch_report(db, batch_store.get_batch(db, batch_id))
@@ -77,16 +79,18 @@ def _export_to_file(db: Database, batch_id: str, fmt: str, path: str) -> int:
 @click.option("--limit", type=int, default=50, show_default=True)
 @store_options
 def batches(as_json: bool, limit: int, **params: Any) -> None:
-    """List the newest batches with their counts by status."""
+    """List the newest batches with their counts by status, priority and, while they send, their share of
+    their key's recent requests."""
     db = database(pop_settings(params), create=False)
     rows = batch_store.list_batches(db, limit)
+    shares = batch_rates.shares(db, [b.id for b, c in rows if c["queued"] + c["running"]])
     if as_json:
         for batch, counts in rows:
-            click.echo(
-                orjson.dumps({"batch": batch.id, "source": batch.source, "state": batch.state, **counts})
-            )
+            share = shares.get(batch.id, {}).get("share")
+            fields = {"batch": batch.id, "source": batch.source, "state": batch.state, **counts}
+            click.echo(orjson.dumps({**fields, "priority": batch.priority, "share": share}))
         return
-    print_batches(rows)
+    print_batches(rows, shares)
 
 
 @click.command()

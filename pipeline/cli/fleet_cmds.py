@@ -10,6 +10,7 @@ import click
 
 from pipeline import dispatch
 from pipeline.cli.options import api_options, broker_options, database, pop_settings, store_options
+from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.run_cmds import endpoint_option, force_option, skip_invalid_option, store_from_params
 from pipeline.errors import DuplicateBatch
 from pipeline.fleet.broker import DEFAULT_QUEUE
@@ -23,16 +24,19 @@ from pipeline.ratelimit import limit_table
 @skip_invalid_option
 @force_option
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
-@click.option("--chunk-size", type=int, help="Request ids per message [env PIPELINE_CHUNK_SIZE; 500]")
+@click.option("--chunk-size", type=int, help="Requests per message [env PIPELINE_CHUNK_SIZE; 500]")
+@priority_option
 @broker_options
 @store_options
 def submit(**params: Any) -> None:
     """Validate FILE, store it as a batch and enqueue it for `pipeline worker` processes; returns at once.
 
-    One message carries a chunk of request ids. The batch id is the last line of stdout. A file whose
-    content was submitted before is not enqueued again: its batch id is printed (use --force for a new one).
+    One message is capacity for a chunk of requests: workers claim the requests of the batches running on
+    the queue by fair share, so a batch submitted after a big one does not wait for it. The batch id is
+    the last line of stdout. A file whose content was submitted before is not enqueued again: its batch id
+    is printed (use --force for a new one).
     """
-    queue = params.pop("queue")
+    queue, priority = params.pop("queue"), params.pop("priority")
     settings = pop_settings(params)
     db = database(settings)
     app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
@@ -40,8 +44,10 @@ def submit(**params: Any) -> None:
         intake = store_from_params(db, settings, params)
     except DuplicateBatch as dup:
         click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
+        apply_priority(db, dup.batch_id, priority)
         click.echo(dup.batch_id)
         return
+    apply_priority(db, intake.batch_id, priority)  # before the workers can claim it
     messages = dispatch.enqueue(app, settings, db, intake.batch_id, queue)
     click.echo(
         f"stored {intake.total} requests as batch {intake.batch_id}; {messages} messages enqueued", err=True
@@ -55,7 +61,7 @@ def submit(**params: Any) -> None:
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Chunks worked on at once")
 @click.option("--queues", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume")
 @click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--chunk-size", type=int, help="Ids per re-published message [env PIPELINE_CHUNK_SIZE; 500]")
+@click.option("--chunk-size", type=int, help="Requests per re-published message [env PIPELINE_CHUNK_SIZE]")
 @api_options
 @broker_options
 @store_options

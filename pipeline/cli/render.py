@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.store import batches, limit_states
+from pipeline.store import batch_rates, batches, limit_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, RequestStatus, utcnow
 
@@ -34,6 +34,18 @@ def batch_report(db: Database, batch: Batch, counts: dict[str, int] | None = Non
         "rate_limited": attempts["rate_limited"],
         "errors": dict(batches.error_breakdown(db, batch.id)),
         "limits": _limits(db, batch),
+        **fair_share(db, batch, unfinished),
+    }
+
+
+def fair_share(db: Database, batch: Batch, unfinished: int) -> dict[str, Any]:
+    """The batch's priority, and while it runs its share of its key's recent send rate (0..1) and its own
+    rate (requests/min); None when it is not sending."""
+    sending = batch_rates.shares(db, [batch.id]).get(batch.id) if unfinished else None
+    return {
+        "priority": batch.priority,
+        "share": sending["share"] if sending else None,
+        "share_rpm": sending["sent_rpm"] if sending else None,
     }
 
 
@@ -82,6 +94,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if report["errors"]:
         console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
+    console.print(f"priority {report['priority']}" + _share(report["share"], report["share_rpm"]))
     for lim in report["limits"]:
         console.print(
             f"limits {lim['model']}: rpm {_limit(lim['rpm'], lim['rpm_source'])}, "
@@ -89,6 +102,12 @@ def print_report(report: dict[str, Any]) -> None:
             f"{lim['sent_tpm']:,.0f} tokens/min"
             + (f"; cooling down until {lim['cooldown_until']}" if lim["cooldown_until"] else "")
         )
+
+
+def _share(share: float | None, rpm: float | None) -> str:
+    if share is None or rpm is None:
+        return ""
+    return f"; sending {share:.0%} of its key's requests lately ({rpm:,.0f} req/min)"
 
 
 def _limit(value: int | None, source: str | None) -> str:
@@ -122,7 +141,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value is not None else None
 
 
-def print_batches(rows: list[tuple[Batch, dict[str, int]]]) -> None:
+def print_batches(
+    rows: list[tuple[Batch, dict[str, int]]], shares: dict[str, dict[str, float]] | None = None
+) -> None:
+    """The batches as a table; `shares` (batch_rates.shares) fills the share of those sending."""
+    shares = shares or {}
     table = Table(show_header=True, header_style="bold")
     for name in (
         "batch",
@@ -135,14 +158,19 @@ def print_batches(rows: list[tuple[Batch, dict[str, int]]]) -> None:
         "succeeded",
         "failed",
         "cancelled",
+        "priority",
+        "share",
     ):
         table.add_column(name, justify="left" if name in ("batch", "created", "source", "state") else "right")
     for batch, counts in rows:
+        share = shares.get(batch.id) if counts["queued"] + counts["running"] else None
         table.add_row(
             batch.id,
             batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             batch.source,
             batch.state,
             *(str(counts[n]) for n in ("total", "queued", "running", "succeeded", "failed", "cancelled")),
+            str(batch.priority),
+            f"{share['share']:.0%}" if share else "",
         )
     Console(highlight=False).print(table)

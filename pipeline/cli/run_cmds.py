@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pipeline.cli.options import api_options, database, pop_settings, store_options
+from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.sending import run_here
 from pipeline.endpoints import ENDPOINTS
 from pipeline.errors import DuplicateBatch
@@ -46,6 +47,7 @@ def store_from_params(db: Database, settings: Settings, params: dict[str, Any]) 
 @endpoint_option
 @skip_invalid_option
 @force_option
+@priority_option
 @api_options
 @store_options
 def run(**params: Any) -> None:
@@ -55,6 +57,7 @@ def run(**params: Any) -> None:
     Running the same file again continues its batch (only unfinished requests are sent) unless --force.
     Exit 0 when all succeeded, 3 when some failed or were cancelled, 5 when the batch paused.
     """
+    priority = params.pop("priority")
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits file is reported before anything is stored
@@ -68,6 +71,7 @@ def run(**params: Any) -> None:
     except DuplicateBatch as dup:
         batch_id = dup.batch_id
         click.echo(f"{dup}; continuing it (use --force for a new batch)", err=True)
+    apply_priority(db, batch_id, priority)
     sys.exit(run_here(settings, db, batch_id))
 
 
