@@ -118,9 +118,14 @@ def _claim_from(s: Session, batch_id: str, limit: int, worker: str, sqlite: bool
     pick = pick.limit(limit)
     if not sqlite:
         pick = pick.with_for_update(skip_locked=True)
+    # Two statements: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery of an UPDATE more than once, and
+    # update more rows than the limit.
+    ids = list(s.scalars(pick))
+    if not ids:
+        return []
     stmt = (
         update(Request)
-        .where(Request.id.in_(pick), Request.status == RequestStatus.QUEUED)
+        .where(Request.id.in_(ids), Request.status == RequestStatus.QUEUED)
         .values(status=RequestStatus.RUNNING, worker=worker, fence=Request.fence + 1)
         .returning(*CLAIMED_COLUMNS)
     )
