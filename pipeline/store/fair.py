@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, exists, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pipeline.errors import BatchNotFound
 from pipeline.store.claims import CLAIMED_COLUMNS, Claimed, hold_worker
@@ -94,9 +94,17 @@ def claim_share(
     return claimed
 
 
+def claimable(batch_id: InstrumentedAttribute[str] | str) -> ColumnElement[bool]:
+    """The rows a claim by share may take of the batch `batch_id` (a value or a column): its queued ones.
+
+    Every query here (candidates, joining, picking) goes through this one condition.
+    """
+    return and_(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
+
+
 def candidates(s: Session, queue: str) -> list[Candidate]:
     """The batches whose rows a message on `queue` may claim now."""
-    queued = exists().where(Request.batch_id == Batch.id, Request.status == RequestStatus.QUEUED)
+    queued = exists().where(claimable(Batch.id))
     rows = s.execute(
         select(Batch.id, Batch.vtime, Batch.priority).where(
             Batch.state == CLAIMABLE, Batch.dispatch == Dispatch.BROKER, Batch.queue == queue, queued
@@ -114,8 +122,7 @@ def _claim_from(s: Session, batch_id: str, limit: int, worker: str, sqlite: bool
     ).first()
     if held is None:
         return []
-    pick = select(Request.id).where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
-    pick = pick.limit(limit)
+    pick = select(Request.id).where(claimable(batch_id)).limit(limit)
     if not sqlite:
         pick = pick.with_for_update(skip_locked=True)
     # Two statements: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery of an UPDATE more than once, and
@@ -144,7 +151,7 @@ def join(s: Session, batch_id: str, queue: str) -> None:
         Batch.state == CLAIMABLE,
         Batch.dispatch == Dispatch.BROKER,
         Batch.queue == queue,
-        exists().where(Request.batch_id == Batch.id, Request.status == RequestStatus.QUEUED),
+        exists().where(claimable(Batch.id)),
     )
     floor = s.scalar(others)
     values: dict[str, object] = {"queue": queue}
