@@ -17,7 +17,7 @@ from pipeline.store import batch_rates
 from pipeline.store.db import Database, open_database
 from pipeline.store.models import BatchRate
 from tests.conftest import invoke
-from tests.test_fair_helpers import short_chat_file
+from tests.fair_helpers import short_chat_file
 
 
 def stored(tmp_path: Path, name: str, n: int = 5) -> str:

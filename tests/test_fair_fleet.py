@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.fakeapi import FakeServer
+from tests.fair_helpers import both_running_rates, run_span, short_chat_file
 from tests.services import Fleet, wait_for
-from tests.test_fair_helpers import both_running_rates, run_span, short_chat_file
 from tests.test_fleet import answered_more_than_once, fleet_env, status, submit, wait_final
 
 pytestmark = pytest.mark.integration
