@@ -2,10 +2,10 @@
 
 `run_here` runs the engine on this process's event loop until every claimable row is final (`pipeline run`,
 and `retry`/`resume` of such a batch); `run_batch_api_here` does the same for a batch sent through the Batch
-API (its parts, and its rows marked direct); `enqueue` names the queued rows in broker messages for the
-workers (`pipeline submit`, and `retry`/`resume` of a submitted batch), who also advance the parts that
-`plan_parts` makes of a batch-api batch. The caller picks the limiter here: one
-process paces itself unless PIPELINE_REDIS_URL shares a budget.
+API (its parts, and its rows marked direct); `enqueue` publishes capacity for the queued rows in broker
+messages for the workers (`pipeline submit`, and `retry`/`resume` of a submitted batch, on the queue it was
+submitted to), who also advance the parts that `plan_parts` makes of a batch-api batch. The caller picks the
+limiter here: one process paces itself unless PIPELINE_REDIS_URL shares a budget.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.driver import OnChange
 from pipeline.batchapi.runner import Finish, run_batch_api
 from pipeline.errors import ConfigError, PermanentError
-from pipeline.fleet.broker import check_broker, make_celery, publish_chunks
+from pipeline.fleet.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_capacity
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
 from pipeline.send.metrics import Metrics
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
 from pipeline.spend import make_budget
-from pipeline.store import batches, recovery
+from pipeline.store import batches, fair, recovery
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, Via
+from pipeline.store.models import Batch
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,13 @@ def connect_broker(settings: Settings) -> Celery:
 
 
 def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue: str | None = None) -> int:
-    """Mark the batch as sent through the broker and publish its queued rows; returns the messages sent.
-
-    Of a batch-api batch only the rows marked direct are published: make its parts first (`plan_parts`);
-    the workers advance them.
-    """
-    recovery.mark_enqueued(db, batch_id)
-    direct_only = batches.get_batch(db, batch_id).via == Via.BATCH_API
-    ids = recovery.queued_ids(db, batch_id, direct_only=direct_only)
-    return publish_chunks(app, batch_id, ids, settings.chunk_size, queue)
+    """Mark the batch as sent through the broker and publish capacity for its queued rows that engines may
+    send; returns the messages sent. The queue is `queue`, else the one the batch was submitted to, else
+    the default. Of a batch-api batch only the rows marked direct count: make its parts first
+    (`plan_parts`); the workers advance them."""
+    queue = queue or fair.batch_queues(db, [batch_id]).get(batch_id) or DEFAULT_QUEUE
+    rows = recovery.mark_enqueued(db, batch_id, queue)
+    return publish_capacity(app, batch_id, rows, settings.chunk_size, queue)
 
 
 def plan_parts(db: Database, batch_id: str) -> int:

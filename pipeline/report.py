@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.prices import PriceTable
-from pipeline.store import batches, limit_states, parts, usage
+from pipeline.store import batch_rates, batches, limit_states, parts, usage
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Part, utcnow
 
@@ -65,6 +65,18 @@ def batch_report(
         "limits": _limits(db, batch),
         "via": batch.via.value,
         "parts": [part_report(part) for part in parts.parts_of(db, batch.id)],
+        **fair_share(db, batch, counts["queued"] + counts["running"]),
+    }
+
+
+def fair_share(db: Database, batch: Batch, unfinished: int) -> dict[str, Any]:
+    """The batch's priority, and while it runs its share of its key's recent send rate (0..1) and its own
+    rate (requests/min); None when it is not sending."""
+    sending = batch_rates.shares(db, [batch.id]).get(batch.id) if unfinished else None
+    return {
+        "priority": batch.priority,
+        "share": sending["share"] if sending else None,
+        "share_rpm": sending["sent_rpm"] if sending else None,
     }
 
 

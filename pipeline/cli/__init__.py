@@ -33,6 +33,7 @@ COMMAND_MODULES = {
     "cancel": "batch_cmds",
     "retry": "batch_cmds",
     "resume": "batch_cmds",
+    "priority": "priority_cmds",
     "db": "db_cmds",
     "fake-api": "fake_cmds",
     "demo": "fake_cmds",

@@ -19,6 +19,7 @@ from pipeline.cli.options import (
     prices_option,
     store_options,
 )
+from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.run_cmds import (
     endpoint_option,
     force_option,
@@ -47,18 +48,20 @@ from pipeline.store.models import Via
 @max_cost_option
 @prices_option
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
-@click.option("--chunk-size", type=int, help="Request ids per message [env PIPELINE_CHUNK_SIZE; 500]")
+@click.option("--chunk-size", type=int, help="Requests per message [env PIPELINE_CHUNK_SIZE; 500]")
+@priority_option
 @broker_options
 @store_options
 def submit(**params: Any) -> None:
     """Validate FILE, store it as a batch and enqueue it for `pipeline worker` processes; returns at once.
 
-    One message carries a chunk of request ids. The batch id is the last line of stdout. A file whose
-    content was submitted before is not enqueued again: its batch id is printed (use --force for a new one).
-    With --via batch-api the batch is cut into Batch API parts here, and the workers upload, create and
-    poll them (any worker, one at a time per part).
+    One message is capacity for a chunk of requests: workers claim the requests of the batches running on
+    the queue by fair share, so a batch submitted after a big one does not wait for it. The batch id is
+    the last line of stdout. A file whose content was submitted before is not enqueued again: its batch id
+    is printed (use --force for a new one). With --via batch-api the batch is cut into Batch API parts
+    here, and the workers upload, create and poll them (any worker, one at a time per part).
     """
-    queue = params.pop("queue")
+    queue, priority = params.pop("queue"), params.pop("priority")
     settings = pop_settings(params)
     load_prices(settings.prices_file)  # a bad prices file stores nothing
     db = database(settings)
@@ -69,8 +72,10 @@ def submit(**params: Any) -> None:
     except DuplicateBatch as dup:
         click.echo(f"{dup}; not enqueued again (use --force for a new batch)", err=True)
         note_way(db, dup.batch_id, {"via": asked})
+        apply_priority(db, dup.batch_id, priority)
         click.echo(dup.batch_id)
         return
+    apply_priority(db, intake.batch_id, priority)  # before the workers can claim it
     made = dispatch.plan_parts(db, intake.batch_id) if asked == Via.BATCH_API.value else 0
     report_intake(settings, db, intake, "stored")
     messages = dispatch.enqueue(app, settings, db, intake.batch_id, queue)
@@ -83,7 +88,7 @@ def submit(**params: Any) -> None:
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Chunks worked on at once")
 @click.option("--queues", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume")
 @click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--chunk-size", type=int, help="Ids per re-published message [env PIPELINE_CHUNK_SIZE; 500]")
+@click.option("--chunk-size", type=int, help="Requests per re-published message [env PIPELINE_CHUNK_SIZE]")
 @prices_option
 @metrics_option
 @api_options

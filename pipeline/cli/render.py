@@ -42,6 +42,7 @@ def report_view(report: dict[str, Any]) -> Group:
     for f in report["failures"]:
         status = f"HTTP {f['http_status']}" if f["http_status"] is not None else "no answer"
         lines.append(Text(f"failed: {f['count']:,} x {f['error_type']} ({status}), e.g. {f['sample']!r}"))
+    lines.append(Text(f"priority {report['priority']}" + _share(report["share"], report["share_rpm"])))
     if report["parts"]:
         lines.append(Text(f"via the Batch API: {len(report['parts'])} parts"))
         lines.append(_parts_table(report["parts"]))
@@ -138,9 +139,20 @@ def _limit(value: int | None, source: str | None) -> str:
     return f"{value:,} ({source})" if value else "unknown"
 
 
-def print_batches(rows: list[tuple[Any, dict[str, int]]]) -> None:
-    """The batches table as plain aligned columns: nothing is ever cut (a wide table wraps instead)."""
-    header = ("batch", "created", "state", *COUNT_COLUMNS, "finished", "source")
+def _share(share: float | None, rpm: float | None) -> str:
+    """A running batch's share of its key's recent requests, when it is sending."""
+    if share is None or rpm is None:
+        return ""
+    return f"; sending {share:.0%} of its key's requests lately ({rpm:,.0f} req/min)"
+
+
+def print_batches(
+    rows: list[tuple[Any, dict[str, int]]], shares: dict[str, dict[str, float]] | None = None
+) -> None:
+    """The batches table as plain aligned columns: nothing is ever cut (a wide table wraps instead).
+    `shares` (batch_rates.shares) fills in the share of the batches sending."""
+    shares = shares or {}
+    header = ("batch", "created", "state", *COUNT_COLUMNS, "priority", "share", "finished", "source")
     lines: list[tuple[str, ...]] = [header]
     for batch, counts in rows:
         row = batch_row(batch, counts)
@@ -150,6 +162,8 @@ def print_batches(rows: list[tuple[Any, dict[str, int]]]) -> None:
                 batch.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                 row["state"],
                 *(f"{counts[n]:,}" for n in COUNT_COLUMNS),
+                str(batch.priority),
+                f"{shares[batch.id]['share']:.0%}" if batch.id in shares else "-",
                 batch.finished_at.strftime("%Y-%m-%d %H:%M:%S") if batch.finished_at else "-",
                 batch.source,
             )

@@ -18,6 +18,7 @@ from pipeline.cli.options import (
     prices_option,
     store_options,
 )
+from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.progress import Ticker
 from pipeline.cli.sending import report_intake, run_here
 from pipeline.endpoints import ENDPOINTS
@@ -145,6 +146,7 @@ def note_way(db: Database, batch_id: str, params: dict[str, Any]) -> None:
 @max_cost_option
 @prices_option
 @metrics_option
+@priority_option
 @api_options
 @store_options
 def run(**params: Any) -> None:
@@ -160,6 +162,7 @@ def run(**params: Any) -> None:
     this command polls them until they are answered; Ctrl-C stops the waiting, not the remote batches, and
     the same command run again carries on.
     """
+    priority = params.pop("priority")
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file is reported before anything is stored
@@ -176,6 +179,7 @@ def run(**params: Any) -> None:
         note_way(db, batch_id, {"via": asked})
         if params["max_cost"] is not None:
             batch_store.set_max_cost(db, batch_id, params["max_cost"])
+    apply_priority(db, batch_id, priority)
     sys.exit(run_here(settings, db, batch_id))
 
 

@@ -15,6 +15,7 @@ from pipeline.cli.options import database, pop_settings, prices_option, store_op
 from pipeline.cli.render import print_batches, print_report, report_view
 from pipeline.prices import load_prices
 from pipeline.report import batch_report, batch_row
+from pipeline.store import batch_rates
 from pipeline.store import batches as batch_store
 from pipeline.store.models import BatchState
 
@@ -73,14 +74,17 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
 @click.option("--limit", type=int, default=50, show_default=True)
 @store_options
 def batches(as_json: bool, limit: int, **params: Any) -> None:
-    """List the newest batches with their state and counts by status (ids in full)."""
+    """List the newest batches with their state, counts by status (ids in full), priority and, while they
+    send, their share of their key's recent requests."""
     db = database(pop_settings(params), create=False)
     rows = batch_store.list_batches(db, limit)
+    shares = batch_rates.shares(db, [b.id for b, c in rows if c["queued"] + c["running"]])
     if as_json:
         for batch, counts in rows:
-            click.echo(orjson.dumps(batch_row(batch, counts)))
+            share = shares.get(batch.id, {}).get("share")
+            click.echo(orjson.dumps({**batch_row(batch, counts), "priority": batch.priority, "share": share}))
         return
-    print_batches(rows)
+    print_batches(rows, shares)
 
 
 @click.command()

@@ -2,12 +2,14 @@
 
 Transport: `settings.broker_url` (Redis for a fleet), or with none configured Celery's filesystem transport
 in the data directory, so several `pipeline worker` processes on one machine need no server.
-One message carries a chunk of request ids; the database, not the message, says what is left to do.
+One message is capacity: `[batch, n, queue]` lets the worker that takes it claim up to n queued rows of the
+batches running on that queue, by fair share (store/fair.py); the batch is only a hint. The database, not
+the message, says what is left to do. (A message of an older version, `[batch, [ids]]`, counts as capacity
+for as many rows.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ DEFAULT_QUEUE = "pipeline"
 #: Seconds an unacknowledged Redis message waits before redelivery. Far above any chunk's run time: crash
 #: recovery does not wait for it (expired leases are re-queued by the workers), it is only the last resort.
 VISIBILITY_TIMEOUT = 6 * 3600
+#: Seconds between two looks for messages in the filesystem transport's folder (a directory listing).
+FILESYSTEM_POLL_SECONDS = 0.2
 
 
 def broker_url(settings: Settings) -> str:
@@ -68,21 +72,14 @@ def check_broker(app: Celery) -> None:
         raise ConnectError(f"cannot reach broker {mask_url(str(app.conf.broker_url))}: {exc}") from None
 
 
-def publish_chunks(
-    app: Celery, batch_id: str, ids: Iterable[int], chunk_size: int, queue: str | None = None
-) -> int:
-    """Send one message per chunk of ids; returns the number of messages."""
+def publish_capacity(app: Celery, batch_id: str, rows: int, chunk_size: int, queue: str) -> int:
+    """Publish capacity for `rows` queued rows, in messages of up to `chunk_size`; returns how many."""
     sent = 0
-    chunk: list[int] = []
     with app.producer_or_acquire() as producer:
-        for request_id in ids:
-            chunk.append(request_id)
-            if len(chunk) >= chunk_size:
-                _send(app, producer, batch_id, chunk, queue)
-                sent, chunk = sent + 1, []
-        if chunk:
-            _send(app, producer, batch_id, chunk, queue)
-            sent += 1
+        while rows > 0:
+            n = min(rows, chunk_size)
+            app.send_task(TASK_NAME, args=[batch_id, n, queue], queue=queue, producer=producer)
+            rows, sent = rows - n, sent + 1
     return sent
 
 
@@ -95,10 +92,6 @@ def queue_size(app: Celery, queue: str = DEFAULT_QUEUE) -> int:
             ChannelError
         ):  # Redis: an empty queue is a missing key, which a passive declare calls NOT_FOUND
             return 0
-
-
-def _send(app: Celery, producer: Any, batch_id: str, chunk: Sequence[int], queue: str | None) -> None:
-    app.send_task(TASK_NAME, args=[batch_id, list(chunk)], queue=queue or DEFAULT_QUEUE, producer=producer)
 
 
 def _transport_options(settings: Settings, url: str) -> dict[str, Any]:
@@ -115,5 +108,8 @@ def _transport_options(settings: Settings, url: str) -> dict[str, Any]:
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # kombu looks for new messages once a second by default: a worker thread that finished its
+            # chunk would idle that long, and the batches it was feeding would run short of rows.
+            "polling_interval": FILESYSTEM_POLL_SECONDS,
         }
     return {"visibility_timeout": VISIBILITY_TIMEOUT}

@@ -1,11 +1,12 @@
-"""A worker process: Celery consumes chunk messages; one engine on one event loop sends their requests.
+"""A worker process: Celery consumes capacity messages; one engine on one event loop sends what they claim.
 
-Celery runs tasks in a thread pool (one thread per chunk being worked on); every thread hands its chunk to
-the process's single event loop, where one Engine (one HTTP pool, one max-in-flight budget) serves all of
-them. A keeper on the same loop re-queues rows whose worker died (lease expired) and re-publishes rows whose
-message was lost; a second one advances the Batch API parts of submitted batch-api batches. On SIGTERM
-Celery stops consuming and we drain: in-flight requests finish and are stored, unsent rows go back to
-queued and their chunk message back to the broker (Reject with requeue); parts are let go.
+Celery runs tasks in a thread pool (one thread per message being worked on); every thread hands its
+message's capacity to the process's single event loop, which claims rows by fair share in pieces (`_work`)
+for one Engine (one HTTP pool, one max-in-flight budget) serving all of them. A keeper on the same loop
+re-queues rows whose worker died and re-publishes capacity for them, and for rows whose message was lost;
+a second one advances the Batch API parts of submitted batch-api batches. On SIGTERM Celery stops
+consuming and we drain: in-flight requests finish and are stored, unsent rows go back to queued and their
+message back to the broker (Reject with requeue); parts are let go.
 """
 
 from __future__ import annotations
@@ -24,18 +25,24 @@ from celery.exceptions import Reject
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
 from pipeline.dispatch import serve_metrics
-from pipeline.fleet.broker import TASK_NAME, publish_chunks, queue_size
+from pipeline.fleet.broker import TASK_NAME, publish_capacity, queue_size
 from pipeline.ratelimit import make_limiter, shared_redis_url
 from pipeline.send.engine import Engine
 from pipeline.send.runner import new_event_loop
 from pipeline.settings import Settings
 from pipeline.spend import make_budget
-from pipeline.store import batches, parts, recovery
+from pipeline.store import batches, fair, parts, recovery
+from pipeline.store.claims import Outcome
 from pipeline.store.db import Database, open_database
 from pipeline.store.models import RequestStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Pieces a message's worth of rows is claimed in (see `WorkerRuntime._work`).
+PIECES = 4
+#: While the engine's backlog is full, how often to look for running batches it has no rows of (seconds).
+STARVED_CHECK_SECONDS = 1.0
 
 
 class WorkerRuntime:
@@ -52,6 +59,8 @@ class WorkerRuntime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="pipeline-engine", daemon=True)
         self._keeper: concurrent.futures.Future[None] | None = None
         self._parts: concurrent.futures.Future[None] | None = None
+        #: messages claim one at a time, first come first served (the lock binds to the engine's loop)
+        self._claiming = asyncio.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -59,23 +68,58 @@ class WorkerRuntime:
         self._keeper = asyncio.run_coroutine_threadsafe(self._keep(), self.loop)
         self._parts = asyncio.run_coroutine_threadsafe(self._drive_parts(), self.loop)
 
-    def run_chunk(self, batch_id: str, ids: list[int]) -> None:
-        """Claim and work the chunk; raise Reject(requeue) if rows went back to the queue (drain, pause).
+    def run_chunk(self, batch_id: str, work: int | list[int], queue: str | None = None) -> None:
+        """Claim up to `work` rows by fair share on `queue`, piece by piece, and work them (`batch_id` is
+        only a hint; an older message's list of ids counts as capacity for as many); raise
+        Reject(requeue) if the worker drains before the capacity is used or its rows are stored.
 
         A claim that keeps failing (the database down) is retried until the worker drains; then the message
         goes back to the broker rather than being acknowledged with its rows unsent.
         """
         assert self.engine is not None
+        capacity = work if isinstance(work, int) else len(work)
         try:
-            rows = self._call(self.engine.claim(ids))
+            outcomes, left = self._call(self._work(capacity, queue or self.queues[0], batch_id))
         except Exception as exc:
             raise Reject(f"claiming the chunk failed: {exc!r}", requeue=True) from None
-        if not rows:
-            return
-        outcomes = self._call(self.engine.process(rows))
         released = sum(1 for o in outcomes if o.status == RequestStatus.QUEUED)
-        if released and self.engine.draining:
-            raise Reject(f"{released} rows released while draining", requeue=True)
+        if self.engine.draining and (released or left):
+            raise Reject(f"draining: {released} rows released, capacity for {left} unused", requeue=True)
+
+    async def _work(self, capacity: int, queue: str, hint: str) -> tuple[list[Outcome], int]:
+        """Claim `capacity` in pieces, each when the engine's backlog (rows not yet through the limiter)
+        runs below a message's worth; the oldest message claims first, so messages end one after the
+        other. Returns the outcomes and the capacity left unclaimed (no rows left, or draining).
+
+        Claims follow the engine's need, not the thread's own rows: each running batch keeps rows waiting
+        for its turn at the limiter, a batch submitted meanwhile is claimed within a piece's time, and a
+        batch with a small share never holds the threads.
+        """
+        assert self.engine is not None
+        engine, piece = self.engine, max(1, -(-self.settings.chunk_size // PIECES))
+        left, working = capacity, []
+        try:
+            async with self._claiming:  # FIFO: the oldest message uses its capacity first
+                while left > 0 and not engine.draining:
+                    room = await engine.backlog.below(self.settings.chunk_size, STARVED_CHECK_SECONDS)
+                    if engine.draining:
+                        break
+                    # A full backlog may be rows waiting on a slow key: a batch this engine has no rows
+                    # of (another key's, or a newcomer's) is claimed anyway, so it is never starved here.
+                    rows = await engine.claim_share(min(piece, left), queue, hint=hint, missing_only=not room)
+                    if not rows:
+                        if room:
+                            break  # nothing queued on the queue: the capacity is not needed
+                        continue
+                    left -= len(rows)
+                    working.append(asyncio.ensure_future(engine.process(rows)))
+        finally:  # a claim that failed leaves the pieces claimed before it to finish
+            done = await asyncio.gather(*working, return_exceptions=True)
+        outcomes = [o for result in done if not isinstance(result, BaseException) for o in result]
+        failed = [result for result in done if isinstance(result, BaseException)]
+        if failed:
+            raise failed[0]
+        return outcomes, left
 
     def drain(self) -> None:
         if self.engine is not None:
@@ -120,16 +164,17 @@ class WorkerRuntime:
     def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
         rows = reaper.sweep(spare)
         if all(queue_size(self.app, q) == 0 for q in self.queues):
-            rows += recovery.take_unsent(self.db, older_than=8 * period)
+            rows += recovery.take_unsent(self.db, older_than=8 * period, queues=self.queues)
         by_batch: dict[str, list[int]] = defaultdict(list)
         for batch_id, request_id in rows:
             by_batch[batch_id].append(request_id)
-        broker = recovery.broker_batches(self.db, by_batch)
+        queues = fair.batch_queues(self.db, by_batch)
         for batch_id, ids in by_batch.items():
-            if batch_id in broker:  # a `pipeline run` batch is picked up by its run
+            queue = queues.get(batch_id)
+            if queue is not None:  # a `pipeline run` batch is picked up by its run
                 log.warning("re-publishing %d rows of batch %s", len(ids), batch_id)
                 recovery.stamp_enqueued(self.db, ids)
-                publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
+                publish_capacity(self.app, batch_id, len(ids), self.settings.chunk_size, queue)
 
     async def _drive_parts(self) -> None:
         """Every tick: cut batch-api broker batches' queued rows into parts, and advance every part that
@@ -161,7 +206,8 @@ class WorkerRuntime:
 
         def publish() -> None:
             recovery.stamp_enqueued(self.db, ids)
-            publish_chunks(self.app, batch_id, sorted(ids), self.settings.chunk_size, self.queues[0])
+            queue = fair.batch_queues(self.db, [batch_id]).get(batch_id) or self.queues[0]
+            publish_capacity(self.app, batch_id, len(ids), self.settings.chunk_size, queue)
 
         await asyncio.to_thread(publish)
 
@@ -191,8 +237,8 @@ def register(app: Celery) -> RuntimeSlot:
     slot = RuntimeSlot()
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def run_chunk(batch_id: str, ids: list[int]) -> None:
-        slot.get().run_chunk(batch_id, ids)
+    def run_chunk(batch_id: str, work: int | list[int], queue: str | None = None) -> None:
+        slot.get().run_chunk(batch_id, work, queue)
 
     @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutting_down(**_: Any) -> None:

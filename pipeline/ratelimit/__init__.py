@@ -15,8 +15,14 @@ from pipeline.settings import Settings
 
 
 class Limiter(Protocol):
-    async def acquire(self, key: LimitKey, tokens: int) -> None:
-        """Wait until one request costing `tokens` may be sent, and reserve it."""
+    async def acquire(
+        self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
+    ) -> None:
+        """Wait until one request costing `tokens` may be sent, and reserve it.
+
+        With a `batch`, the request also waits for its batch's turn: the batches asking for one key share its
+        budget in proportion to their `weight` (fair.py).
+        """
 
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
         """After an answer: refund or charge the difference, and learn from the x-ratelimit-* headers."""

@@ -8,7 +8,8 @@ to one minute's worth), so big requests borrow from the following seconds and th
 holds. Buckets start empty, so a fresh key ramps at the steady rate instead of bursting.
 
 The arithmetic is in `KeyState` (with rules.Pace); redis.py runs the same rules in Lua. Senders of one key
-queue FIFO: only the head of the queue computes and sleeps. `snapshot` is synchronous here.
+and batch queue FIFO: only the head of each batch's queue computes and sleeps, and batches take turns by
+their fair share of the key (fair.py). `snapshot` is synchronous here.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.ratelimit.fair import FairShare, request_cost
 from pipeline.ratelimit.rules import (
     BURST_SECONDS,
     MARGIN,
@@ -56,9 +58,22 @@ class KeyState:
     sent_requests: float = 0.0  #: moving average, per second
     sent_tokens: float = 0.0  #: moving average, per second
     sent_at: float = 0.0
+    #: the batches asking for this key, and their turns
+    fair: FairShare = field(default_factory=FairShare)
 
-    def take(self, now: float, tokens: int, given: Limits, pace: Pace) -> float:
-        """Reserve one request of `tokens` and return 0, or return the seconds to wait first."""
+    def take(
+        self,
+        now: float,
+        tokens: int,
+        given: Limits,
+        pace: Pace,
+        batch: str | None = None,
+        weight: float = 1.0,
+    ) -> float:
+        """Reserve one request of `tokens` and return 0, or return the seconds to wait first.
+
+        With a `batch`, the request also waits for its turn in the key's fair share (fair.py).
+        """
         if self.cool_until > now:
             return self.cool_until - now
         rpm, _ = in_force(given.rpm, self.learned.rpm)
@@ -68,15 +83,14 @@ class KeyState:
             self.probes = 0
         if probing and self.probes >= pace.probe_in_flight:
             return PROBE_POLL
-        if rpm is not None and self.tat_requests is None:  # a new bucket starts empty
-            self.tat_requests = now + pace.burst
-        if tpm is not None and self.tat_tokens is None:
-            self.tat_tokens = now + pace.burst
-        wait = 0.0
-        if rpm is not None:
-            wait = max(wait, pace.wait(self.tat_requests, now, 1, rpm))
-        if tpm is not None:
-            wait = max(wait, pace.wait(self.tat_tokens, now, tokens, tpm))
+        wait = self._budget_wait(now, tokens, rpm, tpm, pace)
+        cost = 0.0
+        if batch is not None:
+            rates = (pace.rate(rpm) if rpm else None, pace.rate(tpm) if tpm else None)
+            cost = request_cost(*rates, tokens, tpm)
+            wait = max(wait, self.fair.wait(now, batch, cost))
+            if wait > EPSILON:
+                self.fair.waiting(now, batch, wait)
         if wait > EPSILON:
             return wait
         if rpm is not None:
@@ -85,8 +99,23 @@ class KeyState:
             self.tat_tokens = pace.charge(self.tat_tokens, now, tokens, tpm)
         if probing:
             self.probes, self.probe_at = self.probes + 1, now
+        if batch is not None:
+            self.fair.granted(now, batch, cost, weight)
         self.count(now, 1, tokens)
         return 0.0
+
+    def _budget_wait(self, now: float, tokens: int, rpm: int | None, tpm: int | None, pace: Pace) -> float:
+        """Seconds until the buckets hold one request of `tokens` (a new bucket starts empty)."""
+        if rpm is not None and self.tat_requests is None:
+            self.tat_requests = now + pace.burst
+        if tpm is not None and self.tat_tokens is None:
+            self.tat_tokens = now + pace.burst
+        wait = 0.0
+        if rpm is not None:
+            wait = max(wait, pace.wait(self.tat_requests, now, 1, rpm))
+        if tpm is not None:
+            wait = max(wait, pace.wait(self.tat_tokens, now, tokens, tpm))
+        return wait
 
     def settle(
         self, now: float, reserved: int, used: int | None, rh: RateHeaders, given: Limits, pace: Pace
@@ -147,7 +176,7 @@ class LocalLimiter:
         self._states: dict[LimitKey, KeyState] = {}
         # Senders of a key queue on its lock. Locks belong to one event loop; the state outlives it
         # (a worker may run one asyncio.run per chunk with the same limiter).
-        self._locks: dict[LimitKey, asyncio.Lock] = {}
+        self._locks: dict[tuple[LimitKey, str | None], asyncio.Lock] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _state(self, key: LimitKey) -> KeyState:
@@ -156,24 +185,28 @@ class LocalLimiter:
             state = self._states[key] = KeyState()
         return state
 
-    def _lock(self, key: LimitKey) -> asyncio.Lock:
+    def _lock(self, key: LimitKey, batch: str | None) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop, self._locks = loop, {}
-        lock = self._locks.get(key)
+        lock = self._locks.get((key, batch))
         if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
+            lock = self._locks[(key, batch)] = asyncio.Lock()
         return lock
 
-    async def acquire(self, key: LimitKey, tokens: int) -> None:
+    async def acquire(
+        self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
+    ) -> None:
         state, given = self._state(key), self.limits.for_model(key.model)
-        lock = self._lock(key)
+        tokens = max(0, tokens)
+        # Senders of one batch queue in line; the head of each batch's line asks for the fair share.
+        lock = self._lock(key, batch)
         # Nobody waiting and budget free: take it now. Queuing on the lock costs O(waiters) per acquire
         # in asyncio, which hundreds of senders in flight turn into the engine's hottest line.
-        if not lock.locked() and state.take(time.monotonic(), max(0, tokens), given, self.pace) <= 0:
+        if not lock.locked() and state.take(time.monotonic(), tokens, given, self.pace, batch, weight) <= 0:
             return
         async with lock:
-            while (wait := state.take(time.monotonic(), max(0, tokens), given, self.pace)) > 0:
+            while (wait := state.take(time.monotonic(), tokens, given, self.pace, batch, weight)) > 0:
                 await asyncio.sleep(max(wait, MIN_SLEEP))
 
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
@@ -191,7 +224,7 @@ class LocalLimiter:
         rpm, _ = in_force(given.rpm, state.learned.rpm)
         tpm, _ = in_force(given.tpm, state.learned.tpm)
         cooling = state.cool_until > now
-        return describe(
+        snap = describe(
             key,
             given,
             state.learned,
@@ -203,3 +236,7 @@ class LocalLimiter:
                 self.pace.available(state.tat_tokens, now, tpm),
             ),
         )
+        # This process's own sends only: `pipeline status` adds up the engines' figures.
+        snap["batch_rpm"] = {b: round(r * 60.0, 1) for b, r in state.fair.rates(now).items()}
+        snap["shared"] = False
+        return snap

@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
+from tenacity import RetryCallState
 
 from pipeline.errors import (
     AccessDenied,
@@ -161,3 +162,11 @@ def _status_name(status: int) -> str:
     if status >= 500:
         return ErrorType.SERVER_ERROR
     return _STATUS_TYPES.get(status, f"http_{status}")
+
+
+def wait_after_first(state: RetryCallState) -> float:
+    """tenacity's wait after the first attempt (sent outside tenacity): its attempt 1 is the request's
+    second, so the backoff is one step further."""
+    exc = state.outcome.exception() if state.outcome else None
+    server_wait = exc.retry_after if isinstance(exc, APIError) else None
+    return backoff_delay(state.attempt_number + 1, server_wait)

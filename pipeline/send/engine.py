@@ -16,11 +16,11 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from pipeline.errors import (
     APIError,
@@ -34,8 +34,10 @@ from pipeline.prices import load_prices
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting, EngineStats, Ticket
+from pipeline.send.backlog import Backlog
 from pipeline.send.breaker import Breaker
-from pipeline.send.classify import backoff_delay, classify
+from pipeline.send.claiming import retrying
+from pipeline.send.classify import backoff_delay, classify, wait_after_first
 from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
 from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
@@ -47,17 +49,14 @@ from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.spend.local import LocalBudget
-from pipeline.store import batches, blobs, claims
-from pipeline.store.claims import AttemptRecord, Claimed, Outcome, WorkerGone
-from pipeline.store.db import Database, first_line, is_transient
+from pipeline.store import batches, blobs, claims, fair
+from pipeline.store.claims import AttemptRecord, Claimed, Outcome
+from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
 
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
-
-#: Longest pause between two tries of a claim that failed (database busy, restarting, disk full).
-MAX_CLAIM_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +99,12 @@ class Engine:
         self._key = settings.require_api_key()
         self._estimates = Estimator(settings, self._key.fingerprint())
         self._held: dict[int, Claimed] = {}
+        self._stop = asyncio.Event()
+        self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._flushed = asyncio.Condition()
         self._room = asyncio.Event()
         self._slots = Slots(settings.max_in_flight)
-        self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._own = Ownership(db, settings.lease_seconds)
         self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
@@ -174,22 +174,26 @@ class Engine:
 
     async def claim(self, ids: Sequence[int]) -> list[Claimed]:
         """Claim the queued rows among `ids` for this engine; a failing database is retried until drained."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(claims.claim, self.db, ids, self.worker)
-            except WorkerGone:  # buried: one beat finds out, the next registers anew
-                await self._own.beat(force=True)
-                if not await self._own.beat(force=True):
-                    await self._sleep(delay)
-            except Exception as exc:
-                if not is_transient(exc) or self.draining:
-                    raise
-                log.warning(
-                    "claiming %d rows failed (%s); retrying in %.1fs", len(ids), first_line(exc), delay
-                )
-                await self._sleep(delay)
-                delay = min(delay * 2, MAX_CLAIM_RETRY_SECONDS)
+        return await self._claiming(lambda: claims.claim(self.db, ids, self.worker), f"{len(ids)} rows")
+
+    async def claim_share(
+        self, capacity: int, queue: str, hint: str | None = None, missing_only: bool = False
+    ) -> list[Claimed]:
+        """Claim up to `capacity` rows of the batches on `queue` by fair share (store/fair.py), retried
+        like `claim`: the batch with the fewest rows waiting here for its priority first (only those
+        with none waiting here, when `missing_only`)."""
+        waiting = self.backlog.per_batch()
+        return await self._claiming(
+            lambda: fair.claim_share(
+                self.db, self.worker, capacity, queue, waiting=waiting, hint=hint, missing_only=missing_only
+            ),
+            f"up to {capacity} rows",
+        )
+
+    async def _claiming(self, take: Callable[[], list[Claimed]], what: str) -> list[Claimed]:
+        rows = await retrying(take, what, self._own, self._sleep, lambda: self.draining)
+        await self._watch.learn_priorities({row.batch_id for row in rows})
+        return rows
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
@@ -211,6 +215,7 @@ class Engine:
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
+        self.backlog.add(row.id, row.batch_id)
         self._watch.keys.add(job.key)
         self._held[row.id] = row
         self._watch.states[row.batch_id] = BatchState.IN_PROGRESS  # the claim just found it so (e.g. resumed)
@@ -237,6 +242,7 @@ class Engine:
         except Exception as exc:  # a bug must not lose the row: it goes back to the queue
             log.exception("unexpected error on request %s", job.row.id)
             outcome = job.outcome(RequestStatus.QUEUED, [], ErrorType.INTERNAL, repr(exc))
+        self.backlog.passed(job.row.id)
         if outcome is None:  # not ours any more: nothing of it is written
             self._stored([], [])
             self._drop(job.row)
@@ -296,7 +302,7 @@ class Engine:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.settings.max_attempts - 1),
-            wait=_wait_after_first,
+            wait=wait_after_first,
             sleep=self._sleep,
             reraise=True,
         )
@@ -307,11 +313,13 @@ class Engine:
 
     async def _attempt(self, job: Job, records: list[AttemptRecord]) -> _Answer:
         row, key, estimate = job.row, job.key, job.estimate
-        async with self._slots:  # max in flight: the checks below happen right before sending
+        weight = self._watch.priority(row.batch_id)  # the batch's share of the slots and of the key
+        async with self._slots.take(row.batch_id, weight):  # max in flight; checks right before sending
             self._check_stop(row)
             waited = time.perf_counter()
-            await self.limiter.acquire(key, estimate)
+            await self.limiter.acquire(key, estimate, row.batch_id, weight)
             waited = time.perf_counter() - waited
+            self.backlog.passed(row.id)
             charged: int | None = 0  # what settles the reservation if nothing else does (refunds it)
             headers: Mapping[str, str] = {}
             ticket: Ticket | None = None
@@ -398,10 +406,3 @@ class Engine:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
             await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
-
-
-def _wait_after_first(state: RetryCallState) -> float:
-    """tenacity's wait; its attempt 1 is the request's second, so the backoff is one step further."""
-    exc = state.outcome.exception() if state.outcome else None
-    server_wait = exc.retry_after if isinstance(exc, APIError) else None
-    return backoff_delay(state.attempt_number + 1, server_wait)

@@ -1,42 +1,68 @@
-"""Slots: how many requests may be in flight at once, handed out first come, first served."""
+"""Slots: how many requests may be in flight at once, shared fairly between the batches waiting for one.
+
+A slot is held from the checks before the limiter to the answer, so rows waiting for the rate limit hold
+slots too. Handed out first come, first served, a batch that arrived with thousands of rows would keep
+every slot and a batch claimed after it could not even ask the limiter for its turn. So a freed slot goes
+to the waiting batch that holds the fewest slots for its weight (its priority), first come, first served
+within a batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 
 class Slots:
-    """A FIFO counting semaphore whose acquire and release are O(1).
-
-    asyncio.Semaphore scans all its waiters on every acquire; with thousands of claimed rows waiting for one
-    of max-in-flight slots that scan dominated the event loop.
-    """
+    """A counting semaphore with a FIFO queue per group (batch); acquire and release are O(groups)."""
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+        self._weights: dict[str, float] = {}
 
-    async def __aenter__(self) -> None:
+    @asynccontextmanager
+    async def take(self, group: str = "", weight: float = 1.0) -> AsyncIterator[None]:
+        """Hold one slot for `group` (a batch) while the block runs."""
+        await self._acquire(group, weight)
+        try:
+            yield
+        finally:
+            self._release(group)
+
+    async def _acquire(self, group: str, weight: float) -> None:
+        self._weights[group] = max(weight, 1e-9)
         if self._free > 0 and not self._waiters:
             self._free -= 1
+            self._held[group] += 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters.setdefault(group, collections.deque()).append(waiter)
         try:
-            await waiter  # the releaser hands its slot over: _free is not incremented in between
+            await waiter  # the releaser hands its slot over (and counts it as ours): _free is untouched
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot while being cancelled: pass it on
+                self._release(group)  # handed a slot while being cancelled: pass it on
             raise
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
+    def _release(self, group: str) -> None:
+        self._held[group] -= 1
+        if not self._held[group]:
+            del self._held[group]
+            if group not in self._waiters:
+                self._weights.pop(group, None)
         while self._waiters:
-            waiter = self._waiters.popleft()
+            # The batch with the fewest slots for its weight goes next.
+            turn = min(self._waiters, key=lambda g: self._held[g] / self._weights.get(g, 1.0))
+            queue = self._waiters[turn]
+            waiter = queue.popleft()
+            if not queue:
+                del self._waiters[turn]
             if not waiter.done():
+                self._held[turn] += 1
                 waiter.set_result(None)
                 return
         self._free += 1

@@ -3,8 +3,9 @@
 Every second: the state and spend cap of each batch it holds rows of (paused, cancelled or re-capped
 elsewhere), for capped batches what the database says was spent and what the other engines hold reserved
 (fed to the spend budget), and this engine's own flights (requests on the wire and USD reserved, per batch)
-saved on its worker row for `pipeline status` and the other engines. Every few seconds the limiter's view
-of each key it used (limits in force, send rate) is saved too.
+saved on its worker row for `pipeline status` and the other engines; and each batch's priority (changed by
+`pipeline priority`: its weight in the fair share of slots and keys). Every few seconds the limiter's view
+of each key it used (limits in force, send rate, each batch's send rate) is saved too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting
-from pipeline.store import batches, claims, limit_states, usage
+from pipeline.store import batch_rates, batches, claims, fair, limit_states, usage
 from pipeline.store.batches import Control
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
@@ -50,6 +53,10 @@ class Watch:
         self._worker = worker
         self.states: dict[str, BatchState] = {}
         self.caps: dict[str, float | None] = {}
+        #: each batch's weight in the fair share of slots and keys
+        self.priorities: dict[str, int] = {}
+        #: names this process's figures among the engines' (an in-process limiter sees only its own sends)
+        self.source = f"{socket.gethostname()}:{os.getpid()}"
         #: every key the engine sent with, for the limiter snapshots
         self.keys: set[LimitKey] = set()
         #: the limiter's view of each key at the last save, for progress displays
@@ -61,6 +68,17 @@ class Watch:
 
     def cap(self, batch_id: str) -> float | None:
         return self.caps.get(batch_id)
+
+    def priority(self, batch_id: str) -> int:
+        return self.priorities.get(batch_id, 1)
+
+    async def learn_priorities(self, batch_ids: set[str]) -> None:
+        """Read the priorities of batches just claimed, unless known; a failing database leaves them at 1
+        until the next poll."""
+        new = batch_ids - self.priorities.keys()
+        if new:
+            with contextlib.suppress(Exception):
+                self.priorities.update(await asyncio.to_thread(fair.priorities, self.db, new))
 
     async def learn(self, batch_ids: set[str]) -> None:
         """Read the state and cap of batches before sending their rows (a claim may follow a resume that
@@ -94,6 +112,7 @@ class Watch:
         for batch_id, control in controls.items():
             self.states[batch_id] = control.state
             self.caps[batch_id] = control.max_cost_usd
+        self.priorities.update(fair.priorities(self.db, ids))
         capped = [b for b, c in controls.items() if c.max_cost_usd is not None]
         if not capped:
             return
@@ -127,3 +146,4 @@ class Watch:
             snapshots.append((key, await snap if inspect.isawaitable(snap) else snap))
         self.snapshots = dict(snapshots)
         await asyncio.to_thread(limit_states.save_limit_states, self.db, snapshots)
+        await asyncio.to_thread(batch_rates.save_batch_rates, self.db, self.source, snapshots)

@@ -199,12 +199,33 @@ def sent_directly() -> ColumnElement[bool]:
     return or_(Request.via == Via.DIRECT, Request.batch_id.in_(direct_batches))
 
 
+#: What a claim returns of each row it took (a `Claimed`, but for the worker).
+CLAIMED_COLUMNS = (
+    Request.id,
+    Request.batch_id,
+    Request.custom_id,
+    Request.url,
+    Request.body,
+    Request.attempts,
+    Request.fence,
+    Request.blob_sha256,
+)
+
+
+def hold_worker(s: Session, worker: str) -> None:
+    """Hold `worker`'s row for this transaction (FOR SHARE on PostgreSQL); WorkerGone when it is gone.
+
+    The watcher that buries a worker locks that row FOR UPDATE, so burying and claiming never interleave.
+    """
+    if s.scalar(select(Worker.id).where(Worker.id == worker).with_for_update(read=True)) is None:
+        raise WorkerGone(f"worker {worker} was declared dead")
+
+
 def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
     """Take the queued rows among `ids` of batches in progress for `worker`; the others are skipped (and the
     rows of a batch-api batch, unless marked to be sent directly).
 
-    Raises WorkerGone when the worker's row is gone. On PostgreSQL the worker row is held FOR SHARE for
-    the claim, so the watcher that buries a worker (FOR UPDATE of that row) runs wholly before or after it.
+    Raises WorkerGone when the worker's row is gone (see `hold_worker`).
     """
     claimed: list[Claimed] = []
     active = select(Batch.id).where(Batch.state == BatchState.IN_PROGRESS)
@@ -218,20 +239,10 @@ def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
                 sent_directly(),
             )
             .values(status=RequestStatus.RUNNING, worker=worker, fence=Request.fence + 1)
-            .returning(
-                Request.id,
-                Request.batch_id,
-                Request.custom_id,
-                Request.url,
-                Request.body,
-                Request.attempts,
-                Request.fence,
-                Request.blob_sha256,
-            )
+            .returning(*CLAIMED_COLUMNS)
         )
         with db.write() as s:
-            if s.scalar(select(Worker.id).where(Worker.id == worker).with_for_update(read=True)) is None:
-                raise WorkerGone(f"worker {worker} was declared dead")
+            hold_worker(s, worker)
             claimed.extend(Claimed(**row._asdict(), worker=worker) for row in s.execute(stmt))
     claimed.sort(key=lambda c: c.id)
     return claimed

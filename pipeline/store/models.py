@@ -131,6 +131,12 @@ class Batch(Base):
     max_cost_usd: Mapped[float | None] = mapped_column(Float)
     #: requests answered at intake from identical stored answers (--reuse), never sent
     reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: its weight in the fair share of workers and rate limits: a batch at 3 gets three times a batch at 1
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: rows claimed by share / priority, from where it joined the running batches (store/fair.py)
+    vtime: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: the broker queue its messages go to (None until it is first enqueued)
+    queue: Mapped[str | None] = mapped_column(String(64))
 
 
 class Request(Base):
@@ -346,3 +352,19 @@ class BatchFailure(Base):
     http_status: Mapped[int] = mapped_column(Integer, primary_key=True)  #: 0: no answer (timeout...)
     count: Mapped[int] = mapped_column(Integer, default=0)
     sample: Mapped[str | None] = mapped_column(Text)  #: one of their error messages
+
+
+class BatchRate(Base):
+    """How fast one batch was sending with one key lately, as one limiter saw it: `pipeline status`'s share.
+
+    `source` is "shared" for the Redis limiter (every engine sees every engine's sends) and an engine's
+    host:pid for an in-process limiter (its own sends only), so summing the fresh rows counts every send once.
+    """
+
+    __tablename__ = "batch_rates"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)  #: the LimitKey, as in limit_states
+    batch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sent_rpm: Mapped[float] = mapped_column(Float)  #: requests per minute sent lately
+    updated_at: Mapped[datetime] = mapped_column(DateTime)  #: the database's clock

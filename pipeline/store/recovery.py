@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 
+from pipeline.store import fair
 from pipeline.store.claims import requeue_rows_of, sent_directly, settle_open, settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Via, Worker
@@ -126,15 +127,19 @@ def queued_ids(
         after = ids[-1]
 
 
-def mark_enqueued(db: Database, batch_id: str) -> None:
-    """The batch goes through the broker; its queued rows were just named in messages."""
+def mark_enqueued(db: Database, batch_id: str, queue: str) -> int:
+    """The batch goes through the broker on `queue` and joins the fair share of the batches running there
+    (store/fair.py); its queued rows that engines may send are stamped as published (a Batch API part's
+    are the part's). Returns how many."""
     with db.write() as s:
         s.execute(update(Batch).where(Batch.id == batch_id).values(dispatch=Dispatch.BROKER))
-        s.execute(
+        fair.join(s, batch_id, queue)
+        done = s.execute(
             update(Request)
-            .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED, sent_directly())
             .values(enqueued_at=db_clock(s))
         )
+        return int(getattr(done, "rowcount", 0) or 0)
 
 
 def broker_batches(db: Database, batch_ids: Iterable[str]) -> set[str]:
@@ -154,15 +159,17 @@ def stamp_enqueued(db: Database, ids: Sequence[int]) -> None:
             s.execute(update(Request).where(Request.id.in_(part)).values(enqueued_at=now))
 
 
-def take_unsent(db: Database, older_than: float) -> list[tuple[str, int]]:
-    """Queued rows of broker batches in progress whose last message is older than `older_than` seconds.
+def take_unsent(db: Database, older_than: float, queues: Sequence[str]) -> list[tuple[str, int]]:
+    """Queued rows of broker batches in progress on `queues` whose last message is older than `older_than` s.
 
-    Called only when the broker queue is empty: such rows lost their message (a broker restarted without
+    Called only when those queues are empty: such rows lost their message (a broker restarted without
     persistence, a publish that failed, an engine buried). Taking them stamps them, on the database's
     clock, so only one worker re-publishes each.
     """
     active_broker = select(Batch.id).where(
-        Batch.state == BatchState.IN_PROGRESS, Batch.dispatch == Dispatch.BROKER
+        Batch.state == BatchState.IN_PROGRESS,
+        Batch.dispatch == Dispatch.BROKER,
+        Batch.queue.in_(list(queues)),
     )
     with db.write() as s:
         now = db_clock(s)

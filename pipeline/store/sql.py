@@ -37,9 +37,11 @@ def insert_sql(model: type[DeclarativeBase], names: Sequence[str]) -> str:
 
 
 def upsert_sql(model: type[DeclarativeBase], key: str, names: Sequence[str], *, update: bool = True) -> str:
-    """INSERT of `names` that, on a conflict on `key`, updates every other column (or does nothing)."""
+    """INSERT of `names` that, on a conflict on `key` (a column, or columns joined with ", "), updates every
+    other column (or does nothing)."""
+    keys = {k.strip() for k in key.split(",")}
     action = (
-        "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names if c != key)
+        "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
         if update
         else "DO NOTHING"
     )

@@ -1,0 +1,157 @@
+"""Fair share with real processes: batches sharing one key share its budget, in every mode.
+
+The fake enforces 6,000 requests/min as 100 per 1-second bucket; workers and `pipeline run` processes learn
+the limit from its headers. Send rates are read from the attempts the engines stored (their start times),
+completion times from the batches' own rows; every wait has a deadline and every process is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.fakeapi import FakeServer
+from tests.fair_helpers import both_running_rates, run_span, short_chat_file
+from tests.services import Fleet, wait_for
+from tests.test_fleet import answered_more_than_once, fleet_env, status, submit, wait_final
+
+pytestmark = pytest.mark.integration
+
+#: The fake's limit: 100 requests per second.
+RPM = 6000
+PER_SECOND = RPM / 60
+
+
+def test_a_small_batch_submitted_after_a_big_one_finishes_first(
+    fake: FakeServer, make_fleet: Callable[..., Fleet], database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    fake.config.rpm, fake.config.latency = RPM, 0.3
+    fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
+    fleet.start()
+    fleet.start()
+    big = submit(fleet, short_chat_file(tmp_path / "big.jsonl", 3000, "big"))
+    time.sleep(3)
+    small = submit(fleet, short_chat_file(tmp_path / "small.jsonl", 300, "small"))
+    small_final = wait_final(fleet, small, 60)
+    assert small_final["succeeded"] == 300
+    # From its submit (the batch row's creation) to its last answer stored.
+    assert small_final["elapsed_seconds"] <= 10, small_final["elapsed_seconds"]
+    big_final = wait_final(fleet, big, 120)
+    assert big_final["succeeded"] == 3000
+    sent, seconds = run_span(database_url, [big, small])
+    small_s, big_s = small_final["elapsed_seconds"], big_final["elapsed_seconds"]
+    print(f"small done {small_s:.1f}s after its submit, big {big_s:.1f}s after its;")
+    print(f"{sent} in {seconds:.1f}s: {sent / seconds / PER_SECOND:.3f} of the limit")
+    assert sent == 3300
+    assert sent / seconds >= 0.95 * PER_SECOND, (sent, seconds)
+    assert answered_more_than_once(fake) == 0
+
+
+def assert_three_to_one(database_url: str, high: str, low: str) -> None:
+    """While both sent, the priority-3 batch sent 3 times as fast as the priority-1 one, within 20%."""
+    fast, slow, seconds = both_running_rates(database_url, high, low)
+    ratio = fast / slow
+    print(f"priority 3: {fast:.1f}/s, priority 1: {slow:.1f}/s, ratio {ratio:.2f} over {seconds:.0f}s")
+    assert 0.8 * 3 <= ratio <= 1.2 * 3, (fast, slow, seconds)
+    assert fast + slow >= 0.9 * PER_SECOND, (fast, slow)  # sharing never wastes the budget
+
+
+def test_priorities_3_and_1_share_a_fleet_3_to_1(
+    fake: FakeServer, make_fleet: Callable[..., Fleet], redis_url: str, tmp_path: Path
+) -> None:
+    fake.config.rpm, fake.config.latency = RPM, 0.3
+    database_url = f"sqlite:///{tmp_path / 'prio.db'}"
+    fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
+    fleet.start()
+    fleet.start()
+    low = submit(fleet, short_chat_file(tmp_path / "low.jsonl", 1000, "low"), "--priority", "1")
+    high = submit(fleet, short_chat_file(tmp_path / "high.jsonl", 1500, "high"), "--priority", "3")
+
+    def status_shows_the_shares() -> bool:  # engines save 10 s averages every 5 s: they converge
+        shares = [status(fleet, batch)["share"] for batch in (high, low)]
+        return None not in shares and 0.65 <= shares[0] <= 0.85 and 0.15 <= shares[1] <= 0.35
+
+    wait_for(status_shows_the_shares, 25, interval=1.0)
+    assert wait_final(fleet, high, 120)["succeeded"] == 1500
+    assert wait_final(fleet, low, 120)["succeeded"] == 1000
+    assert_three_to_one(database_url, high, low)
+
+
+def test_two_run_processes_sharing_a_redis_limiter_share_3_to_1(
+    fake: FakeServer, make_fleet: Callable[..., Fleet], redis_url: str, tmp_path: Path
+) -> None:
+    fake.config.rpm, fake.config.latency = RPM, 0.3
+    database_url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**fleet_env(fake, database_url, redis_url), "PIPELINE_REDIS_URL": redis_url}
+    del env["PIPELINE_BROKER_URL"]
+    fleet = make_fleet(**env)
+    runs = [
+        start_run(fleet, short_chat_file(tmp_path / "high.jsonl", 1500, "high"), "3"),
+        start_run(fleet, short_chat_file(tmp_path / "low.jsonl", 1000, "low"), "1"),
+    ]
+    try:
+        outputs = [proc.communicate(timeout=120) for proc in runs]
+    finally:
+        for proc in runs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert [proc.returncode for proc in runs] == [0, 0], outputs
+    high, low = (out.strip().splitlines()[-1] for out, _ in outputs)
+    assert_three_to_one(database_url, high, low)
+    assert fake.stats()["by_status"].get("429", 0) <= 0.005 * fake.stats()["received"]
+
+
+def start_run(fleet: Fleet, path: Path, priority: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--priority", priority],
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_filesystem_broker_workers_share_3_to_1(
+    fake: FakeServer, make_fleet: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    fake.config.rpm, fake.config.latency = RPM, 0.3
+    database_url = f"sqlite:///{tmp_path / 'fs.db'}"
+    env = fleet_env(fake, database_url, "")
+    del env["PIPELINE_BROKER_URL"]
+    fleet = make_fleet(**env)
+    # Without Redis each worker paces itself (documented): each is given its half of the budget.
+    fleet.start("--rpm", str(RPM // 2))
+    fleet.start("--rpm", str(RPM // 2))
+    low = submit(fleet, short_chat_file(tmp_path / "low.jsonl", 1000, "low"), "--priority", "1")
+    high = submit(fleet, short_chat_file(tmp_path / "high.jsonl", 1500, "high"), "--priority", "3")
+    assert wait_final(fleet, high, 120)["succeeded"] == 1500
+    assert wait_final(fleet, low, 120)["succeeded"] == 1000
+    assert_three_to_one(database_url, high, low)
+
+
+def test_sigkill_a_worker_with_two_batches_running_loses_nothing(
+    fake: FakeServer, make_fleet: Callable[..., Fleet], database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    fake.config.latency = 0.3
+    fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
+    victim = fleet.start("--max-in-flight", "100")
+    fleet.start("--max-in-flight", "100")
+    first = submit(fleet, short_chat_file(tmp_path / "a.jsonl", 1200, "a"))
+    second = submit(fleet, short_chat_file(tmp_path / "b.jsonl", 1200, "b"), "--priority", "2")
+    wait_for(lambda: fake.stats()["answered"] >= 600, 60)
+    in_flight_at_kill = fake.stats()["in_flight"]
+    victim.kill()
+    fleet.start("--max-in-flight", "100")
+    assert wait_final(fleet, first, 120)["succeeded"] == 1200
+    assert wait_final(fleet, second, 120)["succeeded"] == 1200
+    repeats = answered_more_than_once(fake)
+    assert repeats <= in_flight_at_kill, (repeats, in_flight_at_kill)
+    assert len(fake.stats()["bodies"]) == 2400
