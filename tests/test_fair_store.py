@@ -16,7 +16,7 @@ from pipeline.settings import Settings
 from pipeline.store import batches, claims, fair, recovery
 from pipeline.store.claims import Claimed, Outcome, WorkerGone
 from pipeline.store.db import Database, open_database
-from pipeline.store.models import Batch, BatchState, Request, RequestStatus, Worker
+from pipeline.store.models import Batch, Request, RequestStatus, Worker
 from tests.fair_helpers import short_chat_file
 
 QUEUE = "pipeline"

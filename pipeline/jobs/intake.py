@@ -9,7 +9,7 @@ that same transaction (`store.blobs`), so workers on other machines can send the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.blobs import BlobWriter, UnreadableAudio
-from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, RequestStatus, Via, utcnow
 from pipeline.store.reuse import request_key, reuse_answers
+from pipeline.store.settle import settle_states
 from pipeline.store.sql import db_time_for
 from pipeline.store.usage import add_failures
 
@@ -75,86 +75,116 @@ def store_job_file(
     refuse_audio = via == Via.BATCH_API and not api.audio_direct
     reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes, base_dir=base_dir)
     batch_id = new_batch_id()
-    shown: list[LineError] = []
-    hints: set[str] = set()  # a hint is for the whole file: shown with its first line only
-    bad = good = 0
+    options = {"endpoint": endpoint, "max_attempts": settings.max_attempts, "reuse": reuse}
+    options |= api.to_options() if via == Via.BATCH_API else {}
+    row = _batch_row(batch_id, settings, source or str(path), options, via, max_cost_usd)
+    count = _Count()
     with db.write() as s:
-        batches.new_batch(
-            s,
-            Batch(
-                id=batch_id,
-                source=source or str(path),
-                content_hash="",
-                state=BatchState.IN_PROGRESS,
-                base_url=settings.base_url,
-                organization=settings.organization,
-                key_fingerprint=settings.key_fingerprint(),
-                options={
-                    "endpoint": endpoint,
-                    "max_attempts": settings.max_attempts,
-                    "reuse": reuse,
-                    **(api.to_options() if via == Via.BATCH_API else {}),
-                },
-                via=via,
-                max_cost_usd=max_cost_usd,
-            ),
-        )
-        pending: list[dict[str, Any]] = []
+        batches.new_batch(s, row)
         now = db_time_for(db.is_sqlite, utcnow())
-        blobs = BlobWriter(s)
-        source = STDIN_NAME if str(path) == "-" else str(path)  # as the reader names it in LineErrors
-        for line in reader:
+        lines = _Lines(s, reader, batch_id, settings, now, refuse_audio, skip_invalid, on_progress)
+        lines.store(count)
+        if count.bad and (not skip_invalid or not count.good):
+            raise JobFileError(count.shown, count.bad)
+        reused = _seal(s, batch_id, reader.content_hash, count, force=force, reuse=reuse, now=now)
+    if reused:
+        settle_states(db, [batch_id])  # every line may have been answered already
+    return Intake(batch_id, count.good + count.bad, count.bad, reused)
+
+
+def _batch_row(
+    batch_id: str,
+    settings: Settings,
+    source: str,
+    options: dict[str, Any],
+    via: Via,
+    max_cost_usd: float | None,
+) -> Batch:
+    return Batch(
+        id=batch_id,
+        source=source,
+        content_hash="",
+        state=BatchState.IN_PROGRESS,
+        base_url=settings.base_url,
+        organization=settings.organization,
+        key_fingerprint=settings.key_fingerprint(),
+        options=options,
+        via=via,
+        max_cost_usd=max_cost_usd,
+    )
+
+
+@dataclass
+class _Count:
+    """Lines stored so far: good, bad, and the bad ones shown (a hint once per file)."""
+
+    good: int = 0
+    bad: int = 0
+    shown: list[LineError] = field(default_factory=list)
+    hints: set[str] = field(default_factory=set)
+
+    def bad_line(self, error: LineError) -> None:
+        self.bad += 1
+        if len(self.shown) < MAX_SHOWN_ERRORS and error.hint not in self.hints:
+            self.shown.append(error)
+        if error.hint:
+            self.hints.add(error.hint)
+
+
+@dataclass
+class _Lines:
+    """The job file's lines, streamed into intake's transaction a chunk of rows at a time."""
+
+    s: Session
+    reader: JobReader
+    batch_id: str
+    settings: Settings
+    now: Any
+    refuse_audio: bool
+    skip_invalid: bool
+    on_progress: Callable[[int], None] | None
+
+    def store(self, count: _Count) -> None:
+        pending: list[dict[str, Any]] = []
+        blobs = BlobWriter(self.s)
+        source = STDIN_NAME if str(self.reader.path) == "-" else str(self.reader.path)  # as in LineErrors
+        for line in self.reader:
             # Once a line is bad and bad lines are not skipped, everything rolls back: read no more clips.
-            doomed = bad > 0 and not skip_invalid
-            if refuse_audio:
+            doomed = count.bad > 0 and not self.skip_invalid
+            if self.refuse_audio:
                 line = _refuse_audio(line, source)
             item, blob = (line, None) if doomed else _store_audio(blobs, line, source)
             if isinstance(item, LineError):
-                bad += 1
-                if len(shown) < MAX_SHOWN_ERRORS and item.hint not in hints:
-                    shown.append(item)
-                if item.hint:
-                    hints.add(item.hint)
-                if not skip_invalid:
+                count.bad_line(item)
+                if not self.skip_invalid:
                     continue
-                custom_id = reader.ids.for_invalid(item.line)
+                custom_id = self.reader.ids.for_invalid(item.line)
             else:
-                good += 1
+                count.good += 1
                 custom_id = item.custom_id
-            pending.append(_row(batch_id, item, custom_id, blob, now, settings))
+            pending.append(_row(self.batch_id, item, custom_id, blob, self.now, self.settings))
             if len(pending) >= INSERT_CHUNK:
-                batches.insert_requests(s, pending)
-                pending.clear()
-                if on_progress is not None:
-                    on_progress(reader.lines_read)
-        if bad and (not skip_invalid or not good):
-            raise JobFileError(shown, bad)
-        batches.insert_requests(s, pending)
-        reused = _seal(s, batch_id, reader.content_hash, good, bad, shown, force=force, reuse=reuse, now=now)
-    if reused:
-        settle_states(db, [batch_id])  # every line may have been answered already
-    return Intake(batch_id, good + bad, bad, reused)
+                self._flush(pending)
+        batches.insert_requests(self.s, pending)
+
+    def _flush(self, pending: list[dict[str, Any]]) -> None:
+        batches.insert_requests(self.s, pending)
+        pending.clear()
+        if self.on_progress is not None:
+            self.on_progress(self.reader.lines_read)
 
 
 def _seal(
-    s: Session,
-    batch_id: str,
-    content_hash: str,
-    good: int,
-    bad: int,
-    shown: list[LineError],
-    *,
-    force: bool,
-    reuse: bool,
-    now: Any,
+    s: Session, batch_id: str, content_hash: str, count: _Count, *, force: bool, reuse: bool, now: Any
 ) -> int:
     """End intake's transaction: the content key (DuplicateBatch if stored before), the invalid lines
     counted as failures, and with `reuse` the answers reused (how many)."""
-    existing = batches.seal_batch(s, batch_id, content_hash, good + bad, unique=not force)
+    existing = batches.seal_batch(s, batch_id, content_hash, count.good + count.bad, unique=not force)
     if existing is not None:
         raise DuplicateBatch(existing)
-    if bad:
-        add_failures(s, ((batch_id, ErrorType.INVALID_LINE.value, None, str(shown[0])) for _ in range(bad)))
+    if count.bad:
+        sample = str(count.shown[0])
+        add_failures(s, ((batch_id, ErrorType.INVALID_LINE.value, None, sample) for _ in range(count.bad)))
     reused = reuse_answers(s, batch_id, now) if reuse else 0
     if reused:
         batches.set_reused(s, batch_id, reused)

@@ -20,7 +20,7 @@ from pipeline.send.engine import Engine, EngineStats
 from pipeline.send.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.spend import Budget
-from pipeline.store import batches, claims
+from pipeline.store import batches, claims, settle
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
 from pipeline.store.recovery import Reaper
@@ -59,7 +59,7 @@ async def run_batch(
         else:
             await feed(settings, db, batch_id, engine)
     try:  # the writer settles the state after each write; if the last one could not, this does
-        await asyncio.to_thread(claims.settle_states, db, [batch_id])
+        await asyncio.to_thread(settle.settle_states, db, [batch_id])
     except Exception as exc:
         log.warning("could not settle the state of batch %s (%r)", batch_id, exc)
     return engine.stats

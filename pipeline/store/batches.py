@@ -1,6 +1,6 @@
 """Batches: creating one at intake, reading its counts for `status`, and the controls (cancel, retry, pause).
 
-States: in_progress -> completed when every row is final (`claims.settle_states`, after the writes that
+States: in_progress -> completed when every row is final (`settle.settle_states`, after the writes that
 finished them); paused by an engine (quota, a wrong key, the spend cap...) until `resume`; cancel makes it
 cancelling, then cancelled once the rows in flight are final.
 
@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import BatchNotFound, ErrorType
 from pipeline.store import usage
-from pipeline.store.claims import settle_states
 from pipeline.store.db import Database
 from pipeline.store.models import (
     Batch,
@@ -32,6 +31,7 @@ from pipeline.store.models import (
     Worker,
     utcnow,
 )
+from pipeline.store.settle import settle_states
 from pipeline.store.sql import columns, executemany, insert_sql
 
 #: The columns intake writes for each request row (the rest belong to claims and recovery).

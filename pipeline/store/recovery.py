@@ -21,9 +21,10 @@ from datetime import timedelta
 from sqlalchemy import delete, or_, select, update
 
 from pipeline.store import fair
-from pipeline.store.claims import requeue_rows_of, sent_directly, settle_open, settle_states
+from pipeline.store.claims import requeue_rows_of, sent_directly
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus, Via, Worker
+from pipeline.store.settle import settle_open, settle_states
 from pipeline.store.sql import db_clock, parts
 
 log = logging.getLogger(__name__)
