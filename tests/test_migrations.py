@@ -151,3 +151,31 @@ def test_the_highest_numbered_revision_file_is_alembics_head() -> None:
     assert head_revision() == script.get_current_head()
     for revision in script.walk_revisions():
         assert Path(revision.path).name.startswith(f"{revision.revision}_")
+
+
+def test_processes_started_together_on_a_new_database_all_migrate_it(database_url: str) -> None:
+    """A fleet started at once (docker-compose up, a scheduler) finds a new database: every process migrates
+    on first use, one of them does the work, the others wait for it and find the schema at head."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PIPELINE_DATABASE_URL": database_url}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        db.engine.dispose()

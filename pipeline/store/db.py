@@ -170,7 +170,7 @@ def _make_engine(url: str) -> Engine:
 def _migration_lock(db: Database) -> Iterator[None]:
     path = sqlite_path(db.url)
     if path is None:
-        yield  # PostgreSQL DDL is transactional; alembic's version row serialises concurrent upgrades
+        yield  # PostgreSQL: migrations/env.py holds an advisory lock for the migration's transaction
         return
     with open(path.with_name(path.name + ".migrate-lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
