@@ -45,10 +45,14 @@ def db_rows(batch_id: str) -> dict[str, dict[str, Any]]:
         return {req.custom_id: {"request": req, "result": res} for req, res in rows}
 
 
-def attempt_count(batch_id: str) -> int:
+def attempt_count(batch_id: str, *, http_status: int | None = None) -> int:
+    """The attempts recorded for a batch; with `http_status`, only those answered with it."""
+    query = select(Attempt.id).join(Request).where(Request.batch_id == batch_id)
+    if http_status is not None:
+        query = query.where(Attempt.http_status == http_status)
     db = open_database(Settings.load().db_url)
     with db.read() as s:
-        return len(s.scalars(select(Attempt.id).join(Request).where(Request.batch_id == batch_id)).all())
+        return len(s.scalars(query).all())
 
 
 def parse_csv(text: str) -> list[dict[str, str]]:

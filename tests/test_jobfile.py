@@ -84,11 +84,10 @@ def test_invalid_json() -> None:
 
 
 def test_invalid_json_column() -> None:
-    # columns count characters, not bytes
-    assert (
-        only_error('{"é": x}')
-        == "jobs.jsonl:1: invalid JSON: unexpected character, expected a JSON value at column 7"
-    )
+    # columns count characters, not bytes; the words between are orjson's and vary by its version
+    error = only_error('{"é": x}')
+    assert error.startswith("jobs.jsonl:1: invalid JSON: unexpected character")
+    assert error.endswith(" at column 7")
 
 
 def test_invalid_json_without_final_newline() -> None:

@@ -40,8 +40,11 @@ def test_300_requests_through_5xx_and_hangs_all_succeed_and_exports_agree(
     stats = fake.stats()
     assert sum(n for s, n in stats["by_status"].items() if s.startswith("5")) > 0, "no 5xx was injected"
     assert stats["received"] > 300, "no retries happened"
-    # Every attempt the API saw is recorded, hung ones as timeouts.
-    assert attempt_count(batch_id) == stats["received"]
+    # Every attempt the API saw is recorded, hung ones as timeouts. On a loaded machine an attempt can
+    # also time out before the fake has read it, so the API sees at most what was recorded.
+    assert attempt_count(batch_id) >= stats["received"]
+    # Each row was answered once: one 200 per row among its attempts.
+    assert attempt_count(batch_id, http_status=200) == 300
 
     status = orjson.loads(invoke("status", batch_id, "--json").stdout)
     assert status["total"] == 300 and status["succeeded"] == 300
