@@ -143,7 +143,14 @@ class Fleet:
     workers: list[Worker] = field(default_factory=list)
 
     def start(self, *args: str, prefix: tuple[str, ...] = ()) -> Worker:
-        """A `pipeline worker` with `args`; `prefix` runs it under another command (e.g. faketime)."""
+        """A `pipeline worker` with `args`, ready; `prefix` runs it under another command (e.g. faketime)."""
+        return self._ready(self._spawn(args, prefix))
+
+    def start_many(self, n: int, *args: str) -> list[Worker]:
+        """`n` workers with `args`, started together (each takes seconds to import), all ready."""
+        return [self._ready(worker) for worker in [self._spawn(args, ()) for _ in range(n)]]
+
+    def _spawn(self, args: tuple[str, ...], prefix: tuple[str, ...]) -> Worker:
         log = self.tmp / f"worker-{len(self.workers)}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
@@ -155,6 +162,11 @@ class Fleet:
             )
         worker = Worker(proc, log)
         self.workers.append(worker)
+        return worker
+
+    @staticmethod
+    def _ready(worker: Worker) -> Worker:
+        proc = worker.proc
         wait_for(lambda: "ready." in worker.output() or proc.poll() is not None, WORKER_START_SECONDS)
         assert proc.poll() is None, worker.output()
         return worker

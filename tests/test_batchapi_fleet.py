@@ -41,7 +41,7 @@ def test_two_workers_one_killed_while_polling_the_other_finishes(
     fake.config.batch_seconds = 3.0
     fake.config.batch_delays = {"retrieve": 2.0}  # a poll holds its part for a while
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url), PIPELINE_BATCH_POLL_SECONDS="0.5")
-    workers = [fleet.start(), fleet.start()]
+    workers = fleet.start_many(2)
     batch_id = submit(fleet, job_file(tmp_path), "--via", "batch-api", "--part-size", "3")
     assert len(status(fleet, batch_id)["parts"]) == 3
 

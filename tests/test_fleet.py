@@ -62,8 +62,7 @@ def test_two_workers_2000_requests_each_succeeds_exactly_once(
 ) -> None:
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    fleet.start("--max-in-flight", "200")
-    fleet.start("--max-in-flight", "200")
+    fleet.start_many(2, "--max-in-flight", "200")
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 2000))
     final = wait_final(fleet, batch_id, 120)
     assert final["succeeded"] == 2000 and final["attempts"] == 2000
@@ -78,8 +77,7 @@ def test_sigkill_a_worker_mid_batch_and_the_batch_still_completes(
 ) -> None:
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    victim = fleet.start("--max-in-flight", "100")
-    fleet.start("--max-in-flight", "100")
+    victim, _ = fleet.start_many(2, "--max-in-flight", "100")
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
     wait_for(lambda: fake.stats()["answered"] >= 400, 60)
     in_flight_at_kill = fake.stats()["in_flight"]
@@ -198,8 +196,7 @@ def test_filesystem_transport_needs_no_server(
     env = fleet_env(fake, f"sqlite:///{tmp_path / 'fs.db'}", "")
     del env["PIPELINE_BROKER_URL"]
     fleet = make_fleet(**env)
-    fleet.start()
-    fleet.start()
+    fleet.start_many(2)
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 300))
     assert wait_final(fleet, batch_id, 60)["succeeded"] == 300
 

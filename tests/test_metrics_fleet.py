@@ -108,8 +108,7 @@ def test_two_workers_share_one_spend_cap_through_redis(
     fake.config.latency = 0.05
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url, prices))
     in_flight = 10
-    fleet.start("--max-in-flight", str(in_flight))
-    fleet.start("--max-in-flight", str(in_flight))
+    fleet.start_many(2, "--max-in-flight", str(in_flight))
     lines = [chat_line(f"q{i}", f"question number {i}", max_tokens=16) for i in range(600)]
     cap = 2.0
     path = write_jsonl(tmp_path / "jobs.jsonl", lines)

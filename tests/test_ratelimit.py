@@ -34,8 +34,7 @@ def test_two_workers_learn_an_rpm_limit_and_stay_under_it(
     fake.config.rpm = 6000  # enforced as 100 per 1-second bucket
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, f"sqlite:///{tmp_path / 'rl.db'}", redis_url))
-    fleet.start()
-    fleet.start()
+    fleet.start_many(2)
     batch_id = submit(fleet, short_chat_file(tmp_path / "jobs.jsonl", 3000))
     final = wait_final(fleet, batch_id, 120)
     assert final["succeeded"] == 3000
@@ -51,8 +50,7 @@ def test_two_workers_stay_under_a_binding_tpm_limit(
     fake.config.tpm = 90_000  # ~14 tokens per request as the fake counts them: ~107 requests per second
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, f"sqlite:///{tmp_path / 'tpm.db'}", redis_url))
-    fleet.start()
-    fleet.start()
+    fleet.start_many(2)
     batch_id = submit(fleet, short_chat_file(tmp_path / "jobs.jsonl", 2000))
     final = wait_final(fleet, batch_id, 120)
     assert final["succeeded"] == 2000
@@ -67,8 +65,7 @@ def test_quota_exhaustion_pauses_the_batch_and_resume_completes_it(
     fake.config.quota = 100
     fake.config.latency = 0.05
     fleet = make_fleet(**fleet_env(fake, f"sqlite:///{tmp_path / 'q.db'}", redis_url))
-    fleet.start("--max-in-flight", "20")
-    fleet.start("--max-in-flight", "20")
+    fleet.start_many(2, "--max-in-flight", "20")
     batch_id = submit(fleet, short_chat_file(tmp_path / "jobs.jsonl", 600))
     wait_for_state(fleet, batch_id, "paused")
     paused = status(fleet, batch_id)
