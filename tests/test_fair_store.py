@@ -186,3 +186,20 @@ def test_priority_is_checked_and_read(db: Database, tmp_path: Path) -> None:
     assert fair.priorities(db, [batch]) == {batch: 7}
     with pytest.raises(ValueError):
         fair.set_priority(db, batch, 0)
+
+
+def test_an_engine_that_beats_while_its_burial_waits_is_not_buried(db: Database, tmp_path: Path) -> None:
+    """The reaper saw beat 0 for a lease; the engine beats before the reaper gets the write lock (a paused
+    SQLite writer resumed): it is alive, keeps its rows, and nobody is told it is dead."""
+    batch_id = make_batch(db, tmp_path, "b", 10)
+    w = worker(db)
+    rows = fair.claim_share(db, w, 10, QUEUE)
+    assert claims.beat(db, w)  # beat 1
+    assert recovery.bury(db, w, 0) is None
+    with db.read() as s:
+        assert s.scalar(select(Worker.beat).where(Worker.id == w)) == 1
+        running = s.scalars(select(Request.worker).where(Request.batch_id == batch_id)).all()
+    assert running == [w] * len(rows)
+    freed = recovery.bury(db, w, 1)  # silent at beat 1: buried, its rows back to the queue
+    assert freed is not None and len(freed) == len(rows)
+    assert not claims.beat(db, w)  # its next beat finds it declared dead

@@ -65,6 +65,8 @@ class Reaper:
             gone = host == self.host and not process_alive(pid)
             if gone or silent >= lease_seconds:
                 rows = bury(self.db, worker, beat)
+                if rows is None:  # it beat while this waited for the lock: alive after all
+                    continue
                 why = "its process is gone" if gone else f"no beat for {silent:.0f}s"
                 log.warning("engine %s is dead (%s): %d rows back to the queue", worker, why, len(rows))
                 freed += rows
@@ -78,12 +80,13 @@ class Reaper:
         return seen[1]
 
 
-def bury(db: Database, worker: str, beat: int) -> list[tuple[str, int]]:
-    """If `worker` still has the beat `beat`, give its rows back and delete it; returns the rows freed."""
+def bury(db: Database, worker: str, beat: int) -> list[tuple[str, int]] | None:
+    """If `worker` still has the beat `beat`, give its rows back and delete it; returns the rows freed, or
+    None when it was not buried here (it beat meanwhile, or another watcher buried it)."""
     with db.write() as s:
         current = s.scalar(select(Worker.beat).where(Worker.id == worker).with_for_update())
-        if current != beat:  # it beat meanwhile (alive after all), or another watcher buried it
-            return []
+        if current != beat:
+            return None
         rows = requeue_rows_of(s, worker)
         s.execute(delete(Worker).where(Worker.id == worker))
     settle_states(db, {batch_id for batch_id, _ in rows})  # a cancelling batch may be done now
