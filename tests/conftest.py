@@ -14,6 +14,14 @@ from pipeline.fakeapi import FakeConfig, FakeServer
 
 pytest_plugins = ["tests.services"]
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (scripts/test runs the in-process tests on 2 workers) each worker process gets a
+    Redis database of its own, so one test's keys and flush never touch another's."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("TEST_REDIS_URL")
+    if worker and url:
+        os.environ["TEST_REDIS_URL"] = f"{url.rsplit('/', 1)[0]}/{int(worker.removeprefix('gw')) + 1}"
+
 #: The key every test uses: tests assert it never leaks anywhere.
 TEST_KEY = "sk-test-SECRET-8f3a2b1c9d7e6f5a4b3c2d1e"
 

@@ -38,10 +38,10 @@ def need(var: str) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """The test Redis, emptied before the test."""
+    """The test Redis database, emptied before the test."""
     url = need("TEST_REDIS_URL")
     client = redis.Redis.from_url(url)
-    client.flushall()
+    client.flushdb()
     client.close()
     yield url
 
