@@ -22,6 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker and url:
         os.environ["TEST_REDIS_URL"] = f"{url.rsplit('/', 1)[0]}/{int(worker.removeprefix('gw')) + 1}"
 
+
 #: The key every test uses: tests assert it never leaks anywhere.
 TEST_KEY = "sk-test-SECRET-8f3a2b1c9d7e6f5a4b3c2d1e"
 
