@@ -29,9 +29,11 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from sqlalchemy import func, select
 
 from pipeline.store import batches as store
-from pipeline.store.db import open_database
+from pipeline.store.db import Database, open_database
+from pipeline.store.models import Attempt, Request
 
 KEY = "sk-bench-ratelimit"
 
@@ -98,13 +100,23 @@ def run_pipeline(workers: int, jobs: Path, tmp: Path, env: dict[str, str], timeo
             if counts["succeeded"] + counts["failed"] == counts["total"]:
                 break
             time.sleep(0.5)
-        span = store.attempt_stats(db, batch)
-        return float((span["last_finished_at"] - span["first_sent_at"]).total_seconds())
+        return send_span(db, batch)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(timeout=60)
+
+
+def send_span(db: Database, batch_id: str) -> float:
+    """Seconds from the batch's first request sent to its last answer stored."""
+    with db.read() as s:
+        first = s.scalar(
+            select(func.min(Attempt.started_at)).join(Request).where(Request.batch_id == batch_id)
+        )
+        last = s.scalar(select(func.max(Request.finished_at)).where(Request.batch_id == batch_id))
+    assert first is not None and last is not None, "the batch sent nothing"
+    return float((last - first).total_seconds())
 
 
 async def classic(jobs: Path, base_url: str, rpm: int | None, tpm: int | None) -> float:
