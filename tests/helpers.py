@@ -13,6 +13,7 @@ from sqlalchemy import select
 from pipeline.settings import Settings
 from pipeline.store.db import open_database
 from pipeline.store.models import Attempt, Request, Result
+from tests.conftest import invoke
 
 
 def chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
@@ -61,3 +62,14 @@ def parse_csv(text: str) -> list[dict[str, str]]:
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def status_of(batch_id: str, *extra: str) -> dict[str, Any]:
+    """`pipeline status BATCH --json [extra]`, parsed."""
+    result: dict[str, Any] = orjson.loads(invoke("status", batch_id, "--json", *extra).stdout)
+    return result
+
+
+def batch_of(stdout: str) -> str:
+    """The batch id a `run` or `submit` printed last."""
+    return stdout.strip().splitlines()[-1]

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -16,22 +15,13 @@ import pytest
 from pipeline.cli import EXIT_SOME_FAILED
 from pipeline.fakeapi import FakeServer
 from tests.conftest import TEST_KEY, invoke
-from tests.helpers import chat_file, chat_line, parse_csv, write_jsonl
+from tests.helpers import batch_of, chat_file, chat_line, parse_csv, status_of, write_jsonl
 from tests.services import wait_for
 
 
 @pytest.fixture(autouse=True)
 def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
-
-
-def status_of(batch_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = orjson.loads(invoke("status", batch_id, "--json").stdout)
-    return result
-
-
-def batch_of(stdout: str) -> str:
-    return stdout.strip().splitlines()[-1]
 
 
 def pipeline_process(fake: FakeServer, tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:

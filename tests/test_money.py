@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +13,7 @@ from pipeline.cli import EXIT_PAUSED
 from pipeline.estimate import prompt_error
 from pipeline.fakeapi import FakeServer
 from tests.conftest import invoke
-from tests.helpers import chat_line, parse_jsonl, write_jsonl
+from tests.helpers import batch_of, chat_line, parse_jsonl, status_of, write_jsonl
 
 #: Known prices: one token costs exactly $0.001 in, $0.002 out (cached input $0.0005).
 PRICES = {"models": {"gpt-4o-mini": {"input": 1000, "cached_input": 500, "output": 2000}}}
@@ -31,15 +30,6 @@ def prices(tmp_path: Path) -> Path:
     path = tmp_path / "prices.json"
     path.write_bytes(orjson.dumps(PRICES))
     return path
-
-
-def status_of(batch_id: str, *extra: str) -> dict[str, Any]:
-    result: dict[str, Any] = orjson.loads(invoke("status", batch_id, "--json", *extra).stdout)
-    return result
-
-
-def batch_of(stdout: str) -> str:
-    return stdout.strip().splitlines()[-1]
 
 
 def cost_from_usage(batch_id: str) -> float:

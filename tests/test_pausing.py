@@ -15,30 +15,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import PIPE, Popen
-from typing import Any
 
-import orjson
 import pytest
 
 from pipeline.cli import EXIT_PAUSED
 from pipeline.fakeapi import FakeConfig, FakeServer
 from tests.conftest import TEST_KEY, invoke
-from tests.helpers import chat_file, chat_line, write_jsonl
+from tests.helpers import batch_of, chat_file, chat_line, status_of, write_jsonl
 from tests.services import free_port, wait_for
 
 
 @pytest.fixture(autouse=True)
 def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
-
-
-def status_of(batch_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = orjson.loads(invoke("status", batch_id, "--json").stdout)
-    return result
-
-
-def batch_of(stdout: str) -> str:
-    return stdout.strip().splitlines()[-1]
 
 
 def test_a_wrong_key_pauses_the_batch_and_resume_with_the_right_key_completes_it(
