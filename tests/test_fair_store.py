@@ -203,3 +203,29 @@ def test_an_engine_that_beats_while_its_burial_waits_is_not_buried(db: Database,
     freed = recovery.bury(db, w, 1)  # silent at beat 1: buried, its rows back to the queue
     assert freed is not None and len(freed) == len(rows)
     assert not claims.beat(db, w)  # its next beat finds it declared dead
+
+
+def test_a_watcher_that_was_not_watching_does_not_count_its_own_pause_as_silence(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher stopped for 10 s (SIGSTOP; on SQLite while holding the write lock, so nobody could beat)
+    wakes up: it watches afresh instead of burying engines that were silent only while it slept."""
+    clock = [1000.0]
+    monkeypatch.setattr(recovery.time, "monotonic", lambda: clock[0])
+    claims.register(db, "elsewhere", "another-host", 1, 4.0)
+    reaper = recovery.Reaper(db)
+
+    def sweep_after(seconds: float) -> None:
+        clock[0] += seconds
+        reaper.sweep()
+
+    sweep_after(0)
+    sweep_after(10)  # the watcher's own pause: more than the engine's lease
+    sweep_after(1)
+    sweep_after(1)
+    sweep_after(1)
+    with db.read() as s:
+        assert s.scalar(select(Worker.id).where(Worker.id == "elsewhere")) == "elsewhere"
+    sweep_after(1)  # 4 s of silence watched: dead
+    with db.read() as s:
+        assert s.scalar(select(Worker.id).where(Worker.id == "elsewhere")) is None

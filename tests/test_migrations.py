@@ -161,15 +161,14 @@ def test_processes_started_together_on_a_new_database_all_migrate_it(database_ur
     import sys
 
     env = {**os.environ, "PIPELINE_DATABASE_URL": database_url}
+    # `db upgrade` migrates outright; a worker (or run, submit) checks the schema first, as open_database does
+    first_use = f"from pipeline.store.db import open_database; open_database({database_url!r})"
+    commands = [["-m", "pipeline", "db", "upgrade"], ["-c", first_use]] * 2
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "db", "upgrade"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            [sys.executable, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for _ in range(4)
+        for command in commands
     ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors

@@ -84,7 +84,25 @@ class Database:
 
     def ensure_schema(self) -> None:
         """Migrate if the schema is not at head. Cheap when it is: one SELECT, and no Alembic import (which
-        with parsing every revision cost a short command like `status` about 0.2 s)."""
+        with parsing every revision cost a short command like `status` about 0.2 s).
+
+        Otherwise it checks again under the migration lock, after whoever holds it is done. On SQLite the
+        first check may fail outright: the first connection to a new file switches it to WAL, which needs
+        the file to itself and says "database is locked" at once while another process creates the schema.
+        """
+        try:
+            if self._schema_version() == head_revision():
+                return
+        except ConnectError:
+            if not self.is_sqlite:
+                raise
+        with _migration_lock(self):
+            if self._schema_version() != head_revision():
+                from alembic import command
+
+                command.upgrade(alembic_config(self.url), "head")
+
+    def _schema_version(self) -> str | None:
         try:
             with self.engine.connect() as conn:
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -96,8 +114,7 @@ class Database:
             current = None
         except ProgrammingError:  # PostgreSQL: no alembic_version table yet
             current = None
-        if current != head_revision():
-            self.upgrade()
+        return current
 
     def has_schema(self) -> bool:
         return inspect(self.engine).has_table("batches")

@@ -41,10 +41,13 @@ class Reaper:
         self.db = db
         self.host = socket.gethostname()
         self._seen: dict[str, tuple[int, float]] = {}
+        self._swept_at: float | None = None
 
     def sweep(self, spare: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
         """Bury every dead engine but those in `spare` (this process's); returns the rows freed."""
         now = time.monotonic()
+        gap = 0.0 if self._swept_at is None else now - self._swept_at
+        self._swept_at = now
         try:
             with self.db.read() as s:
                 workers = list(
@@ -61,6 +64,11 @@ class Reaper:
         for worker, host, pid, beat, lease_seconds in workers:
             if worker in spare:
                 continue
+            if gap >= lease_seconds:
+                # This process was not watching for a whole lease (stopped, starved): the silence it would
+                # count includes its own. On SQLite, a stopped holder of the write lock also kept everyone
+                # else from beating. Start watching this engine afresh.
+                self._seen.pop(worker, None)
             silent = now - self._beat_seen_at(worker, beat, now)
             gone = host == self.host and not process_alive(pid)
             if gone or silent >= lease_seconds:
