@@ -11,16 +11,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.fakeapi import FakeServer
-from tests.fair_helpers import both_running_rates, run_span, short_chat_file
+from tests.fair_helpers import both_running_rates, short_chat_file
+from tests.fault_helpers import answered_more_than_once, at_stake_of, sent_by
 from tests.services import Fleet, wait_for
-from tests.test_fleet import answered_more_than_once, fleet_env, status, submit, wait_final
+from tests.test_fleet import fleet_env, status, submit, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +38,28 @@ def test_a_small_batch_submitted_after_a_big_one_finishes_first(
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
     fleet.start_many(2)
     big = submit(fleet, short_chat_file(tmp_path / "big.jsonl", 3000, "big"))
-    time.sleep(3)
+    wait_for(lambda: fake.stats()["answered"] >= 200, 60)  # the big batch is sending
     small = submit(fleet, short_chat_file(tmp_path / "small.jsonl", 300, "small"))
     small_final = wait_final(fleet, small, 60)
-    assert small_final["succeeded"] == 300
-    # From its submit (the batch row's creation) to its last answer stored.
-    assert small_final["elapsed_seconds"] <= 10, small_final["elapsed_seconds"]
     big_final = wait_final(fleet, big, 120)
-    assert big_final["succeeded"] == 3000
-    sent, seconds = run_span(database_url, [big, small])
-    small_s, big_s = small_final["elapsed_seconds"], big_final["elapsed_seconds"]
-    print(f"small done {small_s:.1f}s after its submit, big {big_s:.1f}s after its;")
-    print(f"{sent} in {seconds:.1f}s: {sent / seconds / PER_SECOND:.3f} of the limit")
-    assert sent == 3300
-    assert sent / seconds >= 0.95 * PER_SECOND, (sent, seconds)
+    assert (small_final["succeeded"], big_final["succeeded"]) == (300, 3000)
+    # Submitted 10 times smaller while the big one had most of its rows left, it was done first: it was not
+    # queued behind the big one's rows (the throughput of the pair is in bench/bench_fairfleet.py).
+    assert finished_at(small_final) < finished_at(big_final), (small_final, big_final)
     assert answered_more_than_once(fake) == 0
 
 
+def finished_at(report: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(report["finished_at"])
+
+
 def assert_three_to_one(database_url: str, high: str, low: str) -> None:
-    """While both sent, the priority-3 batch sent 3 times as fast as the priority-1 one, within 20%."""
+    """While both sent, the priority-3 batch sent 3 times as many requests as the priority-1 one, within
+    20% (counts over the same window: a ratio, whatever the machine's speed)."""
     fast, slow, seconds = both_running_rates(database_url, high, low)
     ratio = fast / slow
     print(f"priority 3: {fast:.1f}/s, priority 1: {slow:.1f}/s, ratio {ratio:.2f} over {seconds:.0f}s")
     assert 0.8 * 3 <= ratio <= 1.2 * 3, (fast, slow, seconds)
-    assert fast + slow >= 0.9 * PER_SECOND, (fast, slow)  # sharing never wastes the budget
 
 
 def test_priorities_3_and_1_share_a_fleet_3_to_1(
@@ -139,15 +139,17 @@ def test_sigkill_a_worker_with_two_batches_running_loses_nothing(
 ) -> None:
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    victim, _ = fleet.start_many(2, "--max-in-flight", "100")
+    victim, _ = fleet.start_many(2, "--max-in-flight", "100", envs=[{"OPENAI_PROJECT_ID": "victim"}])
     first = submit(fleet, short_chat_file(tmp_path / "a.jsonl", 1200, "a"))
     second = submit(fleet, short_chat_file(tmp_path / "b.jsonl", 1200, "b"), "--priority", "2")
-    wait_for(lambda: fake.stats()["answered"] >= 600, 60)
-    in_flight_at_kill = fake.stats()["in_flight"]
+    wait_for(lambda: fake.stats()["answered"] >= 600 and sent_by(fake, "victim") >= 200, 60)
     victim.kill()
     fleet.start("--max-in-flight", "100")
     assert wait_final(fleet, first, 120)["succeeded"] == 1200
     assert wait_final(fleet, second, 120)["succeeded"] == 1200
+    at_stake = at_stake_of(fake, database_url, "victim", victim.proc.pid)  # read after the kill
     repeats = answered_more_than_once(fake)
-    assert repeats <= in_flight_at_kill, (repeats, in_flight_at_kill)
+    print(f"worker killed: {repeats} answered twice, {at_stake} at stake in the killed worker")
+    assert at_stake > 0  # killed with requests in flight
+    assert repeats <= at_stake, (repeats, at_stake)
     assert len(fake.stats()["bodies"]) == 2400
