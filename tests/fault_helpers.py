@@ -13,6 +13,11 @@ fault (when those counts can no longer change), what it sent and what it stored:
 
 When the fake injects no errors, every request sent was by then either in flight or answered, so sent -
 stored, read after the fault, is exactly "in flight + answered - stored" at the moment of the fault.
+
+On a loaded machine a live engine whose beats stall for a whole lease is taken for dead too (by design: it
+stopped sending a quarter lease before, but what it had on the wire may be sent again). Such an engine says
+"declared dead" in its log; `at_stake_of_faults` counts what it had at stake as well, so the bound holds for
+every fault that happened, planned or not.
 """
 
 from __future__ import annotations
@@ -20,13 +25,19 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from sqlalchemy import func, make_url, select, text
 
 from pipeline.fakeapi import FakeServer
 from pipeline.store.db import Database
 from pipeline.store.models import Request, RequestStatus
-from tests.services import Worker
+from tests.services import Worker, wait_for
+
+#: Seconds the fake takes to answer while a fault is set up: what the process at fault has in flight is
+#: still in flight when the fault lands, on a loaded machine too.
+SLOW_ANSWERS = 5.0
 
 
 def answered_more_than_once(fake: FakeServer) -> int:
@@ -57,6 +68,40 @@ def at_stake_of(fake: FakeServer, database_url: str, project: str, pid: int) -> 
     process can send and store no more (killed, or the batch final): then it is what the fault put at stake.
     """
     return sent_by(fake, project) - stored_successes(database_url, pid)
+
+
+def at_stake_of_faults(
+    fake: FakeServer,
+    database_url: str,
+    at_fault: Sequence[tuple[str, Worker]],
+    others: Sequence[tuple[str, Worker]] = (),
+) -> int:
+    """What the faults put at stake: the processes at fault (project, worker), and any of the `others`
+    whose engine was declared dead meanwhile. Read it once the batch is final."""
+    faulted = [*at_fault, *((project, w) for project, w in others if "declared dead" in w.output())]
+    return sum(at_stake_of(fake, database_url, project, w.proc.pid) for project, w in faulted)
+
+
+def burials_of(watcher: Worker, dead: Worker) -> int:
+    """How many times `watcher` logged burying an engine of the `dead` worker's process."""
+    engine = f"engine {socket.gethostname()}:{dead.proc.pid}:"
+    return sum(1 for line in watcher.output().splitlines() if engine in line and " is dead (" in line)
+
+
+@contextmanager
+def caught_in_flight(
+    fake: FakeServer, database_url: str, project: str, pid: int, at_least: int = 10
+) -> Iterator[None]:
+    """Inside, the process (sending as `project`, engine pid `pid`) has at least `at_least` requests sent
+    and not stored, and they stay unanswered for seconds: the fault the caller strikes inside lands with
+    them in flight. The fake answers at its old speed again after."""
+    latency = fake.config.latency
+    fake.config.latency = SLOW_ANSWERS
+    try:
+        wait_for(lambda: at_stake_of(fake, database_url, project, pid) >= at_least, 60)
+        yield
+    finally:
+        fake.config.latency = latency
 
 
 def at_stake_in_all(fake: FakeServer, database_url: str) -> int:

@@ -30,6 +30,9 @@ from tests.fault_helpers import (
     answered_more_than_once,
     at_stake_in_all,
     at_stake_of,
+    at_stake_of_faults,
+    burials_of,
+    caught_in_flight,
     pause_holding_no_lock,
     sent_by,
     stored_successes,
@@ -153,21 +156,25 @@ def test_a_worker_paused_past_its_lease_sends_and_writes_nothing_it_lost(
     fake.config.latency = 0.2
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
     tag = {"OPENAI_PROJECT_ID": "paused", "PIPELINE_DATABASE_URL": tagged(database_url, "paused")}
-    paused, other = fleet.start_many(2, "--max-in-flight", "50", envs=[tag])
+    paused, other = fleet.start_many(2, "--max-in-flight", "50", envs=[tag, {"OPENAI_PROJECT_ID": "other"}])
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
     wait_for(lambda: fake.stats()["answered"] >= 200 and sent_by(fake, "paused") >= 100, 60)
-    pause_holding_no_lock(paused, database_url, "paused")  # so nothing keeps the other from burying it
+    buried, told = burials_of(other, paused), paused.output().count("declared dead")
+    with caught_in_flight(fake, database_url, "paused", paused.proc.pid):
+        pause_holding_no_lock(paused, database_url, "paused")  # so nothing keeps the other from burying it
     # A lease of silence: the other buries it. Then its next beat finds out and says so.
-    wait_for(lambda: "is dead (" in other.output(), 60, explain=lambda: other.output()[-3000:])
+    wait_for(lambda: burials_of(other, paused) > buried, 60, explain=lambda: other.output()[-3000:])
     paused.resume()
-    wait_for(lambda: "declared dead" in paused.output(), 30, explain=lambda: paused.output()[-3000:])
+    wait_for(
+        lambda: paused.output().count("declared dead") > told, 30, explain=lambda: paused.output()[-3000:]
+    )
     final = wait_final(fleet, batch_id, 120)
 
     assert final["succeeded"] == 1500 and final["running"] == 0
-    at_stake = at_stake_of(fake, database_url, "paused", paused.proc.pid)  # read after the fault
+    at_stake = at_stake_of_faults(fake, database_url, [("paused", paused)], [("other", other)])
     repeats = answered_more_than_once(fake)
-    print(f"paused past the lease: {repeats} answered twice, {at_stake} at stake in the paused worker")
-    assert at_stake > 0  # paused with requests in flight
+    print(f"paused past the lease: {repeats} answered twice, {at_stake} at stake")
+    assert at_stake_of(fake, database_url, "paused", paused.proc.pid) >= 10  # paused with requests in flight
     assert repeats <= at_stake, (repeats, at_stake)
     assert_books_balance(database_url, batch_id)
 
@@ -184,7 +191,9 @@ def test_a_worker_whose_clock_is_a_minute_off_takes_nothing_from_the_others(
     """A minute ahead or a minute behind the others (libfaketime): no wall clock is compared across
     processes, so neither buries the other nor sends anything twice."""
     fake.config.latency = 0.2
-    fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
+    # A lease long enough that a loaded machine never stalls a beat that long: any burial here would be the
+    # skew's doing (a minute either way is six leases).
+    fleet = make_fleet(**{**fleet_env(fake, database_url, redis_url), "PIPELINE_LEASE_SECONDS": "10"})
     tag = {"OPENAI_PROJECT_ID": "skewed"}
     skewed = fleet.start("--max-in-flight", "50", prefix=("faketime", "-f", skew), env=tag)
     normal = fleet.start("--max-in-flight", "50")
