@@ -98,10 +98,20 @@ def caught_in_flight(
     latency = fake.config.latency
     fake.config.latency = SLOW_ANSWERS
     try:
-        wait_for(lambda: at_stake_of(fake, database_url, project, pid) >= at_least, 60)
+        wait_for(
+            lambda: at_stake_of(fake, database_url, project, pid) >= at_least,
+            60,
+            explain=lambda: _counts(fake, database_url, project, pid),
+        )
         yield
     finally:
         fake.config.latency = latency
+
+
+def _counts(fake: FakeServer, database_url: str, project: str, pid: int) -> str:
+    stats = fake.stats()
+    seen = {k: stats[k] for k in ("received", "answered", "in_flight")}
+    return f"{project} sent {sent_by(fake, project)}, stored {stored_successes(database_url, pid)}; {seen}"
 
 
 def at_stake_in_all(fake: FakeServer, database_url: str) -> int:
