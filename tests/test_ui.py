@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import orjson
 import pytest
 
 from pipeline.fakeapi import FakeServer
@@ -34,7 +35,7 @@ def two_batches(
     """(a completed batch with 4 failed rows, a batch in progress with 20 queued rows)."""
     monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
     lines = [chat_line(f"q-{i}", FAIL if i % 7 == 0 else f"question {i}") for i in range(24)]
-    lines[3] = chat_line("q-3", 'fake:{"content": "%s"}' % ANSWER)
+    lines[3] = chat_line("q-3", "fake:" + orjson.dumps({"content": ANSWER}).decode())
     done = batch_of(
         invoke("run", str(write_jsonl(tmp_path / "done.jsonl", lines)), "--base-url", fake.url).stdout
     )
