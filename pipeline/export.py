@@ -71,6 +71,8 @@ def export_batch(
     `out` is left open. `on_progress(rows read)` is called every YIELD_PER rows. Raises `ConfigError` for
     an unknown format and `BatchNotFound` for an unknown batch.
     """
+    columns: tuple[_Column, ...]
+    writer: _Writer
     if fmt == "parquet":
         from pipeline import export_parquet  # pyarrow is loaded for this format only
 
