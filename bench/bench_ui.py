@@ -17,10 +17,17 @@ batch is exported to Parquet in a fresh process: seconds and peak RSS (VmHWM).
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, text
 
@@ -29,7 +36,6 @@ from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, LimitState, Request
 
 OUT = Path(__file__).resolve().parent / "out"
-CHUNK = 20_000
 STARTED = datetime(2026, 11, 1, 12, 0, 0)
 #: Attempts per second the built batch was sent at.
 RATE = 280.0
@@ -182,3 +188,114 @@ COUNTERS = (
     " coalesce(sum(a.completion_tokens), 0), coalesce(sum(a.total_tokens), 0), 0, min(a.started_at)"
     " FROM attempts a JOIN requests r ON r.id = a.request_id WHERE r.batch_id = :b GROUP BY r.batch_id"
 )
+
+
+PAGES = {
+    "batches list": "/api/batches",
+    "batch page": "/api/batches/{b}",
+    "rows: failed": "/api/batches/{b}/rows?status=failed&after=500000",
+    "rows: error type": "/api/batches/{b}/rows?error_type=timeout",
+    "rows: search output": "/api/batches/{b}/rows?search=Item%20999999%20",
+    "one row": "/api/batches/{b}/rows/{row}",
+}
+
+
+def _fetch(url: str) -> float:
+    request = urllib.request.Request(url, headers={"Authorization": "token bench"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
+    return time.perf_counter() - t0
+
+
+def time_pages(url: str, batch_id: str, repeat: int) -> dict[str, dict[str, float]]:
+    """Start `pipeline ui` on the database and time each page's JSON over HTTP."""
+    port = 8790
+    env = {**os.environ, "PIPELINE_DATABASE_URL": url}
+    command = [sys.executable, "-m", "pipeline", "ui", "--port", str(port), "--token", "bench"]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _fetch(f"{base}/api/session")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        db = Database(url)
+        with db.read() as s:
+            row = s.scalar(select(func.max(Request.id)).where(Request.batch_id == batch_id))
+        times = {}
+        for name, path in PAGES.items():
+            page = base + path.format(b=batch_id, row=row)
+            _fetch(page)  # warm: the first read of a table after a build
+            runs = [_fetch(page) for _ in range(repeat)]
+            times[name] = {"best_s": round(min(runs), 3), "median_s": round(statistics.median(runs), 3)}
+        return times
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _peak_rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
+def child(url: str, batch_id: str) -> None:
+    """Export the batch to Parquet in this (fresh) process: seconds and peak RSS."""
+    from pipeline.export import export_batch
+
+    path = OUT / "ui.parquet"
+    t0 = time.perf_counter()
+    with open(path, "wb") as out:
+        count = export_batch(Database(url), batch_id, "parquet", out)
+    seconds = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "records": count,
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(_peak_rss_kib() / 1024, 1),
+                "file_mb": round(path.stat().st_size / 2**20, 1),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database-url", default=f"sqlite:///{OUT / 'ui.db'}")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-parquet", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batch_id = f"ui{args.rows}"
+    if args.child:
+        child(args.database_url, batch_id)
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = Database(args.database_url)
+    db.upgrade()
+    with db.read() as s:
+        exists = s.get(Batch, batch_id) is not None
+    if not exists:
+        build(db, batch_id, args.rows)
+    db.engine.dispose()
+    result: dict[str, Any] = {"database": db.engine.dialect.name, "rows": args.rows}
+    result["pages"] = time_pages(args.database_url, batch_id, args.repeat)
+    if not args.no_parquet:
+        command = [sys.executable, __file__, "--rows", str(args.rows), "--database-url", args.database_url]
+        done = subprocess.run([*command, "--child"], check=True, capture_output=True, text=True)
+        result["parquet"] = json.loads(done.stdout)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
