@@ -31,8 +31,8 @@ from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, Reque
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records"]
 
-#: Export formats, as the CLI offers them.
-FORMATS = ("csv", "jsonl", "openai")
+#: Export formats, as the CLI offers them (parquet: export_parquet.py, with pyarrow).
+FORMATS = ("csv", "jsonl", "openai", "parquet")
 
 #: Columns of the CSV export, in order.
 CSV_COLUMNS = (
@@ -71,9 +71,17 @@ def export_batch(
     `out` is left open. `on_progress(rows read)` is called every YIELD_PER rows. Raises `ConfigError` for
     an unknown format and `BatchNotFound` for an unknown batch.
     """
-    if fmt not in _FORMATS:
+    columns: tuple[_Column, ...]
+    writer: _Writer
+    if fmt == "parquet":
+        from pipeline import export_parquet  # pyarrow is loaded for this format only
+
+        export_parquet.require()
+        columns, writer = export_parquet.selected(), export_parquet.write_parquet
+    elif fmt not in _FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    columns, writer = _FORMATS[fmt]
+    else:
+        columns, writer = _FORMATS[fmt]
     with db.read() as session:
         if session.get(Batch, batch_id) is None:
             raise BatchNotFound(f"no batch {batch_id!r}")

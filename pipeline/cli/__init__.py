@@ -37,6 +37,8 @@ COMMAND_MODULES = {
     "db": "db_cmds",
     "fake-api": "fake_cmds",
     "demo": "fake_cmds",
+    "ui": "ui_cmds",
+    "report": "ui_cmds",
 }
 
 
