@@ -12,9 +12,10 @@ An embedding vector, for instance, is `pa.list_(pa.float32())` made from the sto
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, BinaryIO
 
 from pipeline.errors import ConfigError
@@ -24,12 +25,16 @@ from pipeline.store.models import Request, Result
 GROUP_ROWS = 20_000
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
     arrow_type: Callable[[Any], Any]  #: pyarrow module -> the column's type
     source: Any  #: the SQL column (or expression) it is made from
-    make: Callable[[Any], Any] = lambda value: value
+    make: Callable[[Any], Any] = _same
 
 
 def _reasons(value: str | None) -> list[str]:
@@ -104,17 +109,27 @@ def write_parquet(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
     pa, pq = _pyarrow()
     columns = _columns()
     schema = pa.schema([pa.field(c.name, c.arrow_type(pa)) for c in columns])
-    makers = [c.make for c in columns]
     count = 0
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
-        group: list[list[Any]] = [[] for _ in columns]
-        for row in rows:
-            for values, make, value in zip(group, makers, row, strict=True):
-                values.append(make(value))
-            count += 1
-            if len(group[0]) >= GROUP_ROWS:
-                writer.write_table(_table(pa, schema, group))
-                group = [[] for _ in columns]
-        if group[0] or count == 0:
-            writer.write_table(_table(pa, schema, group))
+        for group in _groups(rows):
+            count += len(group)
+            writer.write_table(_table(pa, schema, _transposed(columns, group)))
+        if count == 0:
+            writer.write_table(_table(pa, schema, [[] for _ in columns]))
     return count
+
+
+def _groups(rows: Iterable[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
+    """`rows` in lists of at most GROUP_ROWS."""
+    iterator = iter(rows)
+    while group := list(islice(iterator, GROUP_ROWS)):
+        yield group
+
+
+def _transposed(columns: Sequence[Column], group: list[Sequence[Any]]) -> list[list[Any]]:
+    """A row group as one list per column, each value made by its column (a column at a time: a value at a
+    time over 22 columns cost 5x the jsonl export)."""
+    return [
+        list(values) if c.make is _same else list(map(c.make, values))
+        for c, values in zip(columns, zip(*group, strict=True), strict=True)
+    ]
