@@ -31,8 +31,10 @@ def test_the_public_api_is_pinned() -> None:
             "APIError",
             "AccessDenied",
             "BadResponse",
+            "Batch",
             "BatchBlocked",
             "BatchNotFound",
+            "BatchPaused",
             "BatchState",
             "ConfigError",
             "ConnectError",
@@ -50,9 +52,13 @@ def test_the_public_api_is_pinned() -> None:
             "RequestStatus",
             "RetryableError",
             "Settings",
+            "__version__",
             "arun",
+            "asubmit",
+            "batch",
             "results",
             "run",
+            "submit",
         ]
     )
     for name in pipeline.__all__:
@@ -129,11 +135,11 @@ def test_reading_commands_never_create_a_database(tmp_path: Path, monkeypatch: p
 
 def test_run_from_python_twice_sends_once(fake: FakeServer, tmp_path: Path) -> None:
     rows = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(20)]
-    results = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    results = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
     assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(20)]
     assert all(r["status"] == "succeeded" and r["output"] == f"echo: q{i}" for i, r in enumerate(results))
     assert results[0]["usage"]["total_tokens"] > 0
-    again = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    again = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
     assert again == results
     assert fake.stats()["received"] == 20
 
@@ -142,21 +148,21 @@ def test_run_from_python_takes_batch_lines_or_a_path(fake: FakeServer, tmp_path:
     lines = [chat_line(f"id-{i}", f"hello {i}") for i in range(5)]
     assert [r["custom_id"] for r in pipeline.run(lines, base_url=fake.url)] == [f"id-{i}" for i in range(5)]
     path = chat_file(tmp_path / "jobs.jsonl", 3)
-    assert len(pipeline.run(path, base_url=fake.url)) == 3
+    assert len(list(pipeline.run(path, base_url=fake.url))) == 3
 
 
 def test_run_inside_a_running_event_loop_and_from_a_thread(fake: FakeServer, tmp_path: Path) -> None:
     rows = [chat_line(f"nb-{i}", f"notebook {i}") for i in range(5)]
 
     async def notebook_cell() -> list[dict[str, Any]]:
-        return pipeline.run(rows, base_url=fake.url)  # blocking call from inside a loop, as in Jupyter
+        return list(pipeline.run(rows, base_url=fake.url))  # blocking call from inside a loop, as in Jupyter
 
     assert len(asyncio.run(notebook_cell())) == 5
-    assert len(asyncio.run(pipeline.arun(rows, base_url=fake.url))) == 5  # the same batch: nothing sent
+    assert len(list(asyncio.run(pipeline.arun(rows, base_url=fake.url)))) == 5  # the same batch: nothing sent
 
     found: list[Any] = []
     thread_rows = [chat_line(f"th-{i}", f"thread {i}") for i in range(5)]
-    thread = threading.Thread(target=lambda: found.append(pipeline.run(thread_rows, base_url=fake.url)))
+    thread = threading.Thread(target=lambda: found.append(list(pipeline.run(thread_rows, base_url=fake.url))))
     thread.start()
     thread.join(timeout=60)
     assert len(found[0]) == 5 and all(r["status"] == "succeeded" for r in found[0])
