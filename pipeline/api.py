@@ -82,7 +82,7 @@ def submit(
     if not workers:
         settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file stores nothing
-    load_prices(settings.prices_file)
+    load_prices(settings)
     db = open_database(settings.db_url)
     app = _broker(settings) if workers else None  # before intake: a batch nobody can receive is not stored
     batch_id, new = _store(db, settings, requests, endpoint, skip_invalid, force, reuse, max_cost, via)

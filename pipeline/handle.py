@@ -78,7 +78,7 @@ class Batch:
     def status(self) -> dict[str, Any]:
         """Everything `pipeline status --json` says of the batch (the README's contract), read now."""
         batch = batches.get_batch(self._db, self.id)
-        return batch_report(self._db, batch, load_prices(self.settings.prices_file))
+        return batch_report(self._db, batch, load_prices(self.settings))
 
     @property
     def state(self) -> BatchState:

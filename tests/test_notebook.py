@@ -34,8 +34,9 @@ print("KERNEL", sys.executable, asyncio.get_running_loop().is_running())
     """
 lines = [{"custom_id": "fast", "method": "POST", "url": "/v1/chat/completions",
           "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fast"}]}}]
-lines += [{"custom_id": f"slow-{i}", "method": "POST", "url": "/v1/chat/completions",
-           "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": SLOW}]}} for i in range(5)]
+slow = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": SLOW}]}
+lines += [{"custom_id": f"slow-{i}", "method": "POST", "url": "/v1/chat/completions", "body": slow}
+          for i in range(5)]
 batch = pipeline.submit(lines, base_url=URL)
 seen = []
 for result in batch:

@@ -33,7 +33,7 @@ def estimate(job_file: str, endpoint: str | None, skip_invalid: bool, as_json: b
     none is stored yet); the high one answers of max_tokens (or, without it, 4x the average length).
     """
     settings = pop_settings(params)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings)
     try:
         db = database(settings, create=False)
     except BatchNotFound:  # no store yet: nothing learned; an empty one in memory, never a file

@@ -63,7 +63,7 @@ def submit(**params: Any) -> None:
     """
     queue, priority = params.pop("queue"), params.pop("priority")
     settings = pop_settings(params)
-    load_prices(settings.prices_file)  # a bad prices file stores nothing
+    load_prices(settings)  # a bad prices file stores nothing
     db = database(settings)
     app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
     asked = params.get("via")
@@ -105,7 +105,7 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file stops the worker here, not in every task
-    load_prices(settings.prices_file)
+    load_prices(settings)
     database(settings)
     app = dispatch.connect_broker(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]

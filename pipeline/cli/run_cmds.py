@@ -166,7 +166,7 @@ def run(**params: Any) -> None:
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file is reported before anything is stored
-    load_prices(settings.prices_file)
+    load_prices(settings)
     db = database(settings)
     asked = params.get("via")
     try:

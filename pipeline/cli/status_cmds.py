@@ -46,7 +46,7 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
     """
     settings = pop_settings(params)
     db = database(settings, create=False)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings)
     batch = batch_store.get_batch(db, batch_id)
     if not watch:
         report = batch_report(db, batch, prices)
