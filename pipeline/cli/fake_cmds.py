@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pipeline.cli.options import FiniteFloat
 from pipeline.fakeapi import FakeConfig, FakeServer, serve
 
 
@@ -18,20 +19,40 @@ from pipeline.fakeapi import FakeConfig, FakeServer, serve
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=int)
 @click.option("--api-key", help="Accept only this key (others get 401); default: any key")
-@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per answer")
-@click.option("--latency-jitter", type=float, default=0.0, show_default=True, help="+- seconds of jitter")
-@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share answered 5xx")
-@click.option("--hang-rate", type=float, default=0.0, show_default=True, help="Share never answered")
+@click.option("--latency", type=FiniteFloat(min=0), default=0.0, show_default=True, help="Seconds per answer")
+@click.option(
+    "--latency-jitter", type=FiniteFloat(min=0), default=0.0, show_default=True, help="+- seconds of jitter"
+)
+@click.option(
+    "--error-rate", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="Share answered 5xx"
+)
+@click.option(
+    "--hang-rate", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="Share never answered"
+)
 @click.option("--rpm", type=int, help="Requests per minute, then 429 rate_limit_exceeded")
 @click.option("--tpm", type=int, help="Tokens per minute, then 429 rate_limit_exceeded")
-@click.option("--window", type=float, default=1.0, show_default=True, help="Seconds per limit bucket")
+@click.option(
+    "--window",
+    type=FiniteFloat(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds per limit bucket",
+)
 @click.option("--quota", type=int, help="Successful answers before 429 insufficient_quota")
 @click.option("--seed", type=int, help="Seed for the injected faults")
 @click.option(
-    "--batch-seconds", type=float, default=0.0, show_default=True, help="Seconds a Batch API batch runs"
+    "--batch-seconds",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds a Batch API batch runs",
 )
 @click.option(
-    "--batch-expire-rate", type=float, default=0.0, show_default=True, help="Share of batch lines that expire"
+    "--batch-expire-rate",
+    type=FiniteFloat(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of batch lines that expire",
 )
 def fake_api(host: str, port: int, **config: Any) -> None:
     """Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, the Batch API).

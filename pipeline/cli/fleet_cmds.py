@@ -25,7 +25,7 @@ from pipeline.cli.run_cmds import (
     force_option,
     note_way,
     reuse_option,
-    skip_invalid_option,
+    skip_invalid,
     store_from_params,
     way_options,
 )
@@ -41,7 +41,10 @@ from pipeline.store.models import Via
 @click.command()
 @click.argument("job_file", metavar="FILE", type=click.Path(allow_dash=True))
 @endpoint_option
-@skip_invalid_option
+@skip_invalid(
+    "Store and enqueue the valid lines; record the invalid ones as failed "
+    "(without it: exit 4, nothing stored)"
+)
 @force_option
 @way_options
 @reuse_option
