@@ -42,7 +42,7 @@ __all__ = ["COUNT_KEYS", "Batch"]
 
 #: First wait between two looks at the store; it doubles while nothing changes, up to POLL_MAX_SECONDS.
 POLL_SECONDS = 0.05
-POLL_MAX_SECONDS = 0.5
+POLL_MAX_SECONDS = 0.2
 #: The counts of `Batch.counts`, as `status --json` has them.
 COUNT_KEYS = ("total", *(s.value for s in RequestStatus))
 
