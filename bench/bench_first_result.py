@@ -60,7 +60,8 @@ def main() -> None:
     print(f"cold (new database): submit {cold['submit']:.3f} s, first {cold['first']:.3f} s")
     for key in ("submit", "first", "last"):
         values = sorted(r[key] for r in runs)
-        print(f"{key:>7}: median {statistics.median(values):.3f} s  min {values[0]:.3f}  max {values[-1]:.3f}")
+        median = statistics.median(values)
+        print(f"{key:>7}: median {median:.3f} s  min {values[0]:.3f}  max {values[-1]:.3f}")
     overhead = statistics.median(r["first"] for r in runs) - args.latency
     print(f"first result minus the API's latency: {overhead:.3f} s")
 

@@ -88,16 +88,16 @@ def submit(
     batch_id, new = _store(db, settings, requests, endpoint, skip_invalid, force, reuse, max_cost, via)
     if priority is not None:
         fair.set_priority(db, batch_id, priority)
-    handle = Batch(batch_id, settings, db, raise_on_pause=raise_on_pause, progress=progress)
-    if app is None:
-        handle._background = start_here(settings, db, batch_id)
-    elif new:  # a batch submitted before is not enqueued again, as the command does
+    background = start_here(settings, db, batch_id) if app is None else None
+    if app is not None and new:  # a batch submitted before is not enqueued again, as the command does
         from pipeline import dispatch
 
         if via == Via.BATCH_API.value:
             dispatch.plan_parts(db, batch_id)
         dispatch.enqueue(app, settings, db, batch_id, queue)
-    return handle
+    return Batch(
+        batch_id, settings, db, background=background, raise_on_pause=raise_on_pause, progress=progress
+    )
 
 
 async def asubmit(requests: Requests, **kwargs: Any) -> Batch:
