@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
+from pipeline.endpoints import ENDPOINTS
+from pipeline.endpoints.audio import AUDIO_EXTENSIONS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
 from pipeline.jobs.reader import MAX_CUSTOM_ID_CHARS, JobLine, JobReader

@@ -27,6 +27,7 @@ import orjson
 
 from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.options import OnExpire
+from pipeline.endpoints import by_url
 from pipeline.errors import APIError, ErrorType
 from pipeline.send.classify import classify
 from pipeline.send.estimates import usage
@@ -193,7 +194,7 @@ def _answered(row: Held, fence: int, response: Mapping[str, Any], window: Window
     error: APIError | None = None
     if 200 <= status < 300:
         try:
-            parsed = parse_answer(row.url, None, status, raw, "application/json")
+            parsed = parse_answer(by_url(row.url), False, status, raw, "application/json")
         except APIError as bad:
             error = bad
     else:

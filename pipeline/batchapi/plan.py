@@ -3,8 +3,8 @@
 A part has one endpoint and one model, at most `part_size` lines and `part_bytes` bytes of input file
 (a single line larger than that is a part of its own: the API judges it). Rows are read in id order a
 page at a time, so memory holds the ids of one open part per (endpoint, model), never the bodies of the
-batch. Audio rows, which the Batch API does not take, are marked to be sent directly (intake refused
-them unless --audio-direct asked for that).
+batch. Rows of an endpoint the Batch API does not take (audio) are marked to be sent directly (intake
+refused them unless --audio-direct asked for that).
 
 The input file is the rows' Batch API lines in id order, each body exactly as stored: the same rows
 always make the same bytes, so its line numbers name rows when the API reports problems by line.
@@ -19,7 +19,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import AUDIO_URLS
+from pipeline.endpoints import BY_URL
 from pipeline.ids import new_part_id
 from pipeline.store import parts
 from pipeline.store.db import Database
@@ -67,7 +67,8 @@ def plan_parts(db: Database, batch: Batch) -> list[Part]:
     made: list[Part] = []
     audio: list[int] = []
     for request_id, custom_id, url, body in _queued(db, batch.id):
-        if url in AUDIO_URLS:
+        endpoint = BY_URL[url]
+        if not endpoint.batch_api:
             audio.append(request_id)
             continue
         key = (url, model_of(body))

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import AUDIO_URLS
+from pipeline.endpoints import BY_URL
 from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
@@ -192,8 +192,8 @@ def _seal(
 
 
 def _refuse_audio(item: JobLine | LineError, source: str) -> JobLine | LineError:
-    """An audio line of a batch sent through the Batch API, which takes no audio, is a bad line."""
-    if isinstance(item, LineError) or item.url not in AUDIO_URLS:
+    """A line of a batch sent through the Batch API whose endpoint it does not take (audio) is a bad line."""
+    if isinstance(item, LineError) or BY_URL[item.url].batch_api:
         return item
     return LineError(
         source,

@@ -155,7 +155,7 @@ class Request(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     line: Mapped[int] = mapped_column(Integer)  #: line number in the job file (1-based)
     custom_id: Mapped[str] = mapped_column(String(512))
-    url: Mapped[str] = mapped_column(String(64))  #: /v1/chat/completions, /v1/completions, ...
+    url: Mapped[str] = mapped_column(String(64))  #: its endpoint's url; "" for an invalid line
     body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
     status: Mapped[RequestStatus] = mapped_column(_states(RequestStatus), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -248,7 +248,7 @@ class Part(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
-    endpoint: Mapped[str] = mapped_column(String(64))  #: the rows' url, e.g. /v1/chat/completions
+    endpoint: Mapped[str] = mapped_column(String(64))  #: the url of its rows' endpoint
     model: Mapped[str] = mapped_column(String(128))
     state: Mapped[PartState] = mapped_column(_states(PartState), default=PartState.PLANNED)
     fence: Mapped[int] = mapped_column(Integer)  #: the fence its claim gave every row it holds
