@@ -3,8 +3,10 @@
 The file is read exactly as intake reads it (jobs/reader.py: the same validation, the same refusals), and
 nothing is stored or sent. Per model:
 
-- prompt tokens counted offline, as the engine counts them for the rate limiter (send/tokens.py): the
-  text with the model's BPE encoding plus TOKENS_PER_MESSAGE per chat message;
+- prompt tokens counted offline, as the engine counts them for the rate limiter (send/tokens.py, asking
+  each line's endpoint for its texts): the text with the model's BPE encoding plus TOKENS_PER_MESSAGE per
+  chat message (per input item of the Responses API); embeddings' inputs exactly, each on its own;
+- embeddings and moderations have no completion tokens; moderations cost nothing;
 - completion tokens: low = the average completion per choice learned from this store's answers of the
   model x n, capped at max_tokens x n (nothing when none is stored yet); high = max_tokens x n where the
   body sets it, else HIGH_FACTOR x (the learned average, or DEFAULT_COMPLETION_TOKENS) x n: such requests
@@ -73,7 +75,9 @@ class ModelEstimate:
     audio_seconds: float = 0.0
     audio_unknown: int = 0  #: audio requests whose length could not be read
     reserved_tokens: int = 0  #: what the rate limiter will reserve, against the TPM limit
-    completion_source: str = "assumed"  #: learned (from stored answers) or assumed
+    #: learned (from stored answers), assumed, audio (priced by length) or none (no completion)
+    completion_source: str = "assumed"
+    free: bool = False  #: the endpoint charges nothing (moderations)
     cost_low: float | None = None
     cost_high: float | None = None
     rpm: int | None = None
@@ -165,7 +169,7 @@ def _count(lines: list[JobLine], by_model: dict[str, ModelEstimate], learned: di
             m.audio_seconds += seconds or 0.0
             m.audio_unknown += seconds is None
             continue
-        m = by_model.setdefault(model, ModelEstimate(model))
+        m = by_model.setdefault(model, ModelEstimate(model, free=endpoint.free))
         m.requests += 1
         m.messages += endpoint.messages(line.body)
         m.prompt_tokens += prompt
@@ -192,6 +196,9 @@ def _count_completion(
 
 
 def _price(m: ModelEstimate, prices: PriceTable) -> None:
+    if m.free:
+        m.cost_low = m.cost_high = 0.0
+        return
     low = prices.cost(m.model, "direct", m.prompt_tokens, 0, m.completion_low, m.audio_seconds)
     high = prices.cost(m.model, "direct", m.prompt_tokens, 0, m.completion_high, m.audio_seconds)
     m.cost_low = None if low is None else round(low, 6)

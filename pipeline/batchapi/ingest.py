@@ -211,6 +211,7 @@ def _answered(row: Held, fence: int, response: Mapping[str, Any], window: Window
         total_tokens=used.total_tokens,
         cached_tokens=used.cached_tokens,
         audio_seconds=used.audio_seconds,
+        reasoning_tokens=used.reasoning_tokens,
     )
     result = result_row(status, request_id, None, raw, parsed)
     if error is not None:

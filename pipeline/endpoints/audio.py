@@ -127,7 +127,7 @@ class Audio(Endpoint):
         seconds = as_number(data.get("duration"))
         if usage.get("type") == "duration":
             seconds = as_number(usage.get("seconds"))
-        prompt, completion, total, cached = usage_tokens(usage)
+        prompt, completion, total, cached, _ = usage_tokens(usage)
         return Parsed(
             response_id=as_str(data.get("id")),
             model=as_str(data.get("model")),

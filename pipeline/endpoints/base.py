@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 #: A request body, parsed (a JSON object).
 Body = dict[str, Any]
@@ -31,6 +31,22 @@ class Parsed:
     total_tokens: int | None = None
     audio_seconds: float | None = None
     cached_tokens: int | None = None  #: prompt tokens served from the prompt cache
+    reasoning_tokens: int | None = None  #: completion tokens spent reasoning (part of completion_tokens)
+    flagged: bool | None = None  #: a moderation: whether any input was flagged
+    dimensions: int | None = None  #: embeddings: each vector's length
+    vectors: bytes | None = None  #: embeddings: every vector as float32 little-endian, in `data` order
+    #: the body to store instead of the raw answer (embeddings: without the vectors, kept in `vectors`)
+    body: bytes | None = None
+
+
+class Tokens(NamedTuple):
+    """What a `usage` object counts; None where it says nothing."""
+
+    prompt: int | None
+    completion: int | None
+    total: int | None
+    cached: int | None
+    reasoning: int | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class Endpoint(ABC):
     batch_api: ClassVar[bool] = True
     #: answers carry completion tokens: a request without a cap reserves the learned (or default) length
     completes: ClassVar[bool] = True
+    #: the API charges nothing for it, whatever the model (it is still rate limited)
+    free: ClassVar[bool] = False
+    #: most inputs (`batch_inputs`) one Batch API batch may hold over all its lines; None: no such limit
+    max_batch_inputs: ClassVar[int | None] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", self.url.removeprefix("/v1"))
@@ -109,6 +129,24 @@ class Endpoint(ABC):
         """A plain-text answer (see `plain_text`)."""
         return Parsed(output=text)
 
+    # --- the Batch API ---------------------------------------------------------------------------------
+
+    def batch_inputs(self, body: Body) -> int:
+        """What the request counts against `max_batch_inputs`."""
+        return 1
+
+    # --- exports -------------------------------------------------------------------------------------
+
+    def restore(self, body: Any, vectors: bytes | None, dimensions: int | None) -> Any:
+        """A stored answer's body (parsed) as the API sent it: what was kept apart put back."""
+        return body
+
+    def export_fields(
+        self, body: Any, vectors: bytes | None, dimensions: int | None, flagged: bool | None
+    ) -> dict[str, Any]:
+        """Keys the `jsonl` export adds to this endpoint's records, from the stored answer."""
+        return {}
+
 
 def lacks(data: Mapping[str, Any], what: str) -> str:
     """Why `data` is not an answer: an error object sent with a 2xx, or it lacks `what`."""
@@ -127,14 +165,17 @@ def as_number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def usage_tokens(usage: Mapping[str, Any]) -> tuple[int | None, int | None, int | None, int | None]:
-    """The one reading of a `usage` object: (prompt, completion, total, cached), the Responses API's and
-    token-billed audio's names (`input_tokens`, `output_tokens`) included."""
+def usage_tokens(usage: Mapping[str, Any]) -> Tokens:
+    """The one reading of a `usage` object, the Responses API's and token-billed audio's names
+    (`input_tokens`, `output_tokens` and their details) included."""
     details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
     cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return (
+    details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
+    reasoning = as_int(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    return Tokens(
         as_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
         as_int(usage.get("completion_tokens", usage.get("output_tokens"))),
         as_int(usage.get("total_tokens")),
         cached,
+        reasoning,
     )

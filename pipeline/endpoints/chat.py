@@ -93,7 +93,7 @@ def parse_choices(data: dict[str, Any]) -> Parsed | str:
     if not (isinstance(choices, list) and choices and all(isinstance(c, dict) for c in choices)):
         return lacks(data, "choices")
     usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
-    prompt, completion, total, cached = usage_tokens(usage)
+    prompt, completion, total, cached, reasoning = usage_tokens(usage)
     return Parsed(
         response_id=as_str(data.get("id")),
         model=as_str(data.get("model")),
@@ -103,6 +103,7 @@ def parse_choices(data: dict[str, Any]) -> Parsed | str:
         completion_tokens=completion,
         total_tokens=total,
         cached_tokens=cached,
+        reasoning_tokens=reasoning,
     )
 
 

@@ -355,6 +355,7 @@ class Engine:
                 used.total_tokens,
                 used.cached_tokens,
                 used.audio_seconds,
+                reasoning_tokens=used.reasoning_tokens,
             )
         )
         if isinstance(error, RateLimited):

@@ -135,5 +135,6 @@ def usage(parsed: Parsed | None, raw: bytes) -> Usage:
             parsed.total_tokens,
             parsed.cached_tokens,
             parsed.audio_seconds,
+            parsed.reasoning_tokens,
         )
     return usage_of(raw) if raw else Usage()

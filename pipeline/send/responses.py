@@ -33,6 +33,7 @@ class Usage:
     total_tokens: int | None = None
     cached_tokens: int | None = None
     audio_seconds: float | None = None
+    reasoning_tokens: int | None = None
 
 
 def parse_answer(
@@ -82,7 +83,10 @@ def usage_of(body: bytes) -> Usage:
     except orjson.JSONDecodeError:
         return Usage()
     usage = data.get("usage") if isinstance(data, dict) else None
-    return Usage(*usage_tokens(usage)) if isinstance(usage, dict) else Usage()
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt, completion, total, cached, reasoning = usage_tokens(usage)
+    return Usage(prompt, completion, total, cached, reasoning_tokens=reasoning)
 
 
 def result_row(
@@ -92,13 +96,15 @@ def result_row(
     raw: bytes,
     parsed: Parsed | None,
 ) -> dict[str, Any]:
-    """The `results` row of a final answer: the raw body and what was parsed from it."""
+    """The `results` row of a final answer: the raw body (or the body the endpoint stores instead) and what
+    was parsed from it."""
     content_type = headers.get("Content-Type") if headers is not None else None
+    stored = parsed.body if parsed is not None and parsed.body is not None else raw
     return {
         "http_status": status or 0,
         "x_request_id": request_id or (headers.get("x-request-id") if headers is not None else None),
         "content_type": content_type or "application/json",
-        "body": raw.decode("utf-8", "replace"),
+        "body": stored.decode("utf-8", "replace"),
         "response_id": parsed.response_id if parsed else None,
         "model": parsed.model if parsed else None,
         "finish_reasons": parsed.finish_reasons if parsed else None,
@@ -107,4 +113,8 @@ def result_row(
         "completion_tokens": parsed.completion_tokens if parsed else None,
         "total_tokens": parsed.total_tokens if parsed else None,
         "audio_seconds": parsed.audio_seconds if parsed else None,
+        "reasoning_tokens": parsed.reasoning_tokens if parsed else None,
+        "flagged": parsed.flagged if parsed else None,
+        "dimensions": parsed.dimensions if parsed else None,
+        "vectors": parsed.vectors if parsed else None,
     }

@@ -12,6 +12,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -232,6 +233,7 @@ class Attempt(Base):
     via: Mapped[Via | None] = mapped_column(_states(Via))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)  #: prompt tokens served from the cache
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
 
 
 class Part(Base):
@@ -293,6 +295,13 @@ class Result(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage, or verbose_json duration
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
+    flagged: Mapped[bool | None] = mapped_column(Boolean)  #: a moderation: any input flagged
+    dimensions: Mapped[int | None] = mapped_column(Integer)  #: embeddings: each vector's length
+    #: embeddings: every vector as float32 little-endian, one after another in the answer's `data` order;
+    #: `body` keeps each item with its `embedding` emptied ([] where the API sent floats, "" for base64).
+    #: Last, so that reading the other columns of a row never reads through it.
+    vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class LimitState(Base):
@@ -339,6 +348,7 @@ class BatchUsage(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class BatchFailure(Base):
