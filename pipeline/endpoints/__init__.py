@@ -5,7 +5,8 @@
     endpoint.parse(answer)                # Parsed, or what the answer lacks
 
 Each endpoint is a module (base.py says what every endpoint answers, with defaults): chat.py,
-completions.py, audio.py (transcriptions and translations). Adding one is a module here plus its handler
+completions.py, audio.py (transcriptions and translations), embeddings.py (vectors.py: how their vectors
+are stored). Adding one is a module here plus its handler
 in the fake API (pipeline/fakeapi/); no other module names an endpoint's URL (tests/test_endpoints.py
 holds the package to that).
 """
@@ -16,6 +17,7 @@ from pipeline.endpoints.audio import Audio
 from pipeline.endpoints.base import Endpoint, Parsed
 from pipeline.endpoints.chat import Chat
 from pipeline.endpoints.completions import Completions
+from pipeline.endpoints.embeddings import Embeddings
 from pipeline.errors import ConfigError
 
 __all__ = ["BY_URL", "ENDPOINTS", "Endpoint", "Parsed", "by_name", "by_url"]
@@ -28,6 +30,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         Completions("completions", "/v1/completions"),
         Audio("transcriptions", "/v1/audio/transcriptions"),
         Audio("translations", "/v1/audio/translations", translate=True),
+        Embeddings("embeddings", "/v1/embeddings"),
     )
 }
 #: Every endpoint, by url.

@@ -94,6 +94,8 @@ Stats:
      "max_in_flight": n,       high-water mark of in_flight since start or reset
      "bodies": {fingerprint: {"received": n, "answered": n}},
      "projects": {openai_project_header: n},      requests that named an OpenAI-Project
+     "usage": {"prompt_tokens": n, "completion_tokens": n},   what the 2xx answers' usage reported
+                               (direct answers and Batch API lines; audio billed by the second: none)
      "batch_api": {
         "calls": {operation: n},   Batch API calls received, by operation (upload, list_files,
                                    retrieve_file, file_content, delete_file, create, list, retrieve, cancel)

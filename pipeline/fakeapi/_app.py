@@ -20,6 +20,7 @@ from ._audio import plan_audio
 from ._batches import BatchStore
 from ._chat import plan_chat, plan_completion
 from ._config import FakeConfig, config_view, update_config
+from ._embeddings import plan_embeddings
 from ._files import FileStore
 from ._limits import Quota, RateLimiter
 from ._plan import Plan
@@ -68,6 +69,7 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
         "/v1/completions": _json_reader(plan_completion),
         "/v1/audio/transcriptions": lambda request, models: plan_audio(request, "transcribe", models),
         "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
+        "/v1/embeddings": _json_reader(plan_embeddings),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
@@ -152,6 +154,7 @@ def _v1_handler(reader: Reader) -> Handler:
         try:
             plan = await reader(request, state.config.models)
             receipt = state.stats.receive(plan.fingerprint)
+            tokens = None
             try:
                 answer = await _pass_checks(state, request, plan, receipt)
                 charset = "utf-8" if answer.content_type.startswith("text/") else None
@@ -161,10 +164,11 @@ def _v1_handler(reader: Reader) -> Handler:
                     charset=charset,
                     headers=answer.headers,
                 )
+                tokens = answer.tokens
             except ApiError as error:
                 response = error.response()
             _stamp(response, state, started)
-            state.stats.answer(plan.fingerprint, response.status)
+            state.stats.answer(plan.fingerprint, response.status, tokens)
             return response
         finally:
             state.stats.leave()

@@ -253,6 +253,8 @@ def _shorthand_hint(value: dict[str, Any]) -> str | None:
         endpoint, kind = "--endpoint transcriptions or --endpoint translations", "audio"
     elif "prompt" in value:
         endpoint, kind = "--endpoint completions", "completions"
+    elif "input" in value and "embedding" in str(value.get("model")):
+        endpoint, kind = "--endpoint embeddings", "embeddings"
     else:
         return None
     return f"add {endpoint} (the lines look like bare {kind} request bodies)"
