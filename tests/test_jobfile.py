@@ -153,7 +153,7 @@ def test_missing_url() -> None:
 def test_unknown_url() -> None:
     assert only_error(line(url="/v1/images/generations")) == (
         "jobs.jsonl:1: url: unknown endpoint '/v1/images/generations' (expected one of /v1/chat/completions, "
-        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations, /v1/embeddings)"
+        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations, /v1/embeddings, /v1/responses)"
     )
 
 
@@ -525,6 +525,7 @@ def test_endpoints_cover_every_shorthand() -> None:
         "transcriptions",
         "translations",
         "embeddings",
+        "responses",
     }
 
 

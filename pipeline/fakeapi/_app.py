@@ -25,6 +25,7 @@ from ._files import FileStore
 from ._limits import Quota, RateLimiter
 from ._plan import Plan
 from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, fingerprint_bytes, mask_key
+from ._responses import plan_responses
 from ._stats import Stats
 
 #: Largest JSON body read (audio uploads are streamed and not bound by it).
@@ -70,6 +71,7 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
         "/v1/audio/transcriptions": lambda request, models: plan_audio(request, "transcribe", models),
         "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
         "/v1/embeddings": _json_reader(plan_embeddings),
+        "/v1/responses": _json_reader(plan_responses),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))

@@ -33,6 +33,7 @@ from ._chat import plan_chat, plan_completion
 from ._embeddings import count_inputs, plan_embeddings
 from ._plan import Plan
 from ._protocol import ApiError
+from ._responses import plan_responses
 from ._stats import Stats
 
 #: Endpoints a batch can name that the fake answers, and how a body for each is read.
@@ -40,6 +41,7 @@ PLANNERS: dict[str, Callable[[bytes, Sequence[str] | None], Plan]] = {
     "/v1/chat/completions": plan_chat,
     "/v1/completions": plan_completion,
     "/v1/embeddings": plan_embeddings,
+    "/v1/responses": plan_responses,
 }
 #: Inputs one /v1/embeddings batch may hold over all its lines.
 MAX_EMBEDDING_INPUTS = 50_000
