@@ -101,7 +101,31 @@ def check_responses(
     assert row["reasoning_tokens"] == str(reasoning) and (reasoning > 0) == ("reasoning" in body)
 
 
+def moderations_line(i: int, model: str = "omni-moderation-latest") -> dict[str, Any]:
+    """Every fifth flagged (violence); every third has two inputs, one of them harassment."""
+    text = f"I will attack the castle {i}" if i % 5 == 0 else f"a calm sentence {i}"
+    body: dict[str, Any] = {"model": model, "input": [text, "you idiot"] if i % 3 == 2 else text}
+    return {"custom_id": f"m-{i}", "method": "POST", "url": "/v1/moderations", "body": body}
+
+
+def check_moderations(
+    body: dict[str, Any], row: dict[str, str], record: dict[str, Any], line: dict[str, Any]
+) -> None:
+    answer = line["response"]["body"]
+    assert record["response"]["body"] == answer
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    assert [result["flagged"] for result in answer["results"]] == [
+        "attack" in text or "idiot" in text for text in texts
+    ]
+    categories = {"violence"} if "attack" in texts[0] else set()
+    categories |= {"harassment"} if len(texts) > 1 else set()
+    assert record["flagged"] is bool(categories) and row["flagged"] == ("true" if categories else "false")
+    assert row["output"] == record["output"] == "|".join(sorted(categories))
+    assert row["prompt_tokens"] == "" and record["usage"] is None  # no usage: moderations are free
+
+
 CASES: dict[str, Case] = {
     "embeddings": Case("/v1/embeddings", embeddings_line, check_embeddings),
     "responses": Case("/v1/responses", responses_line, check_responses),
+    "moderations": Case("/v1/moderations", moderations_line, check_moderations),
 }

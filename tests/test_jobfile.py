@@ -153,7 +153,8 @@ def test_missing_url() -> None:
 def test_unknown_url() -> None:
     assert only_error(line(url="/v1/images/generations")) == (
         "jobs.jsonl:1: url: unknown endpoint '/v1/images/generations' (expected one of /v1/chat/completions, "
-        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations, /v1/embeddings, /v1/responses)"
+        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations, /v1/embeddings, /v1/responses, "
+        "/v1/moderations)"
     )
 
 
@@ -526,6 +527,7 @@ def test_endpoints_cover_every_shorthand() -> None:
         "translations",
         "embeddings",
         "responses",
+        "moderations",
     }
 
 

@@ -6,7 +6,7 @@
 
 Each endpoint is a module (base.py says what every endpoint answers, with defaults): chat.py,
 completions.py, audio.py (transcriptions and translations), embeddings.py (vectors.py: how their vectors
-are stored), responses.py. Adding one is a module here plus its handler
+are stored), responses.py, moderations.py. Adding one is a module here plus its handler
 in the fake API (pipeline/fakeapi/); no other module names an endpoint's URL (tests/test_endpoints.py
 holds the package to that).
 """
@@ -18,6 +18,7 @@ from pipeline.endpoints.base import Endpoint, Parsed
 from pipeline.endpoints.chat import Chat
 from pipeline.endpoints.completions import Completions
 from pipeline.endpoints.embeddings import Embeddings
+from pipeline.endpoints.moderations import Moderations
 from pipeline.endpoints.responses import Responses
 from pipeline.errors import ConfigError
 
@@ -33,6 +34,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         Audio("translations", "/v1/audio/translations", translate=True),
         Embeddings("embeddings", "/v1/embeddings"),
         Responses("responses", "/v1/responses"),
+        Moderations("moderations", "/v1/moderations"),
     )
 }
 #: Every endpoint, by url.

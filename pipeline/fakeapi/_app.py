@@ -23,6 +23,7 @@ from ._config import FakeConfig, config_view, update_config
 from ._embeddings import plan_embeddings
 from ._files import FileStore
 from ._limits import Quota, RateLimiter
+from ._moderations import plan_moderations
 from ._plan import Plan
 from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, fingerprint_bytes, mask_key
 from ._responses import plan_responses
@@ -72,6 +73,7 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
         "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
         "/v1/embeddings": _json_reader(plan_embeddings),
         "/v1/responses": _json_reader(plan_responses),
+        "/v1/moderations": _json_reader(plan_moderations),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))

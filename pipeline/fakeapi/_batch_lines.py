@@ -31,6 +31,7 @@ import orjson
 
 from ._chat import plan_chat, plan_completion
 from ._embeddings import count_inputs, plan_embeddings
+from ._moderations import plan_moderations
 from ._plan import Plan
 from ._protocol import ApiError
 from ._responses import plan_responses
@@ -42,6 +43,7 @@ PLANNERS: dict[str, Callable[[bytes, Sequence[str] | None], Plan]] = {
     "/v1/completions": plan_completion,
     "/v1/embeddings": plan_embeddings,
     "/v1/responses": plan_responses,
+    "/v1/moderations": plan_moderations,
 }
 #: Inputs one /v1/embeddings batch may hold over all its lines.
 MAX_EMBEDDING_INPUTS = 50_000

@@ -12,7 +12,7 @@ A cancel while `validating` or `in_progress` makes it `cancelling`, then `cancel
 answered; a cancel of a `cancelling` batch changes nothing; of any other status it is refused 400.
 Creating checks at once what OpenAI refuses at once: an unknown input file (404), a purpose other than
 batch, an input file over `batch_max_bytes` ("File is too large."), an endpoint the fake does not answer
-in batches (it answers chat, legacy completions, embeddings and responses), a completion
+in batches (it answers chat, legacy completions, embeddings, responses and moderations), a completion
 window other than "24h", and metadata beyond 16 string pairs (keys up
 to 64 characters, values up to 512).
 """

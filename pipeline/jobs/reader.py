@@ -253,11 +253,19 @@ def _shorthand_hint(value: dict[str, Any]) -> str | None:
         endpoint, kind = "--endpoint transcriptions or --endpoint translations", "audio"
     elif "prompt" in value:
         endpoint, kind = "--endpoint completions", "completions"
-    elif "input" in value and "embedding" in str(value.get("model")):
-        endpoint, kind = "--endpoint embeddings", "embeddings"
+    elif "input" in value:
+        kind = _input_kind(str(value.get("model") or ""))
+        endpoint = f"--endpoint {kind}"
     else:
         return None
     return f"add {endpoint} (the lines look like bare {kind} request bodies)"
+
+
+def _input_kind(model: str) -> str:
+    """Which endpoint a bare body with an `input` is most likely for, from its model."""
+    if "embedding" in model:
+        return "embeddings"
+    return "moderations" if "moderation" in model or not model else "responses"
 
 
 def _check_request(value: dict[str, Any]) -> str | None:
