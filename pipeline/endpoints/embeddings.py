@@ -206,18 +206,16 @@ def _check_format(body: Body) -> str | None:
 
 
 def _take_vectors(items: list[dict[str, Any]]) -> tuple[bytes, int] | str:
-    """Every item's vector as float32 bytes, one after another, and their length; each item's
-    `embedding` emptied in place ([] or "" as it came). What is wrong with them, when something is."""
+    """Every item's vector as float32 bytes, one after another, and their length, each item's `embedding`
+    then emptied in place ([] or "" as it came); or what is wrong with them (the items left as they were)."""
     stored: list[bytes] = []
     for item in items:
         embedding = item.get("embedding")
         try:
             if isinstance(embedding, str):
                 stored.append(base64.b64decode(embedding, validate=True))
-                item["embedding"] = ""
             elif isinstance(embedding, list):
                 stored.append(vectors.pack(embedding))
-                item["embedding"] = []
             else:
                 return "an item of `data` without an `embedding`"
         except (binascii.Error, TypeError):
@@ -225,4 +223,6 @@ def _take_vectors(items: list[dict[str, Any]]) -> tuple[bytes, int] | str:
     size = len(stored[0])
     if size % vectors.FLOAT32 or any(len(vector) != size for vector in stored):
         return "embeddings of different lengths"
+    for item in items:
+        item["embedding"] = "" if isinstance(item["embedding"], str) else []
     return b"".join(stored), size // vectors.FLOAT32

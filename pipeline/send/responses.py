@@ -18,7 +18,7 @@ from pipeline.endpoints import Endpoint, Parsed
 from pipeline.endpoints.base import usage_tokens
 from pipeline.errors import BadResponse
 
-__all__ = ["Parsed", "Usage", "parse_answer", "result_row", "usage_of"]
+__all__ = ["Parsed", "Usage", "parse_answer", "parse_data", "result_row", "usage_of"]
 
 #: Bytes of a bad answer quoted in its error message.
 QUOTED_BYTES = 200
