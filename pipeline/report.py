@@ -48,6 +48,7 @@ def batch_report(
             "completion_tokens": totals.total("completion_tokens"),
             "total_tokens": totals.total("total_tokens"),
             "audio_seconds": round(sum(u.audio_seconds for u in totals.models), 3),
+            "reasoning_tokens": totals.total("reasoning_tokens"),
         },
         "attempts": totals.total("attempts"),
         "rate_limited": totals.total("rate_limited"),

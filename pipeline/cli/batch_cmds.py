@@ -40,8 +40,10 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
 
     \b
     csv     one row per request: custom_id, endpoint, model, status, http_status, finish_reason,
-            prompt/completion/total_tokens, output, error_type, error_message, attempts, latency_ms
-    jsonl   one object per request: body, full response, usage, finish reasons, error
+            prompt/completion/total_tokens, output, error_type, error_message, attempts, latency_ms,
+            reasoning_tokens, flagged (moderations), dimensions (embeddings; vectors: jsonl, openai)
+    jsonl   one object per request: body, full response, usage, finish reasons, error; embeddings'
+            vectors as lists of floats, a moderation's flagged
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
     settings = pop_settings(params)

@@ -57,7 +57,8 @@ from pipeline.fakeapi import FakeConfig, FakeServer, serve
     help="Share of batch lines that expire",
 )
 def fake_api(host: str, port: int, **config: Any) -> None:
-    """Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, the Batch API).
+    """Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, embeddings,
+    responses, moderations, the Batch API).
 
     Speaks the real protocol: usage and finish reasons, OpenAI error bodies, x-ratelimit-* headers. Inspect it
     at GET /_fake/stats; change its settings live with POST /_fake/config.

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import AUDIO_URLS
+from pipeline.endpoints import BY_URL
 from pipeline.errors import ConfigError, DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
@@ -147,7 +147,7 @@ class _Lines:
     refuse_audio: bool
     skip_invalid: bool
     on_progress: Callable[[int], None] | None
-    #: the models the valid lines name
+    #: the models the valid lines are priced by (free endpoints' left out)
     models: set[str] = field(default_factory=set)
 
     def store(self, count: _Count) -> None:
@@ -168,7 +168,9 @@ class _Lines:
             else:
                 count.good += 1
                 custom_id = item.custom_id
-                self.models.add(str(item.body.get("model")))
+                endpoint = BY_URL[item.url]
+                if not endpoint.free:  # a free endpoint's model needs no price (moderations)
+                    self.models.add(endpoint.model_of(item.body))
             pending.append(_row(self.batch_id, item, custom_id, blob, self.now, self.settings))
             if len(pending) >= INSERT_CHUNK:
                 self._flush(pending)
@@ -210,8 +212,8 @@ def _seal(
 
 
 def _refuse_audio(item: JobLine | LineError, source: str) -> JobLine | LineError:
-    """An audio line of a batch sent through the Batch API, which takes no audio, is a bad line."""
-    if isinstance(item, LineError) or item.url not in AUDIO_URLS:
+    """A line of a batch sent through the Batch API whose endpoint it does not take (audio) is a bad line."""
+    if isinstance(item, LineError) or BY_URL[item.url].batch_api:
         return item
     return LineError(
         source,

@@ -9,8 +9,11 @@ first use).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.endpoints import Endpoint
 
 try:
     import toktok
@@ -116,9 +119,32 @@ def prompt_counts(bodies: list[dict[str, Any]]) -> list[int]:
     ]
 
 
-def completion_reserve(body: dict[str, Any], learned: Mapping[str, float]) -> int:
-    """Completion tokens to reserve: max_tokens x n, else the learned (or default) length x n."""
-    return _completion_budget(body, _default_for(body, learned))
+def count_prompts(endpoints: Sequence[Endpoint], bodies: Sequence[dict[str, Any]]) -> list[int]:
+    """Prompt tokens of each body as its endpoint counts them: each of its texts with the model's encoding
+    (one tokenizer call per encoding for them all), plus the endpoint's overhead (framing, token ids)."""
+    counts = [endpoint.prompt_overhead(body) for endpoint, body in zip(endpoints, bodies, strict=True)]
+    by_encoding: dict[str, tuple[list[int], list[str]]] = {}
+    for i, (endpoint, body) in enumerate(zip(endpoints, bodies, strict=True)):
+        texts = [text for text in endpoint.prompt_texts(body) if text]
+        if texts:
+            owners, pending = by_encoding.setdefault(encoding_for(endpoint.model_of(body)), ([], []))
+            owners.extend([i] * len(texts))
+            pending.extend(texts)
+    for encoding, (owners, texts) in by_encoding.items():
+        if toktok is not None:
+            found = [int(n) for n in toktok.batch_count(texts, encoding)]
+        else:
+            found = [math.ceil(len(text) / 4) for text in texts]
+        for i, n in zip(owners, found, strict=True):
+            counts[i] += n
+    return counts
+
+
+def typical_completion(model: str, learned: Mapping[str, float]) -> int:
+    """Completion tokens assumed per choice of a request that sets no cap: the model's learned average,
+    else DEFAULT_COMPLETION_TOKENS."""
+    average = learned.get(model)
+    return math.ceil(average) if average else DEFAULT_COMPLETION_TOKENS
 
 
 def completion_budget(body: dict[str, Any]) -> int | None:
