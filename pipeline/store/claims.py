@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorType, PipelineError
-from pipeline.store import usage
+from pipeline.store import series, usage
 from pipeline.store.db import Database
 from pipeline.store.models import (
     CANCELLED_STATES,
@@ -93,6 +93,7 @@ class AttemptRecord:
     audio_seconds: float | None = None
     #: "batch-api" when the Batch API answered it; None when it was sent directly
     via: str | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -290,6 +291,7 @@ def record_in(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> list[Out
     kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
     _write(s, kept, sqlite)
     usage.add_usage(s, sqlite, _usage_of(kept))
+    series.add_outcomes(s, sqlite, kept)
     usage.add_failures(
         s,
         [
@@ -322,7 +324,13 @@ def _usage_of(outcomes: Sequence[Outcome]) -> list[tuple[str, usage.Usage]]:
             counter = counters.get(key)
             if counter is None:
                 counter = counters[key] = usage.Usage(o.model, tier)
-            tokens = (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.total_tokens)
+            tokens = (
+                a.prompt_tokens,
+                a.cached_tokens,
+                a.completion_tokens,
+                a.total_tokens,
+                a.reasoning_tokens,
+            )
             counter.add_attempt(a.started_at, a.http_status, tokens, a.audio_seconds)
     return [(batch_id, counter) for (batch_id, _, _), counter in counters.items()]
 

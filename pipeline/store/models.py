@@ -12,6 +12,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -155,7 +156,7 @@ class Request(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     line: Mapped[int] = mapped_column(Integer)  #: line number in the job file (1-based)
     custom_id: Mapped[str] = mapped_column(String(512))
-    url: Mapped[str] = mapped_column(String(64))  #: /v1/chat/completions, /v1/completions, ...
+    url: Mapped[str] = mapped_column(String(64))  #: its endpoint's url; "" for an invalid line
     body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
     status: Mapped[RequestStatus] = mapped_column(_states(RequestStatus), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -232,6 +233,7 @@ class Attempt(Base):
     via: Mapped[Via | None] = mapped_column(_states(Via))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)  #: prompt tokens served from the cache
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
 
 
 class Part(Base):
@@ -248,7 +250,7 @@ class Part(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
-    endpoint: Mapped[str] = mapped_column(String(64))  #: the rows' url, e.g. /v1/chat/completions
+    endpoint: Mapped[str] = mapped_column(String(64))  #: the url of its rows' endpoint
     model: Mapped[str] = mapped_column(String(128))
     state: Mapped[PartState] = mapped_column(_states(PartState), default=PartState.PLANNED)
     fence: Mapped[int] = mapped_column(Integer)  #: the fence its claim gave every row it holds
@@ -293,6 +295,13 @@ class Result(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage, or verbose_json duration
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
+    flagged: Mapped[bool | None] = mapped_column(Boolean)  #: a moderation: any input flagged
+    dimensions: Mapped[int | None] = mapped_column(Integer)  #: embeddings: each vector's length
+    #: embeddings: every vector as float32 little-endian, one after another in the answer's `data` order;
+    #: `body` keeps each item with its `embedding` emptied ([] where the API sent floats, "" for base64).
+    #: Last, so that reading the other columns of a row never reads through it.
+    vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class LimitState(Base):
@@ -339,6 +348,7 @@ class BatchUsage(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class BatchFailure(Base):
@@ -368,3 +378,32 @@ class BatchRate(Base):
     source: Mapped[str] = mapped_column(String(128), primary_key=True)
     sent_rpm: Mapped[float] = mapped_column(Float)  #: requests per minute sent lately
     updated_at: Mapped[datetime] = mapped_column(DateTime)  #: the database's clock
+
+
+class BatchSeries(Base):
+    """A batch's attempts per second they started: the web view's charts over time, kept by every write of
+    attempts (`store/series.py`), so the charts never scan the attempts."""
+
+    __tablename__ = "batch_series"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    second: Mapped[datetime] = mapped_column(DateTime, primary_key=True)  #: started_at, to the second
+    ok: Mapped[int] = mapped_column(Integer, default=0)  #: attempts answered 2xx
+    rate_limited: Mapped[int] = mapped_column(Integer, default=0)  #: attempts answered 429
+    errors: Mapped[int] = mapped_column(Integer, default=0)  #: other attempts: an HTTP error, no answer
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BatchTally(Base):
+    """A batch's attempts or answers counted by one category: `latency` (attempts per latency bucket of
+    `store/series.LATENCY_BOUNDS`, `name` the bucket's number) and `finish` (succeeded answers per finish
+    reasons, as `results.finish_reasons` joins them)."""
+
+    __tablename__ = "batch_tallies"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -34,6 +34,7 @@ _SUMMED = (
     "completion_tokens",
     "total_tokens",
     "audio_seconds",
+    "reasoning_tokens",
 )
 _ADD_USAGE = (
     "INSERT INTO batch_usage (batch_id, model, tier, "
@@ -79,24 +80,27 @@ class Usage:
     total_tokens: int = 0
     audio_seconds: float = 0.0
     first_sent_at: datetime | None = None
+    reasoning_tokens: int = 0
 
     def add_attempt(
         self,
         started_at: datetime,
         http_status: int | None,
-        tokens: tuple[int | None, int | None, int | None, int | None],
+        tokens: tuple[int | None, int | None, int | None, int | None, int | None],
         audio_seconds: float | None,
     ) -> None:
-        """Count one attempt; `tokens` is (prompt, cached, completion, total), None where not reported."""
+        """Count one attempt; `tokens` is (prompt, cached, completion, total, reasoning), None where not
+        reported."""
         self.attempts += 1
         self.rate_limited += http_status == 429
         if any(t is not None for t in tokens) or audio_seconds is not None:
             self.charged += 1
-        prompt, cached, completion, total = (t or 0 for t in tokens)
+        prompt, cached, completion, total, reasoning = (t or 0 for t in tokens)
         self.prompt_tokens += prompt
         self.cached_tokens += cached
         self.completion_tokens += completion
         self.total_tokens += total
+        self.reasoning_tokens += reasoning
         self.audio_seconds += audio_seconds or 0.0
         if self.first_sent_at is None or started_at < self.first_sent_at:
             self.first_sent_at = started_at
@@ -150,6 +154,7 @@ def usage_of(db: Database, batch_ids: Sequence[str]) -> dict[str, BatchTotals]:
                     row.total_tokens,
                     row.audio_seconds,
                     row.first_sent_at,
+                    row.reasoning_tokens,
                 )
             )
     return totals
