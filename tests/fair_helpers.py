@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from pipeline.store.db import open_database
 from pipeline.store.models import Attempt, Request
@@ -31,29 +30,11 @@ def send_times(database_url: str, batch_id: str) -> list[datetime]:
         return list(s.scalars(stmt))
 
 
-def run_span(database_url: str, batch_ids: Sequence[str]) -> tuple[int, float]:
-    """Requests succeeded over these batches, and seconds from their first attempt to their last answer."""
-    db = open_database(database_url)
-    with db.read() as s:
-        first = s.scalar(
-            select(func.min(Attempt.started_at))
-            .join(Request, Request.id == Attempt.request_id)
-            .where(Request.batch_id.in_(batch_ids))
-        )
-        last = s.scalar(select(func.max(Request.finished_at)).where(Request.batch_id.in_(batch_ids)))
-        done = s.scalar(
-            select(func.count())
-            .select_from(Request)
-            .where(Request.batch_id.in_(batch_ids), Request.status == "succeeded")
-        )
-    assert first is not None and last is not None
-    return int(done or 0), (last - first).total_seconds()
-
-
 def both_running_rates(
     database_url: str, first: str, second: str, margin: float = 1.0
 ) -> tuple[float, float, float]:
-    """Attempts per second of each batch while both were sending, and how many seconds that was.
+    """Attempts per second of each batch while both were sending, and how many seconds that was: compare
+    them as a ratio (the same window for both), never with a speed.
 
     The window runs from the later of their first attempts to the earlier of their last ones, less
     `margin` seconds at each end (a batch's start and end are not its steady share).

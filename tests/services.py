@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,8 +127,16 @@ class Worker:
         return self.proc.wait(timeout=timeout)
 
     def pause(self) -> None:
-        """SIGSTOP the whole process group: a long GC, a frozen VM, a partition, as the others see it."""
+        """SIGSTOP the whole process group: a long GC, a frozen VM, a partition, as the others see it.
+        Returns once every thread of the worker is stopped (the signal takes effect as each thread next
+        runs: on a loaded machine, a while later)."""
         os.killpg(self.proc.pid, signal.SIGSTOP)
+        wait_for(self._stopped, 30, interval=0.01)
+
+    def _stopped(self) -> bool:
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+        return all(state in ("T", "t") for state in states)
 
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
@@ -142,20 +150,23 @@ class Fleet:
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
 
-    def start(self, *args: str, prefix: tuple[str, ...] = ()) -> Worker:
-        """A `pipeline worker` with `args`, ready; `prefix` runs it under another command (e.g. faketime)."""
-        return self._ready(self._spawn(args, prefix))
+    def start(self, *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Worker:
+        """A `pipeline worker` with `args`, ready; `prefix` runs it under another command (e.g. faketime),
+        `env` adds to the fleet's environment for this worker only."""
+        return self._ready(self._spawn(args, prefix, env or {}))
 
-    def start_many(self, n: int, *args: str) -> list[Worker]:
-        """`n` workers with `args`, started together (each takes seconds to import), all ready."""
-        return [self._ready(worker) for worker in [self._spawn(args, ()) for _ in range(n)]]
+    def start_many(self, n: int, *args: str, envs: Sequence[dict[str, str]] = ()) -> list[Worker]:
+        """`n` workers with `args`, started together (each takes seconds to import), all ready; the i-th
+        worker's environment adds `envs[i]` when given."""
+        extra = [*envs, *([{}] * (n - len(envs)))]
+        return [self._ready(worker) for worker in [self._spawn(args, (), extra[i]) for i in range(n)]]
 
-    def _spawn(self, args: tuple[str, ...], prefix: tuple[str, ...]) -> Worker:
+    def _spawn(self, args: tuple[str, ...], prefix: tuple[str, ...], env: dict[str, str]) -> Worker:
         log = self.tmp / f"worker-{len(self.workers)}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "pipeline", "worker", "--loglevel", "INFO", *args],
-                env=self.env,
+                env={**self.env, **env},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -203,9 +214,38 @@ def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         fleet.stop_all()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.1,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Wait until `condition()` holds; fail after `timeout` seconds, with `explain()` (what the test knows of
+    why) in the message."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(
+                f"condition not met within {timeout}s" + (f": {explain()}" if explain else "")
+            )
         time.sleep(interval)
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A redis-server without persistence on `port`, answering pings."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return server.poll() is not None  # exited: the assertion below says so
+
+    try:
+        wait_for(pings, 30)
+    finally:
+        client.close()
+    assert server.poll() is None, "redis-server exited"
+    return server

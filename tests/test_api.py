@@ -1,10 +1,12 @@
-"""The Python API's handle: submit, results streamed as stored, wait, pause, cancel, resume, prefixes."""
+"""The Python API: the handle (submit, results streamed as stored, wait, pause, cancel, resume, prefixes), run
+and arun, the project header. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,20 @@ import pytest
 
 import pipeline
 from pipeline.fakeapi import FakeServer
+from pipeline.settings import Settings
 from pipeline.store.models import BatchState
-from tests.conftest import TEST_KEY
-from tests.helpers import chat_line
+from tests.conftest import TEST_KEY, invoke
+from tests.helpers import chat_file, chat_line
 from tests.services import Fleet
 
 #: A prompt the fake answers after this many seconds: the requests that must still be out when the first
 #: result is read. The margin is wide so that a loaded machine changes nothing: the test asserts an order.
 SLOW = 'fake:{"latency": 4}'
+
+
+@pytest.fixture(autouse=True)
+def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
 
 
 def rows(n: int, prefix: str = "q") -> list[dict[str, Any]]:
@@ -97,10 +105,13 @@ def test_raise_on_pause_false_leaves_the_state_to_say_so(
     assert batch.state == BatchState.PAUSED and not batch.done
 
 
-def test_batch_and_results_resolve_prefixes_as_the_commands_do(fake: FakeServer, tmp_path: Path) -> None:
-    with pytest.raises(pipeline.BatchNotFound, match="no batches yet"):
+def test_batch_and_results_resolve_prefixes_as_the_commands_do(
+    fake: FakeServer, tmp_path: Path, database_url: str
+) -> None:
+    with pytest.raises(pipeline.BatchNotFound, match="no batch"):  # "yet" on a new SQLite file, "'abc'" on PG
         pipeline.batch("abc")
-    assert not (tmp_path / "data").exists()  # looking never creates a database
+    if database_url.startswith("sqlite"):
+        assert not (tmp_path / "fleet.db").exists()  # looking never creates a database
     done = pipeline.run(rows(2), endpoint="chat", base_url=fake.url)
     assert pipeline.batch(done.id[:6]).id == done.id
     assert pipeline.batch().id == done.id  # the newest
@@ -189,3 +200,69 @@ def test_submit_to_the_workers_and_follow_the_batch_from_here(
     again = pipeline.submit(rows(30), endpoint="chat", workers=True, **where)
     assert again.id == batch.id and again.wait().done  # stored before: not enqueued again
     assert fake.stats()["received"] == 30
+
+
+# --- run and arun: the whole batch, from a script, a loop or a thread ----------------------------------
+
+
+def test_run_from_python_twice_sends_once(fake: FakeServer, tmp_path: Path) -> None:
+    rows = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(20)]
+    results = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
+    assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(20)]
+    assert all(r["status"] == "succeeded" and r["output"] == f"echo: q{i}" for i, r in enumerate(results))
+    assert results[0]["usage"]["total_tokens"] > 0
+    again = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
+    assert again == results
+    assert fake.stats()["received"] == 20
+
+
+def test_run_from_python_takes_batch_lines_or_a_path(fake: FakeServer, tmp_path: Path) -> None:
+    lines = [chat_line(f"id-{i}", f"hello {i}") for i in range(5)]
+    assert [r["custom_id"] for r in pipeline.run(lines, base_url=fake.url)] == [f"id-{i}" for i in range(5)]
+    path = chat_file(tmp_path / "jobs.jsonl", 3)
+    assert len(list(pipeline.run(path, base_url=fake.url))) == 3
+
+
+def test_run_inside_a_running_event_loop_and_from_a_thread(fake: FakeServer, tmp_path: Path) -> None:
+    rows = [chat_line(f"nb-{i}", f"notebook {i}") for i in range(5)]
+
+    async def notebook_cell() -> list[dict[str, Any]]:
+        return list(pipeline.run(rows, base_url=fake.url))  # blocking call from inside a loop, as in Jupyter
+
+    assert len(asyncio.run(notebook_cell())) == 5
+    assert len(list(asyncio.run(pipeline.arun(rows, base_url=fake.url)))) == 5  # the same batch: nothing sent
+
+    found: list[Any] = []
+    thread_rows = [chat_line(f"th-{i}", f"thread {i}") for i in range(5)]
+    thread = threading.Thread(target=lambda: found.append(list(pipeline.run(thread_rows, base_url=fake.url))))
+    thread.start()
+    thread.join(timeout=60)
+    assert len(found[0]) == 5 and all(r["status"] == "succeeded" for r in found[0])
+    assert fake.stats()["received"] == 10
+
+
+def test_invalid_rows_from_python_raise_with_their_line_numbers(fake: FakeServer) -> None:
+    with pytest.raises(pipeline.JobFileError) as info:
+        pipeline.run([{"model": "m"}], endpoint="chat", base_url=fake.url)
+    assert "body.messages: required" in str(info.value.errors[0])
+    assert fake.stats()["received"] == 0
+
+
+# --- the project header --------------------------------------------------------------------------------
+
+
+def test_the_project_is_sent_as_openai_project_and_splits_the_limit_key(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    from pipeline.send.estimates import Estimator
+    from pipeline.store.claims import Claimed
+
+    settings = Settings.load({"project": "proj_123", "base_url": fake.url})
+    row = Claimed(1, "b", "c", "/v1/chat/completions", '{"model": "m", "messages": []}', 0, 1)
+    key = Estimator(settings, "fp").prepare([row])[0].key
+    assert key.project == "proj_123" and "proj_123" in str(key)
+    result = invoke(
+        "run", str(chat_file(tmp_path / "p.jsonl", 2)), "--base-url", fake.url, "--project", "proj_123"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert fake.stats()["projects"] == {"proj_123": 2}

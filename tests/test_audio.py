@@ -180,12 +180,16 @@ def test_every_format_through_run_is_stored_and_exported(fake: FakeServer, tmp_p
 
     # jsonl keeps text bodies as text and parses JSON ones; the openai format likewise.
     rows = db_rows(batch_id)
-    for record in parse_jsonl(invoke("export", batch_id, "--format", "jsonl").stdout):
+    exported = parse_jsonl(invoke("export", batch_id, "--format", "jsonl").stdout)
+    assert {record["custom_id"] for record in exported} == set(rows) and len(rows) == len(CASES)
+    for record in exported:
         stored = rows[record["custom_id"]]["result"]
         body = record["response"]["body"]
         assert record["output"] == stored.output
         assert body == (orjson.loads(stored.body) if "json" in stored.content_type else stored.body)
-    for record in parse_jsonl(invoke("export", batch_id, "--format", "openai").stdout):
+    openai_lines = parse_jsonl(invoke("export", batch_id, "--format", "openai").stdout)
+    assert {record["custom_id"] for record in openai_lines} == set(rows)
+    for record in openai_lines:
         assert record["error"] is None and record["response"]["status_code"] == 200
 
 

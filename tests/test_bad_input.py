@@ -1,4 +1,5 @@
-"""Every bad job-file case through `pipeline run`: the line is named, nothing is stored, nothing is sent."""
+"""Every bad job-file case through `pipeline run`: the line is named, nothing is stored, nothing is sent. On
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from pipeline.store.db import open_database
 from pipeline.store.models import Batch, Request
 from tests.conftest import invoke
 from tests.helpers import chat_line
+
+
+@pytest.fixture(autouse=True)
+def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+
 
 GOOD = orjson.dumps(chat_line("good", "hello")) + b"\n"
 

@@ -134,21 +134,19 @@ def test_killed_after_a_create_before_its_id_is_recorded(
 def test_killed_while_polling(
     fake: FakeServer, database_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    fake.config.batch_seconds = 5.0
+    fake.config.batch_delays = {"retrieve": HOLD}  # every poll waits: the process is killed polling
     path, env = job_file(tmp_path), env_for(fake, database_url, tmp_path)
     proc = start(procs, path, env, tmp_path)
-    wait_for(
-        lambda: len(batch_api(fake)["created"]) == 3 and batch_api(fake)["calls"].get("retrieve", 0) > 3, 60
-    )
+    wait_for(lambda: batch_api(fake)["calls"].get("retrieve", 0) >= 1, 60)
     kill(proc)
-    assert batch_api(fake)["lines"]["answered"] == 0  # killed before any part was answered
+    assert batch_api(fake)["calls"].get("file_content", 0) == 0  # it never learned a part's answers
     rerun_and_check(fake, database_url, path, env)
 
 
 def test_ctrl_c_leaves_the_remote_batches_running_and_the_same_command_continues(
     fake: FakeServer, database_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    fake.config.batch_seconds = 5.0
+    fake.config.batch_seconds = 15.0  # still running when the interrupt lands, even on a loaded machine
     path, env = job_file(tmp_path), env_for(fake, database_url, tmp_path)
     proc = start(procs, path, env, tmp_path)
     wait_for(lambda: len(batch_api(fake)["created"]) == 3, 60)

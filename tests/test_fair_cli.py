@@ -1,4 +1,5 @@
-"""Priorities and shares from the command line, and migration 0009 on a database with rows in it."""
+"""Priorities and shares from the command line, and migration 0009 on a database with rows in it. On SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import text, update
 
 from pipeline.fakeapi import FakeServer
@@ -18,6 +20,11 @@ from pipeline.store.db import Database, open_database
 from pipeline.store.models import BatchRate
 from tests.conftest import invoke
 from tests.fair_helpers import short_chat_file
+
+
+@pytest.fixture(autouse=True)
+def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
 
 
 def stored(tmp_path: Path, name: str, n: int = 5) -> str:
@@ -105,12 +112,12 @@ def test_a_shared_limiter_rates_count_once_whoever_saves_them(tmp_path: Path) ->
     }
 
 
-def test_migration_0009_keeps_rows_and_gives_submitted_batches_the_default_queue(tmp_path: Path) -> None:
+def test_migration_0009_keeps_rows_and_gives_submitted_batches_the_default_queue(database_url: str) -> None:
     from alembic import command
 
     from pipeline.store.db import alembic_config
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = database_url
     command.upgrade(alembic_config(url), "0006")
     db = Database(url)
     insert = text(
@@ -124,4 +131,5 @@ def test_migration_0009_keeps_rows_and_gives_submitted_batches_the_default_queue
     with db.engine.connect() as conn:
         rows = conn.execute(text("SELECT id, priority, vtime, queue FROM batches ORDER BY id")).all()
         assert conn.execute(text("SELECT count(*) FROM batch_rates")).scalar_one() == 0
+    db.engine.dispose()
     assert [tuple(r) for r in rows] == [("ran", 1, 0.0, None), ("sub", 1, 0.0, "pipeline")]

@@ -7,6 +7,7 @@ fixtures), at 6,000 requests/min given, with senders that always want more than 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,9 @@ from tests.test_limiter import (  # noqa: F401 (fixtures)
     snap,
     table,
 )
+
+#: They pace against the clock: scripts/test runs them apart from the parallel phase (tests/README.md).
+pytestmark = pytest.mark.timing
 
 #: The budget the limiters aim at under rpm=6000 (they keep 1% margin), per second.
 RATE = 6000 * 0.99 / 60
@@ -71,20 +75,31 @@ def test_idle_batches_are_forgotten() -> None:
 
 async def grants(
     limiter: AnyLimiter, senders: dict[str, tuple[float, float, float]], seconds: float
-) -> Counter[str]:
-    """Requests granted per batch within `seconds`; senders: batch -> (weight, start, stop) in seconds,
-    20 senders per batch, each asking again as soon as it is granted."""
-    key, granted, t0 = new_key(), Counter[str](), time.monotonic()
+) -> list[tuple[float, str]]:
+    """When each request was granted (seconds from the start) and to which batch, within `seconds`;
+    senders: batch -> (weight, start, stop) in seconds, 20 senders per batch, each asking again as soon as
+    it is granted."""
+    key, granted, t0 = new_key(), list[tuple[float, str]](), time.monotonic()
 
     async def sender(batch: str, weight: float, start: float, stop: float) -> None:
-        await asyncio.sleep(start)
+        await asyncio.sleep(start)  # part of the scenario: when this batch starts asking
         while time.monotonic() - t0 < min(stop, seconds):
             await limiter.acquire(key, 1, batch, weight)
-            if time.monotonic() - t0 < min(stop, seconds):
-                granted[batch] += 1
+            if (at := time.monotonic() - t0) < min(stop, seconds):
+                granted.append((at, batch))
 
     await asyncio.gather(*(sender(b, *plan) for b, plan in senders.items() for _ in range(20)))
-    return granted
+    return sorted(granted)
+
+
+#: Seconds after the start from which shares are counted: four limiters connecting and loading their scripts
+#: on a loaded machine are not the steady share.
+STEADY = 1.0
+
+
+def count(granted: list[tuple[float, str]], since: float = 0.0) -> Counter[str]:
+    """Grants per batch from `since` seconds on."""
+    return Counter(batch for at, batch in granted if at >= since)
 
 
 def run(open_limiter: Opener, scenario: Callable[[AnyLimiter], Awaitable[Any]]) -> Any:  # noqa: F811
@@ -96,41 +111,52 @@ def run(open_limiter: Opener, scenario: Callable[[AnyLimiter], Awaitable[Any]]) 
 
 
 def test_two_batches_share_a_key_3_to_1(open_limiter: Opener) -> None:  # noqa: F811
-    got = run(open_limiter, lambda lim: grants(lim, {"a": (3, 0, 9), "b": (1, 0, 9)}, 4.0))
+    got = count(run(open_limiter, lambda lim: grants(lim, {"a": (3, 0, 9), "b": (1, 0, 9)}, 5.0)), STEADY)
+    # Counts over the same window: a ratio, whatever the machine's speed (the throughput of the pair is
+    # measured in bench/bench_limiter.py).
     assert 0.8 * 3 <= got["a"] / got["b"] <= 1.2 * 3, got
-    assert got["a"] + got["b"] >= 0.9 * RATE * (4.0 - 0.25), got  # the bucket starts empty
 
 
 def test_a_newcomer_gets_its_share_at_once_and_no_more(open_limiter: Opener) -> None:  # noqa: F811
     # "a" alone for 2 s, then "b" joins for 2 s at the same weight.
-    got = run(open_limiter, lambda lim: grants(lim, {"a": (1, 0, 9), "b": (1, 2.0, 9)}, 4.0))
-    assert 0.4 * RATE * 2 <= got["b"] <= 0.6 * RATE * 2 + 10, got  # half of its 2 s, within a quantum
+    granted = run(open_limiter, lambda lim: grants(lim, {"a": (1, 0, 9), "b": (1, 2.0, 9)}, 4.0))
+    joined = next(at for at, batch in granted if batch == "b")
+    # At once: "a" was not let run on ahead of it by more than a quantum of the budget (and what its 20
+    # senders had already asked for); whatever the speed, fewer grants happen in a slower window.
+    ahead = sum(1 for at, batch in granted if batch == "a" and 2.0 <= at < joined)
+    assert ahead <= QUANTUM * RATE + 20, (ahead, joined)
+    # And no more: from then on, the same number of grants as "a", within 20%.
+    both = count(granted, since=joined)
+    assert 0.8 <= both["b"] / both["a"] <= 1.25, both
 
 
 def test_a_batch_asking_little_holds_nobody_back(open_limiter: Opener) -> None:  # noqa: F811
-    async def scenario(limiter: AnyLimiter) -> tuple[Counter[str], int]:
-        key, t0, trickled = new_key(), time.monotonic(), 0
+    async def timed(batch: str, weight: float, waits: list[float], limiter: AnyLimiter, key: Any) -> None:
+        asked = time.monotonic()
+        await limiter.acquire(key, 1, batch, weight)
+        waits.append(time.monotonic() - asked)
+
+    async def scenario(limiter: AnyLimiter) -> tuple[list[float], list[float]]:
+        key, t0, small, big = new_key(), time.monotonic(), list[float](), list[float]()
 
         async def trickle() -> None:  # a high-priority batch with little to send: 5 requests a second
-            nonlocal trickled
             while time.monotonic() - t0 < 3.0:
-                await limiter.acquire(key, 1, "small", 10.0)
-                trickled += 1
-                await asyncio.sleep(0.2)
+                await timed("small", 10.0, small, limiter, key)
+                await asyncio.sleep(0.2)  # part of the scenario: it asks little
 
-        async def flood() -> Counter[str]:
-            got = Counter[str]()
+        async def flood() -> None:
             while time.monotonic() - t0 < 3.0:
-                await limiter.acquire(key, 1, "big", 1.0)
-                got["big"] += 1
-            return got
+                await timed("big", 1.0, big, limiter, key)
 
-        floods = await asyncio.gather(trickle(), *(flood() for _ in range(20)))
-        return sum((c for c in floods[1:] if c), Counter[str]()), trickled
+        await asyncio.gather(trickle(), *(flood() for _ in range(20)))
+        return small, big
 
-    got, trickled = run(open_limiter, scenario)
-    assert trickled >= 12  # its few requests went out at once
-    assert got["big"] + trickled >= 0.9 * RATE * (3.0 - 0.25), (got, trickled)  # the rest went to "big"
+    small, big = run(open_limiter, scenario)
+    # Its few requests went out at once: each waited far less than the flood's requests, which queue for the
+    # budget (a comparison of waits in the same run, whatever the machine's speed).
+    print(f"median waits: small {statistics.median(small):.4f}s, big {statistics.median(big):.4f}s")
+    assert len(small) >= 3 and len(big) > len(small), (len(small), len(big))
+    assert statistics.median(small) < statistics.median(big) / 4, (small, statistics.median(big))
 
 
 def test_snapshots_show_each_batch_send_rate(open_limiter: Opener) -> None:  # noqa: F811
@@ -164,15 +190,15 @@ def test_redis_snapshot_is_shared(limiter_redis_url: str) -> None:  # noqa: F811
 def test_a_batch_share_does_not_grow_with_the_processes_sending_it(limiter_redis_url: str) -> None:  # noqa: F811
     """Three limiters (three processes' worth) send batch "many", one sends "one": equal shares."""
 
-    async def scenario() -> Counter[str]:
-        key, granted, t0 = new_key(), Counter[str](), time.monotonic()
+    async def scenario() -> list[tuple[float, str]]:
+        key, granted, t0 = new_key(), list[tuple[float, str]](), time.monotonic()
         limiters = [RedisLimiter(limiter_redis_url, table(rpm=6000)) for _ in range(4)]
 
         async def sender(limiter: RedisLimiter, batch: str) -> None:
-            while time.monotonic() - t0 < 4.0:
+            while time.monotonic() - t0 < 5.0:
                 await limiter.acquire(key, 1, batch, 1.0)
-                if time.monotonic() - t0 < 4.0:
-                    granted[batch] += 1
+                if (at := time.monotonic() - t0) < 5.0:
+                    granted.append((at, batch))
 
         plan = [(lim, "many") for lim in limiters[:3]] + [(limiters[3], "one")]
         await asyncio.gather(*(sender(lim, batch) for lim, batch in plan for _ in range(10)))
@@ -180,7 +206,7 @@ def test_a_batch_share_does_not_grow_with_the_processes_sending_it(limiter_redis
             await lim.aclose()
         return granted
 
-    got = asyncio.run(scenario())
+    got = count(asyncio.run(scenario()), since=STEADY)
     assert 0.8 <= got["many"] / got["one"] <= 1.25, got
 
 

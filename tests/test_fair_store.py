@@ -121,7 +121,11 @@ def test_claims_are_fenced_and_refused_to_a_buried_worker(db: Database, tmp_path
         fair.claim_share(db, w, 10, QUEUE)
     again = fair.claim_share(db, worker(db, "w2"), 20, QUEUE)
     assert {r.id: r.fence for r in again if r.id in {x.id for x in rows}} == {r.id: 3 for r in rows}
-    assert claims.record(db, [Outcome(r.id, r.fence, RequestStatus.SUCCEEDED) for r in rows]) != []
+    stale = [Outcome(r.id, r.fence, RequestStatus.SUCCEEDED) for r in rows]
+    assert len(stale) == 10 and claims.record(db, stale) == stale  # every stale-fence write refused
+    with db.read() as s:  # and none of them written: the rows stay the new holder's, running
+        held = s.execute(select(Request.status, Request.worker).where(Request.id.in_([r.id for r in rows])))
+        assert sorted(held) == [(RequestStatus.RUNNING, "w2")] * 10
     assert len(again) == 20 and {r.batch_id for r in again} == {batch}
 
 

@@ -8,11 +8,13 @@ stay within what was in flight when the fault struck. Store-touching tests run o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,21 @@ from pipeline.fakeapi import FakeServer
 from pipeline.store.db import Database
 from pipeline.store.models import Attempt, Batch, Request, Result
 from tests.conftest import TEST_KEY, invoke
+from tests.fault_helpers import (
+    answered_more_than_once,
+    at_stake_in_all,
+    at_stake_of,
+    at_stake_of_faults,
+    burials_of,
+    caught_in_flight,
+    pause_holding_no_lock,
+    sent_by,
+    stored_successes,
+    tagged,
+)
 from tests.helpers import chat_file, chat_line, write_jsonl
-from tests.services import Fleet, PostgresServer, wait_for
-from tests.test_fleet import answered_more_than_once, fleet_env, status, submit, wait_final
+from tests.services import Fleet, PostgresServer, Worker, wait_for
+from tests.test_fleet import fleet_env, status, submit, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +66,6 @@ def rows_of(database_url: str, batch_id: str) -> dict[str, tuple[Request, Result
         return {req.custom_id: (req, res, attempts.get(req.id, [])) for req, res in pairs}
     finally:
         db.engine.dispose()
-
-
-def stored_successes(database_url: str) -> int:
-    db = Database(database_url)
-    try:
-        with db.read() as s:
-            return int(s.scalar(select(func.count()).where(Request.status == "succeeded")) or 0)
-    finally:
-        db.engine.dispose()
-
-
-def at_stake(fake: FakeServer, database_url: str) -> int:
-    """Requests sent and not yet stored: on the wire now, or answered and not yet in the database. Every one
-    of them may be sent again after a fault; nothing else may."""
-    stats = fake.stats()
-    return int(stats["in_flight"]) + int(stats["answered"]) - stored_successes(database_url)
 
 
 def assert_books_balance(database_url: str, batch_id: str) -> None:
@@ -157,47 +155,67 @@ def test_a_worker_paused_past_its_lease_sends_and_writes_nothing_it_lost(
 ) -> None:
     fake.config.latency = 0.2
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    paused, other = fleet.start_many(2, "--max-in-flight", "50")
+    tag = {"OPENAI_PROJECT_ID": "paused", "PIPELINE_DATABASE_URL": tagged(database_url, "paused")}
+    paused, other = fleet.start_many(2, "--max-in-flight", "50", envs=[tag, {"OPENAI_PROJECT_ID": "other"}])
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
-    wait_for(lambda: fake.stats()["answered"] >= 200, 60)
-    paused.pause()
-    in_flight_at_pause = at_stake(fake, database_url)  # both workers': the stopped one's is within
-    time.sleep(10)  # 2.5 leases: the other worker buries it and takes its rows back
+    wait_for(lambda: fake.stats()["answered"] >= 200 and sent_by(fake, "paused") >= 100, 60)
+    buried, told = burials_of(other, paused), paused.output().count("declared dead")
+    with caught_in_flight(fake, database_url, "paused", paused.proc.pid):
+        pause_holding_no_lock(paused, database_url, "paused")  # so nothing keeps the other from burying it
+    # A lease of silence: the other buries it. Then its next beat finds out and says so.
+    wait_for(lambda: burials_of(other, paused) > buried, 60, explain=lambda: other.output()[-3000:])
     paused.resume()
+    wait_for(
+        lambda: paused.output().count("declared dead") > told, 30, explain=lambda: paused.output()[-3000:]
+    )
     final = wait_final(fleet, batch_id, 120)
 
     assert final["succeeded"] == 1500 and final["running"] == 0
+    at_stake = at_stake_of_faults(fake, database_url, [("paused", paused)], [("other", other)])
     repeats = answered_more_than_once(fake)
-    print(f"paused past the lease: {repeats} answered twice, {in_flight_at_pause} in flight at the pause")
-    assert repeats <= in_flight_at_pause, (repeats, in_flight_at_pause)
-    if "is dead (" in other.output():  # the other buried it, so it finds out at its next beat and says so
-        wait_for(lambda: "declared dead" in paused.output(), 30)
-    else:
-        # Only SQLite: stopped inside a write transaction, the worker held the database's one write lock,
-        # so nobody could bury it (or write anything) until it was resumed, and it carried on as the owner.
-        assert database_url.startswith("sqlite"), other.output()
+    print(f"paused past the lease: {repeats} answered twice, {at_stake} at stake")
+    assert at_stake_of(fake, database_url, "paused", paused.proc.pid) >= 10  # paused with requests in flight
+    assert repeats <= at_stake, (repeats, at_stake)
     assert_books_balance(database_url, batch_id)
 
 
-def test_a_worker_whose_clock_runs_a_minute_ahead_takes_nothing_from_the_others(
+@pytest.mark.parametrize("skew", ["+60s", "-60s"])
+def test_a_worker_whose_clock_is_a_minute_off_takes_nothing_from_the_others(
     fake: FakeServer,
     make_fleet: Callable[..., Fleet],
     database_url: str,
     redis_url: str,
     tmp_path: Path,
+    skew: str,
 ) -> None:
+    """A minute ahead or a minute behind the others (libfaketime): no wall clock is compared across
+    processes, so neither buries the other nor sends anything twice."""
     fake.config.latency = 0.2
-    fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    ahead = fleet.start("--max-in-flight", "50", prefix=("faketime", "-f", "+60s"))
-    fleet.start("--max-in-flight", "50")
+    # A lease long enough that a loaded machine never stalls a beat that long: any burial here would be the
+    # skew's doing (a minute either way is six leases).
+    fleet = make_fleet(**{**fleet_env(fake, database_url, redis_url), "PIPELINE_LEASE_SECONDS": "10"})
+    tag = {"OPENAI_PROJECT_ID": "skewed"}
+    skewed = fleet.start("--max-in-flight", "50", prefix=("faketime", "-f", skew), env=tag)
+    normal = fleet.start("--max-in-flight", "50")
+    # Its clock is off: the time it logged being ready is a minute away from the other's (less the seconds
+    # between their starts).
+    offset = (ready_at(skewed) - ready_at(normal)).total_seconds()
+    assert int(skew[:-1]) - 40 < offset <= int(skew[:-1]) + 1, offset
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
     final = wait_final(fleet, batch_id, 120)
 
     assert final["succeeded"] == 1500
     assert answered_more_than_once(fake) == 0  # nothing died: nothing may be sent twice
     assert all("is dead" not in w.output() and "declared dead" not in w.output() for w in fleet.workers)
-    assert ahead.proc.poll() is None
+    assert skewed.proc.poll() is None and sent_by(fake, "skewed") > 0  # it took its part
     assert_books_balance(database_url, batch_id)
+
+
+def ready_at(worker: Worker) -> datetime:
+    """When the worker logged that it was ready, by its own clock (Celery's log lines start with it)."""
+    found = re.search(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+: .*ready\.$", worker.output(), re.M)
+    assert found, worker.output()
+    return datetime.fromisoformat(found.group(1))
 
 
 BAD_BODIES = ("empty", "truncated", "html", "empty_object", "error", "not_json")
@@ -272,7 +290,7 @@ def test_pipeline_run_killed_then_run_again_takes_over_at_once(
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
     wait_for(lambda: fake.stats()["in_flight"] == 0, 30)  # the fake finishes what the dead process sent
-    in_flight_at_kill = at_stake(fake, database_url)
+    in_flight_at_kill = at_stake_in_all(fake, database_url)  # the only process sending, read after
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     batch_id = again.stdout.split()[-1]
@@ -293,23 +311,39 @@ def test_postgres_down_longer_than_the_lease(
     tmp_path: Path,
 ) -> None:
     fake.config.latency = 0.2
-    fleet = make_fleet(**fleet_env(fake, postgres_url, redis_url))
+    env = fleet_env(fake, postgres_url, redis_url)
+    lease = float(env["PIPELINE_LEASE_SECONDS"])
+    fleet = make_fleet(**env)
     workers = fleet.start_many(2, "--max-in-flight", "50")
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
     wait_for(lambda: fake.stats()["answered"] >= 200, 60)
-    in_flight_at_outage = at_stake(fake, postgres_url)
+    # Every worker is at fault. Stored is read just before the stop and can only have grown by the stop, so
+    # the figure below can only be larger than what was truly at stake (never a false failure).
+    stored_before = stored_successes(postgres_url)
     postgres_server.stop()
-    time.sleep(10)  # 2.5 leases
-    received_during_outage = fake.stats()["received"]
+    stopped = time.monotonic()
+    # Nothing can be stored now: the engines' beats fail and they stop sending within 3/4 of a lease.
+    # Read what was sent once 1.5 leases have passed, then again when the outage has lasted 2.5 leases.
+    wait_until(stopped + 1.5 * lease)
+    sent_by_then = fake.stats()["received"]
+    wait_until(stopped + 2.5 * lease)
+    sent_in_outage = fake.stats()["received"]
     postgres_server.start()
     final = wait_final(fleet, batch_id, 180)
 
     assert final["succeeded"] == 1500 and final["running"] == 0
+    at_stake = sent_in_outage - stored_before  # everything sent before it returned, less what was stored
     repeats = answered_more_than_once(fake)
-    print(f"postgres down: {repeats} answered twice, {in_flight_at_outage} in flight at the outage")
-    assert repeats <= in_flight_at_outage, (repeats, in_flight_at_outage)
-    assert received_during_outage < 1500  # sending stopped while nothing could be stored
+    print(f"postgres down: {repeats} answered twice, {at_stake} at stake, {sent_in_outage} sent by then")
+    assert repeats <= at_stake, (repeats, at_stake)
+    assert sent_in_outage == sent_by_then, "requests kept going out while nothing could be stored"
     assert_books_balance(postgres_url, batch_id)
     for worker in workers:
         assert worker.terminate(timeout=60) == 0, worker.output()
     assert status(fleet, batch_id)["running"] == 0
+
+
+def wait_until(moment: float) -> None:
+    """Let a fault last until `moment` (time.monotonic()): its length is the test's subject, not a wait for
+    something to happen."""
+    time.sleep(max(0.0, moment - time.monotonic()))

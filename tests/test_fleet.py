@@ -6,8 +6,6 @@ Every test is bounded: workers are killed at the end whatever happens, waits hav
 from __future__ import annotations
 
 import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,15 @@ import pytest
 
 from pipeline.fakeapi import FakeServer
 from tests.conftest import TEST_KEY
+from tests.fault_helpers import (
+    answered_more_than_once,
+    at_stake_of,
+    at_stake_of_faults,
+    caught_in_flight,
+    sent_by,
+)
 from tests.helpers import chat_file, chat_line, write_jsonl
-from tests.services import Fleet, free_port, wait_for
+from tests.services import Fleet, free_port, start_redis, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +54,15 @@ def wait_final(fleet: Fleet, batch_id: str, timeout: float) -> dict[str, Any]:
     return status(fleet, batch_id)
 
 
+def wait_state(fleet: Fleet, batch_id: str, state: str, timeout: float) -> dict[str, Any]:
+    """The batch's status once it is in `state` (a batch moves to completed or cancelled just after the
+    write that finished its last rows)."""
+    wait_for(lambda: status(fleet, batch_id)["state"] == state, timeout, interval=0.5)
+    return status(fleet, batch_id)
+
+
 def submit(fleet: Fleet, path: Path, *args: str) -> str:
     return fleet.cli("submit", str(path), *args).stdout.strip().splitlines()[-1]
-
-
-def answered_more_than_once(fake: FakeServer) -> int:
-    return sum(1 for entry in fake.stats()["bodies"].values() if entry["answered"] > 1)
 
 
 def test_two_workers_2000_requests_each_succeeds_exactly_once(
@@ -77,16 +85,21 @@ def test_sigkill_a_worker_mid_batch_and_the_batch_still_completes(
 ) -> None:
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    victim, _ = fleet.start_many(2, "--max-in-flight", "100")
+    tags = [{"OPENAI_PROJECT_ID": name} for name in ("victim", "survivor")]
+    victim, survivor = fleet.start_many(2, "--max-in-flight", "100", envs=tags)
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1500))
-    wait_for(lambda: fake.stats()["answered"] >= 400, 60)
-    in_flight_at_kill = fake.stats()["in_flight"]
-    victim.kill()
-    fleet.start("--max-in-flight", "100")
+    wait_for(lambda: fake.stats()["answered"] >= 400 and sent_by(fake, "victim") >= 200, 60)
+    with caught_in_flight(fake, database_url, "victim", victim.proc.pid):
+        victim.kill()
+    replacement = fleet.start("--max-in-flight", "100", env={"OPENAI_PROJECT_ID": "replacement"})
     final = wait_final(fleet, batch_id, 120)
     assert final["succeeded"] == 1500 and final["total"] == 1500
+    others = [("survivor", survivor), ("replacement", replacement)]
+    at_stake = at_stake_of_faults(fake, database_url, [("victim", victim)], others)  # read after the kill
     repeats = answered_more_than_once(fake)
-    assert repeats <= in_flight_at_kill, (repeats, in_flight_at_kill)
+    print(f"worker killed: {repeats} answered twice, {at_stake} at stake")
+    assert at_stake_of(fake, database_url, "victim", victim.proc.pid) >= 10  # killed with requests in flight
+    assert repeats <= at_stake, (repeats, at_stake)
     assert len(fake.stats()["bodies"]) == 1500
 
 
@@ -94,29 +107,17 @@ def test_redis_restart_mid_batch_workers_reconnect_and_finish(
     fake: FakeServer, make_fleet: Callable[..., Fleet], tmp_path: Path
 ) -> None:
     port = free_port()
-    redis_cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    server = start_redis(port)
     try:
-        time.sleep(0.5)
         fake.config.latency = 0.2
         fleet = make_fleet(**fleet_env(fake, f"sqlite:///{tmp_path / 'r.db'}", f"redis://127.0.0.1:{port}/0"))
-        fleet.start("--max-in-flight", "50", "--concurrency", "1")
+        worker = fleet.start("--max-in-flight", "50", "--concurrency", "1")
         batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 1000))
         wait_for(lambda: fake.stats()["answered"] >= 200, 60)
         server.send_signal(signal.SIGTERM)  # no persistence: the queued messages are lost with it
         server.wait(timeout=10)
-        time.sleep(1)
-        server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+        wait_for(lambda: "Connection to broker lost" in worker.output(), 30)  # the worker saw it go
+        server = start_redis(port)
         final = wait_final(fleet, batch_id, 120)
         assert final["succeeded"] == 1000
         assert answered_more_than_once(fake) == 0
@@ -130,17 +131,20 @@ def test_cancel_mid_batch_stops_all_sending(
 ) -> None:
     fake.config.latency = 0.3
     fleet = make_fleet(**fleet_env(fake, database_url, redis_url))
-    fleet.start("--max-in-flight", "50")
+    worker = fleet.start("--max-in-flight", "50")
     batch_id = submit(fleet, chat_file(tmp_path / "jobs.jsonl", 2000))
     wait_for(lambda: fake.stats()["answered"] >= 100, 60)
     fleet.cli("cancel", batch_id)
+    final = wait_state(fleet, batch_id, "cancelled", 60)  # rows in flight finish, the others are cancelled
     received = fake.stats()["received"]
-    time.sleep(3)
-    assert fake.stats()["received"] == received
-    final = status(fleet, batch_id)
-    assert final["cancelled"] > 1000
+    assert worker.terminate(timeout=60) == 0, worker.output()  # nothing can be sent after this
+    assert final["cancelled"] > 0
     assert final["running"] == final["queued"] == 0
     assert final["succeeded"] + final["cancelled"] == 2000
+    # Nothing went out once the batch was final, and every answer belongs to a row that succeeded: no
+    # cancelled row was sent.
+    assert fake.stats()["received"] == received
+    assert fake.stats()["answered"] == final["succeeded"] == status(fleet, batch_id)["succeeded"]
 
 
 def test_retry_resends_failed_rows_only(

@@ -11,8 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from subprocess import PIPE, Popen
 
@@ -107,10 +106,32 @@ def test_a_dead_url_trips_the_breaker_and_resume_completes_once_it_answers(
         assert fake.stats()["received"] == 200
 
 
+class Runs:
+    """`pipeline run FILE` processes, each with its stderr in a file (readable while it runs)."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
+        self.env, self.tmp_path = env, tmp_path
+        self.started: list[tuple[Popen[str], Path]] = []
+
+    def start(self, path: Path) -> Popen[str]:
+        command = [sys.executable, "-m", "pipeline", "run", str(path), "--max-in-flight", "50"]
+        log = self.tmp_path / f"run-{len(self.started)}.err"
+        with open(log, "w") as err:
+            proc = subprocess.Popen(command, env=self.env, stdout=PIPE, stderr=err, text=True)
+        self.started.append((proc, log))
+        return proc
+
+    def stderr(self, proc: Popen[str]) -> str:
+        return next(log for p, log in self.started if p is proc).read_text()
+
+    def finish(self, proc: Popen[str], timeout: float) -> tuple[str, str]:
+        """Its stdout and stderr, once it has exited."""
+        out, _ = proc.communicate(timeout=timeout)
+        return out, self.stderr(proc)
+
+
 @pytest.fixture
-def run_process(
-    fake: FakeServer, tmp_path: Path, database_url: str
-) -> Iterator[Callable[[Path], Popen[str]]]:
+def runs(fake: FakeServer, tmp_path: Path, database_url: str) -> Iterator[Runs]:
     """Start `pipeline run FILE` as its own process; any still running at the end is killed."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "OPENAI_"))},
@@ -119,59 +140,55 @@ def run_process(
         "PIPELINE_DATABASE_URL": database_url,
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
     }
-    started: list[Popen[str]] = []
-
-    def start(path: Path) -> Popen[str]:
-        command = [sys.executable, "-m", "pipeline", "run", str(path), "--max-in-flight", "50"]
-        started.append(subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True))
-        return started[-1]
-
-    yield start
-    for proc in started:
+    started = Runs(env, tmp_path)
+    yield started
+    for proc, _ in started.started:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
 
 
 def test_ctrl_c_drains_says_how_to_continue_and_exits_130(
-    fake: FakeServer, tmp_path: Path, run_process: Callable[[Path], Popen[str]]
+    fake: FakeServer, tmp_path: Path, runs: Runs
 ) -> None:
     fake.config.latency = 0.2
     path = chat_file(tmp_path / "jobs.jsonl", 2000)
-    proc = run_process(path)
+    proc = runs.start(path)
     wait_for(lambda: fake.stats()["answered"] >= 200 or proc.poll() is not None, 60)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = runs.finish(proc, 60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err
     batch_id = batch_of(out)
     stopped = status_of(batch_id)
     assert stopped["running"] == 0 and stopped["succeeded"] == fake.stats()["answered"]
 
-    again = run_process(path)
-    out, err = again.communicate(timeout=120)
+    again = runs.start(path)
+    out, err = runs.finish(again, 120)
     assert again.returncode == 0, err
     assert status_of(batch_id)["succeeded"] == 2000
     assert all(entry["answered"] == 1 for entry in fake.stats()["bodies"].values())
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_next_run_finishes(
-    fake: FakeServer, tmp_path: Path, run_process: Callable[[Path], Popen[str]]
+    fake: FakeServer, tmp_path: Path, runs: Runs
 ) -> None:
     fake.config.latency = 2.0  # the first Ctrl-C would wait for these
     path = chat_file(tmp_path / "jobs.jsonl", 500)
-    proc = run_process(path)
+    proc = runs.start(path)
     wait_for(lambda: fake.stats()["in_flight"] >= 40 or proc.poll() is not None, 60)
     proc.send_signal(signal.SIGINT)
-    time.sleep(1)  # the first one is handled: the engine drains, waiting on answers 2 s away
+    # The first one is handled: the engine drains, waiting on answers 2 s away.
+    draining = "SIGINT: finishing the requests in flight"
+    wait_for(lambda: draining in runs.stderr(proc) or proc.poll() is not None, 60)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = runs.finish(proc, 60)
     assert proc.returncode == 130, err
     assert "interrupted again" in err and "Traceback" not in err
 
     fake.config.latency = 0.0
-    again = run_process(path)
-    out, err = again.communicate(timeout=120)
+    again = runs.start(path)
+    out, err = runs.finish(again, 120)
     assert again.returncode == 0, err
     final = status_of(batch_of(out))
     assert final["succeeded"] == 500 and final["running"] == 0

@@ -1,4 +1,4 @@
-"""`pipeline run` end to end through the CLI, against the fake API over real HTTP."""
+"""`pipeline run` end to end through the CLI, against the fake API over HTTP, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from tests.helpers import (
     parse_jsonl,
     write_jsonl,
 )
+
+
+@pytest.fixture(autouse=True)
+def _on_every_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
 
 
 def run(fake: FakeServer, path: Path, *extra: str) -> tuple[int, str, str]:
