@@ -104,6 +104,8 @@ class Settings:
     progress_seconds: float = 10.0
     #: serve Prometheus metrics on this port (worker, run); None: not served
     metrics_port: int | None = None
+    #: the address metrics are served on: loopback unless another is asked for (they name models and cost)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def db_url(self) -> str:
@@ -173,6 +175,7 @@ ENV_FIELDS = {
     "PIPELINE_PRICES_FILE": "prices_file",
     "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
     "PIPELINE_METRICS_PORT": "metrics_port",
+    "PIPELINE_METRICS_HOST": "metrics_host",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.

@@ -35,6 +35,7 @@ _FIELDS = {
     "part_bytes": "part_bytes",
     "prices": "prices_file",
     "metrics_port": "metrics_port",
+    "metrics_host": "metrics_host",
 }
 
 
@@ -124,6 +125,11 @@ def prices_option(fn: F) -> F:
 
 def metrics_option(fn: F) -> F:
     """Serve Prometheus metrics while sending: `run` and `worker` take it."""
+    fn = click.option(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="Address to serve metrics on, 0.0.0.0 for all [env PIPELINE_METRICS_HOST; 127.0.0.1]",
+    )(fn)
     return click.option(
         "--metrics-port",
         type=int,
