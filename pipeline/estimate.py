@@ -131,7 +131,9 @@ def estimate_file(
     skip_invalid: bool = False,
 ) -> Estimate:
     """Estimate the job file; JobFileError when it has bad lines (unless `skip_invalid`), like intake."""
-    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
+    reader = JobReader(
+        path, endpoint, max_line_bytes=settings.max_line_bytes, audio_roots=settings.audio_roots
+    )
     learned = _learned_averages(db)
     result = Estimate(str(path), prices_as_of=prices.as_of)
     by_model: dict[str, ModelEstimate] = {}

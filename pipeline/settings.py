@@ -93,6 +93,8 @@ class Settings:
     limits_file: Path | None = None
     #: a job-file line longer than this is refused (8 MiB: above any model's context as text)
     max_line_bytes: int = 8 * 1024 * 1024
+    #: folders besides the job file's own that its audio files may lie in (symlinks resolved)
+    audio_roots: tuple[Path, ...] = ()
     #: Batch API parts: at most this many requests, and bytes of input file, each (the API's own limits)
     part_size: int = 50_000
     part_bytes: int = 200_000_000
@@ -169,6 +171,7 @@ ENV_FIELDS = {
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
     "PIPELINE_MAX_LINE_BYTES": "max_line_bytes",
+    "PIPELINE_AUDIO_ROOTS": "audio_roots",
     "PIPELINE_PART_SIZE": "part_size",
     "PIPELINE_PART_BYTES": "part_bytes",
     "PIPELINE_BATCH_POLL_SECONDS": "batch_poll_seconds",
@@ -206,8 +209,11 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"unknown setting {name!r}")
         kind = str(_TYPES[name])
         try:
-            if "int" in kind:
-                value: Any = int(raw)
+            if "tuple" in kind:  # folders: os.pathsep-separated in the environment, a sequence from flags
+                parts = raw.split(os.pathsep) if isinstance(raw, str) else raw
+                value: Any = tuple(Path(p) for p in parts if str(p))
+            elif "int" in kind:
+                value = int(raw)
             elif "float" in kind:
                 value = float(raw)
             elif "Path" in kind:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.options import api_options, database, pop_settings, prices_option, store_options
-from pipeline.cli.run_cmds import endpoint_option, skip_invalid_option
+from pipeline.cli.run_cmds import audio_root_option, endpoint_option, skip_invalid_option
 from pipeline.errors import BatchNotFound
 from pipeline.estimate import Estimate, estimate_file
 from pipeline.prices import load_prices
@@ -22,6 +22,7 @@ from pipeline.store.db import open_database
 @endpoint_option
 @skip_invalid_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+@audio_root_option
 @prices_option
 @api_options
 @store_options

@@ -21,6 +21,7 @@ from pipeline.cli.options import (
 )
 from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.run_cmds import (
+    audio_root_option,
     endpoint_option,
     force_option,
     note_way,
@@ -45,6 +46,7 @@ from pipeline.store.models import Via
 @force_option
 @way_options
 @reuse_option
+@audio_root_option
 @max_cost_option
 @prices_option
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")

@@ -36,6 +36,7 @@ _FIELDS = {
     "prices": "prices_file",
     "metrics_port": "metrics_port",
     "metrics_host": "metrics_host",
+    "audio_roots": "audio_roots",
 }
 
 
@@ -150,7 +151,8 @@ def max_cost_option(fn: F) -> F:
 
 def settings_from(params: dict[str, Any]) -> Settings:
     """Settings from the environment and the flags given (a flag left out is None and changes nothing)."""
-    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS})
+    # A repeatable flag given no times is an empty tuple: not given, so the environment's value stands.
+    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS and v != ()})
 
 
 def database(settings: Settings, *, create: bool = True) -> Database:

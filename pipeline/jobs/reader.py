@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -88,6 +88,7 @@ class JobReader:
         *,
         max_line_bytes: int = Settings.max_line_bytes,
         base_dir: Path | None = None,
+        audio_roots: Sequence[Path] = (),
     ) -> None:
         if endpoint is not None and endpoint not in ENDPOINTS:
             expected = ", ".join(ENDPOINTS)
@@ -101,6 +102,8 @@ class JobReader:
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
         self._base_dir = base_dir or (Path.cwd() if self._stdin else Path(path).absolute().parent)
+        #: folders besides the job file's that its audio may come from
+        self._audio_roots = tuple(audio_roots)
         self._url = ENDPOINTS[endpoint].url if endpoint is not None else None
         self._hash: str | None = None
         self._started = False
@@ -206,7 +209,7 @@ class JobReader:
         problem = check_audio_params(url, body) or check_stream(body)
         if problem is not None:
             return LineError(self._name, number, problem)
-        audio = check_audio_file(body, self._base_dir)
+        audio = check_audio_file(body, self._base_dir, self._audio_roots)
         if isinstance(audio, str):
             return LineError(self._name, number, audio)
         return JobLine(number, custom_id, url, body, audio)

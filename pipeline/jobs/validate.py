@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pipeline.endpoints import (
     MAX_AUDIO_BYTES,
     audio_format_matches,
 )
+from pipeline.jobs.paths import audio_outside
 
 #: roles a chat message may have
 CHAT_ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -176,8 +177,9 @@ def check_audio_params(url: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def check_audio_file(body: dict[str, Any], base_dir: Path) -> Path | str:
-    """The audio file named by `body["file"]`, resolved against `base_dir`, or the problem with it.
+def check_audio_file(body: dict[str, Any], base_dir: Path, roots: Sequence[Path] = ()) -> Path | str:
+    """The audio file named by `body["file"]`, resolved against `base_dir`, or the problem with it. It must
+    lie inside `base_dir` or one of `roots` once symlinks are resolved (`jobs/paths.py`).
 
     Only stats the file and reads its first bytes (is it the format its extension claims?): a 25 MB upload
     is read by whoever stores it, not by validation.
@@ -190,6 +192,9 @@ def check_audio_file(body: dict[str, Any], base_dir: Path) -> Path | str:
     if not name:
         return "body.file: must not be empty"
     path = base_dir / name  # an absolute `name` replaces base_dir
+    outside = audio_outside(path, name, base_dir, roots)  # before any stat: says nothing of what is there
+    if outside is not None:
+        return outside
     try:
         info = os.stat(path)
     except FileNotFoundError:
