@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +22,16 @@ from pipeline.errors import ConfigError
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
+#: What a scrubbed key (or a fragment or masked form of it) becomes.
+SCRUBBED = b"***"
+
+#: A masked key as servers quote it: a visible start, mask characters (*, ., bullets, ellipses), a visible
+#: end, e.g. OpenAI's `sk-proj-****...abcd` or `sk-ab****wxyz`.
+_MASKED = re.compile(rb"([A-Za-z0-9_-]*)((?:\*|\.|\xe2\x80\xa2|\xe2\x80\xa6)+)([A-Za-z0-9_-]*)")
+#: A run of key characters long enough to be a telling fragment of a key when the key contains it.
+_FRAGMENT = re.compile(rb"[A-Za-z0-9_-]{12,}")
+
+
 class Secret:
     """A string that never shows itself in repr, str or tracebacks."""
 
@@ -31,6 +42,20 @@ class Secret:
 
     def reveal(self) -> str:
         return self._value
+
+    def scrub(self, data: bytes) -> bytes:
+        """`data` (an answer from the API) without this key: whole, a fragment of 12 characters or more,
+        or a masked form showing its start or its last characters (e.g. `sk-proj-****abcd`), each
+        replaced by SCRUBBED. Cheap when there is nothing to scrub: two substring searches."""
+        key = self._value.encode()
+        if len(key) < 8:  # a key this short matches ordinary text; nothing real looks like it
+            return data
+        if key in data:
+            data = data.replace(key, SCRUBBED)
+        if key[-4:] not in data and key[:12] not in data:
+            return data
+        data = _MASKED.sub(lambda m: SCRUBBED if _shows(key, m[1], m[2], m[3]) else m[0], data)
+        return _FRAGMENT.sub(lambda m: SCRUBBED if m[0] in key else m[0], data)
 
     def fingerprint(self) -> str:
         """A short stable hash: names the key in rate-limit state without storing it."""
@@ -46,6 +71,14 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def _shows(key: bytes, start: bytes, mask: bytes, end: bytes) -> bool:
+    """Whether a masked form shows this key: its last four characters or more after any mask, or its first
+    three or more before a mask of at least three characters (`sk-...` alone is not enough)."""
+    if len(end) >= 4 and key.endswith(end):
+        return True
+    return len(start) >= 3 and len(mask) >= 3 and key.startswith(start)
 
 
 def mask_url(url: str) -> str:

@@ -39,6 +39,7 @@ class BatchClient:
     def __init__(self, settings: Settings, key: Secret, base_url: str, organization: str | None) -> None:
         self.settings = settings
         self.base_url = base_url
+        self._key = key
         self._headers = auth_headers(key, organization, settings.project)
         self._session: aiohttp.ClientSession | None = None
 
@@ -55,6 +56,10 @@ class BatchClient:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def scrub(self, data: bytes) -> bytes:
+        """An answer (or a line of a downloaded file) without the key in use, whole or masked."""
+        return self._key.scrub(data)
 
     # --- files -----------------------------------------------------------------------------------------
 
@@ -78,14 +83,14 @@ class BatchClient:
         return None
 
     async def download(self, file_id: str, out: IO[bytes]) -> None:
-        """GET /files/{id}/content into `out`, a chunk at a time."""
+        """GET /files/{id}/content into `out`, a chunk at a time (as sent: scrub each line read back)."""
 
         async def fetch() -> None:
             out.seek(0)
             out.truncate()
             async with self._request("GET", f"/files/{file_id}/content") as resp:
                 if not 200 <= resp.status < 300:
-                    raise _error(resp.status, resp.headers, await resp.read())
+                    raise _error(resp.status, resp.headers, self.scrub(await resp.read()))
                 async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
                     out.write(chunk)
 
@@ -134,7 +139,7 @@ class BatchClient:
 
         async def call() -> dict[str, Any]:
             async with self._request(method, path, **kwargs) as resp:
-                raw = await resp.read()
+                raw = self.scrub(await resp.read())
                 if not 200 <= resp.status < 300:
                     raise _error(resp.status, resp.headers, raw)
             try:

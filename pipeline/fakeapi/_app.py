@@ -162,6 +162,8 @@ def _v1_handler(reader: Reader) -> Handler:
                     headers=answer.headers,
                 )
             except ApiError as error:
+                if state.config.quote_key:
+                    _quote_key(error, request.headers.get(hdrs.AUTHORIZATION))
                 response = error.response()
             _stamp(response, state, started)
             state.stats.answer(plan.fingerprint, response.status)
@@ -215,6 +217,13 @@ def _check_auth(config: FakeConfig, header: str | None) -> None:
             "https://platform.openai.com/account/api-keys.",
             code="invalid_api_key",
         )
+
+
+def _quote_key(error: ApiError, header: str | None) -> None:
+    """Make the error's message quote the request's key whole and masked (FakeConfig.quote_key)."""
+    key = (header or "").partition(" ")[2].strip()
+    if key:
+        error.message += f" (your key: {key}; masked: {mask_key(key)})"
 
 
 #: Injected server errors, and how often each status is picked.

@@ -1,7 +1,9 @@
 """The HTTP side of an attempt: one pooled aiohttp session, auth headers, JSON or multipart bodies.
 
 `Transport.post` makes one exchange and never raises for transport failures: a timeout or a broken
-connection comes back as a RetryableError, so the engine classifies every attempt in one place.
+connection comes back as a RetryableError, so the engine classifies every attempt in one place. The body
+comes back with the key in use scrubbed (`Secret.scrub`): a 401 may quote it, whole or masked, and nothing
+after this point (error messages, results, attempts, logs, exports) ever sees it.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ class Transport:
             async with self._session.post(
                 self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
             ) as resp:
-                return Exchange(resp.status, resp.headers, *await self._read(resp))
+                body, error = await self._read(resp)
+                # The one place answers enter: whatever is stored, logged or printed of them comes after.
+                return Exchange(resp.status, resp.headers, self._key.scrub(body), error)
         except TimeoutError:
             error = RetryableError(
                 f"no answer within {self.settings.timeout:g}s", error_type=ErrorType.TIMEOUT
