@@ -20,7 +20,8 @@ import orjson
 
 from pipeline.about import version
 from pipeline.endpoints import AUDIO_CONTENT_TYPES, AUDIO_URLS
-from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
+from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, RetryableError
+from pipeline.send.bodies import ACCEPT_ENCODING, UndecodableBody, read_capped
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
 
@@ -57,7 +58,11 @@ class Transport:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
             connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
-            headers=auth_headers(self._key, self.settings.organization, self.settings.project),
+            headers={
+                **auth_headers(self._key, self.settings.organization, self.settings.project),
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
+            auto_decompress=False,  # bodies.py inflates within the size cap
         )
         return self
 
@@ -100,19 +105,19 @@ class Transport:
         return _failed(error)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> tuple[bytes, APIError | None]:
-        """The body, unless it is larger than the cap: then as much as was read, and the error."""
+        """The decoded body, unless it decodes to more than the cap (or not at all): then no body, and the
+        error. The cap counts decoded bytes, whatever the encoding and with or without Content-Length."""
         cap = self.settings.max_response_bytes
-        if resp.content_length is not None and resp.content_length <= cap:
-            return await resp.read(), None
-        if resp.content_length is None:  # chunked: read up to one byte past the cap
-            body = bytearray()
-            while len(body) <= cap and (chunk := await resp.content.read(cap + 1 - len(body))):
-                body += chunk
-            if len(body) <= cap:
-                return bytes(body), None
-        size = f"{resp.content_length:,} bytes" if resp.content_length is not None else "more"
+        try:
+            body = await read_capped(resp, cap)
+        except UndecodableBody as exc:
+            resp.close()
+            return b"", BadResponse(f"HTTP {resp.status}: {exc}", status=resp.status)
+        if body is not None:
+            return body, None
+        resp.close()  # the rest is never read: the connection is not reused
         return b"", PermanentError(
-            f"HTTP {resp.status}: answer of {size} is over the {cap:,}-byte cap "
+            f"HTTP {resp.status}: the answer is over the {cap:,}-byte cap (decoded) "
             "(raise PIPELINE_MAX_RESPONSE_BYTES to accept it)",
             status=resp.status,
             error_type=ErrorType.RESPONSE_TOO_LARGE,
