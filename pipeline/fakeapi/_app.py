@@ -241,8 +241,10 @@ async def _inject_faults(state: FakeState) -> None:
     if config.hang_rate > 0 and state.random.random() < config.hang_rate:
         await asyncio.sleep(config.hang_seconds)
     if config.error_rate > 0 and state.random.random() < config.error_rate:
-        status = state.random.choice(_SERVER_ERROR_WEIGHTS)
-        raise ApiError(status, _SERVER_ERRORS[status], type="server_error")
+        status = config.error_status or state.random.choice(_SERVER_ERROR_WEIGHTS)
+        message = _SERVER_ERRORS.get(status, _SERVER_ERRORS[500])
+        headers = {"Retry-After": f"{config.retry_after:g}"} if config.retry_after is not None else None
+        raise ApiError(status, message, type="server_error", headers=headers)
 
 
 def _stamp(response: web.Response, state: FakeState, started: float) -> None:

@@ -116,7 +116,7 @@ class Engine:
             lambda: {row.batch_id for row in self._held.values()},
             lambda: self.worker,
         )
-        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds)
+        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds, settings.max_attempts)
 
     def __repr__(self) -> str:
         return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
@@ -359,7 +359,7 @@ class Engine:
         )
         if isinstance(error, RateLimited):
             self.limiter.cooldown(key, error.retry_after or 1.0)
-        if self._breaker.observe(status, error):
+        if self._breaker.observe(row.id, len(records), status, error):
             why = self._breaker.describe(self.settings.base_url)
             raise EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
