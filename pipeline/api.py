@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.errors import DuplicateBatch
+from pipeline.errors import ConnectError, DuplicateBatch
 from pipeline.export import iter_records
 from pipeline.jobs.intake import store_job_file
 from pipeline.ratelimit import make_limiter
@@ -72,7 +72,11 @@ async def arun(
     limiter = make_limiter(settings, settings.redis_url)
     db = await asyncio.to_thread(open_database, settings.db_url)
     batch_id = await asyncio.to_thread(_store, db, settings, requests, endpoint)
-    await run_batch(settings, db, batch_id, limiter, signals=False)
+    stats = await run_batch(settings, db, batch_id, limiter, signals=False)
+    if stats.stalled is not None:  # the database refused writes too long: sending stopped
+        raise ConnectError(
+            f"{stats.stalled}: sending stopped; run the same requests again once it takes writes"
+        )
     return await asyncio.to_thread(lambda: list(results(batch_id, settings=settings)))
 
 

@@ -117,6 +117,9 @@ class Settings:
     max_response_bytes: int = 32 * 1024 * 1024
     #: seconds a draining engine keeps trying to store what it has before giving up (SIGTERM, Ctrl-C)
     drain_seconds: float = 30.0
+    #: seconds the database may refuse writes (a full disk) before sending stops: `pipeline run` exits, a
+    #: worker stops claiming until writes work again; the batch pauses if that can still be written
+    write_stall_seconds: float = 60.0
     #: the circuit breaker: the batch pauses when at least this many attempts in a row, over at least
     #: breaker_seconds, failed to connect, timed out or got 5xx
     breaker_failures: int = 20
@@ -198,6 +201,7 @@ ENV_FIELDS = {
     "PIPELINE_LEASE_SECONDS": "lease_seconds",
     "PIPELINE_MAX_RESPONSE_BYTES": "max_response_bytes",
     "PIPELINE_DRAIN_SECONDS": "drain_seconds",
+    "PIPELINE_WRITE_STALL_SECONDS": "write_stall_seconds",
     "PIPELINE_BREAKER_FAILURES": "breaker_failures",
     "PIPELINE_BREAKER_SECONDS": "breaker_seconds",
     "PIPELINE_RPM": "rpm",
