@@ -35,6 +35,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.ratelimit.fair import IDLE_SECONDS, MAX_FAIR_WAIT, QUANTUM, SLACK
 from pipeline.ratelimit.rules import (
@@ -242,7 +243,9 @@ class RedisLimiter:
         try:
             return str(await script(keys=_keys(key), args=args))
         except Exception as exc:  # Redis unreachable: one line; anything else may be a bug: its traceback
-            unreachable = isinstance(exc, ConnectionError | TimeoutError | RedisConnectionError)
+            unreachable = isinstance(
+                exc, ConnectionError | TimeoutError | RedisConnectionError | RedisTimeoutError
+            )
             log.warning("could not %s %s in Redis (%r)", what, key, exc, exc_info=not unreachable)
             return None
 

@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.spend import Refusal
 
@@ -151,7 +152,9 @@ class RedisBudget:
         try:
             await script(keys=[budget_key(batch_id)], args=args)
         except Exception as exc:  # a lost settle costs accuracy only: the database keeps the true spend
-            unreachable = isinstance(exc, ConnectionError | TimeoutError | RedisConnectionError)
+            unreachable = isinstance(
+                exc, ConnectionError | TimeoutError | RedisConnectionError | RedisTimeoutError
+            )
             log.warning(
                 "spend budget: could not update %s in Redis (%r)", batch_id, exc, exc_info=not unreachable
             )
