@@ -102,7 +102,8 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     Hundreds of requests are in flight per process (--max-in-flight), shared by --concurrency chunks.
     SIGTERM drains: in-flight requests finish and are stored, the rest go back to the queue, exit 0.
     Rows left running by a dead worker are re-queued by the others when their lease expires.
-    --metrics-port N serves Prometheus metrics at http://host:N/metrics (see docs/architecture.md).
+    --metrics-port N serves Prometheus metrics at http://127.0.0.1:N/metrics (--metrics-host for another
+    address; see docs/architecture.md).
     """
     settings = pop_settings(params)
     settings.require_api_key()
