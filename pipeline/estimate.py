@@ -11,11 +11,14 @@ nothing is stored or sent. Per model:
   are counted in `unbounded_requests`, their high is a guess, not a bound;
 - audio: whisper-1 by minutes (read from WAV headers; other formats' length is unknown), token-billed
   transcription models by their learned usage;
-- cost low/high from the price table (pipeline/prices.json or --prices); a model without a price is listed;
+- cost low/high from the price table in force (prices.load_prices); a model without a price is listed;
+  through the Batch API (`via` batch-api) at its price, half the direct one;
 - time at the limits in force (given now, else the last learned in limit_states): per model the longer of
-  requests / rpm and reserved tokens / tpm; models run side by side, so the longest one.
+  requests / rpm and reserved tokens / tpm; models run side by side, so the longest one. The Batch API
+  has limits of its own and answers within its 24 h window: no time is estimated for it.
 
-Documented error of the prompt count: exact for the text of OpenAI models' encodings; the chat framing the
+Documented error of the prompt count: exact for the text of OpenAI models' encodings (with the [tokens]
+extra; without it every count is ceil(characters / 4), `prompt_tokens_exact` false); the chat framing the
 API adds (3-4 tokens per message and 3 per request) is approximated by TOKENS_PER_MESSAGE per message; a
 server that tokenizes otherwise (pipeline's fake counts ceil(characters / 4) and no framing) differs by up
 to PROMPT_TEXT_ERROR of the text plus TOKENS_PER_MESSAGE per message and FRAMING_PER_REQUEST per request
@@ -41,11 +44,13 @@ from pipeline.send.tokens import (
     DEFAULT_COMPLETION_TOKENS,
     TOKENS_PER_MESSAGE,
     completion_budget,
+    exact,
     prompt_counts,
 )
 from pipeline.settings import Settings
 from pipeline.store import limit_states, usage
 from pipeline.store.db import Database
+from pipeline.store.models import Via
 
 #: Requests read and counted at a time (one tokenizer call per encoding per chunk).
 CHUNK = 5000
@@ -95,6 +100,10 @@ class Estimate:
     invalid: int = 0
     models: list[ModelEstimate] = field(default_factory=list)
     prices_as_of: str = ""
+    #: how the batch would be sent: directly, or through the Batch API (half price, its own limits)
+    via: Via = Via.DIRECT
+    #: prompt counts are exact BPE counts (the [tokens] extra), not ceil(characters / 4)
+    prompt_tokens_exact: bool = True
 
     def as_json(self) -> dict[str, Any]:
         """The `estimate --json` contract."""
@@ -117,6 +126,8 @@ class Estimate:
             "unpriced_models": sorted(m.model for m in self.models if m.cost_low is None),
             "seconds": None if not secs or None in secs else round(max(s or 0.0 for s in secs), 1),
             "prices_as_of": self.prices_as_of,
+            "via": self.via.value,
+            "prompt_tokens_exact": self.prompt_tokens_exact,
             "models": [asdict(m) for m in self.models],
         }
 
@@ -129,13 +140,15 @@ def estimate_file(
     *,
     endpoint: str | None = None,
     skip_invalid: bool = False,
+    via: Via = Via.DIRECT,
 ) -> Estimate:
-    """Estimate the job file; JobFileError when it has bad lines (unless `skip_invalid`), like intake."""
+    """Estimate the job file sent `via` one way or the other; JobFileError when it has bad lines (unless
+    `skip_invalid`), like intake."""
     reader = JobReader(
         path, endpoint, max_line_bytes=settings.max_line_bytes, audio_roots=settings.audio_roots
     )
     learned = _learned_averages(db)
-    result = Estimate(str(path), prices_as_of=prices.as_of)
+    result = Estimate(str(path), prices_as_of=prices.as_of, via=via, prompt_tokens_exact=exact())
     by_model: dict[str, ModelEstimate] = {}
     shown: list[LineError] = []
     pending: list[JobLine] = []
@@ -155,8 +168,9 @@ def estimate_file(
     result.models = sorted(by_model.values(), key=lambda m: m.model)
     result.requests = sum(m.requests for m in result.models)
     for m in result.models:
-        _price(m, prices)
-        _time(m, db, settings)
+        _price(m, prices, via)
+        if via == Via.DIRECT:
+            _time(m, db, settings)
     return result
 
 
@@ -189,9 +203,9 @@ def _count(lines: list[JobLine], by_model: dict[str, ModelEstimate], learned: di
             m.audio_unknown += seconds is None
 
 
-def _price(m: ModelEstimate, prices: PriceTable) -> None:
-    low = prices.cost(m.model, "direct", m.prompt_tokens, 0, m.completion_low, m.audio_seconds)
-    high = prices.cost(m.model, "direct", m.prompt_tokens, 0, m.completion_high, m.audio_seconds)
+def _price(m: ModelEstimate, prices: PriceTable, via: Via) -> None:
+    low = prices.cost(m.model, via.value, m.prompt_tokens, 0, m.completion_low, m.audio_seconds)
+    high = prices.cost(m.model, via.value, m.prompt_tokens, 0, m.completion_high, m.audio_seconds)
     m.cost_low = None if low is None else round(low, 6)
     m.cost_high = None if high is None else round(high, 6)
 

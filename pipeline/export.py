@@ -34,10 +34,10 @@ from pipeline.ids import openai_request_id
 from pipeline.store.db import Database
 from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records", "records_of"]
 
-#: Export formats, as the CLI offers them.
-FORMATS = ("csv", "jsonl", "openai")
+#: Export formats, as the CLI offers them (parquet: export_parquet.py, with pyarrow).
+FORMATS = ("csv", "jsonl", "openai", "parquet")
 
 #: Columns of the CSV export, in order.
 CSV_COLUMNS = (
@@ -85,11 +85,19 @@ def export_batch(
     an unknown format and `BatchNotFound` for an unknown batch. `csv_raw`: CSV cells exactly as stored,
     formulas included (see the module docstring).
     """
-    if fmt not in _FORMATS:
+    columns: tuple[_Column, ...]
+    writer: _Writer
+    if fmt == "parquet":
+        from pipeline import export_parquet  # pyarrow is loaded for this format only
+
+        export_parquet.require()
+        columns, writer = export_parquet.selected(), export_parquet.write_parquet
+    elif fmt not in _FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    columns, writer = _FORMATS[fmt]
-    if fmt == "csv" and csv_raw:
-        writer = _write_csv_raw
+    else:
+        columns, writer = _FORMATS[fmt]
+        if fmt == "csv" and csv_raw:
+            writer = _write_csv_raw
     with db.read() as session:
         if session.get(Batch, batch_id) is None:
             raise BatchNotFound(f"no batch {batch_id!r}")
@@ -123,11 +131,14 @@ def _last_latency() -> ColumnElement[float | None]:
 
 
 def _statement(batch_id: str, columns: tuple[_Column, ...]) -> Select[Any]:
+    return _statement_of(columns).where(Request.batch_id == batch_id)
+
+
+def _statement_of(columns: tuple[_Column, ...]) -> Select[Any]:
     return (
         select(*columns)
         .select_from(Request)
         .outerjoin(Result, Result.request_id == Request.id)
-        .where(Request.batch_id == batch_id)
         .order_by(Request.id)
     )
 
@@ -301,6 +312,15 @@ def iter_records(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
             yield from _jsonl_records(rows)
         finally:
             rows.close()
+
+
+def records_of(db: Database, request_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The `jsonl` export's objects of these requests, in id order (the Python API's results as stored)."""
+    if not request_ids:
+        return []
+    stmt = _statement_of(_JSONL_SELECT).where(Request.id.in_(list(request_ids)))
+    with db.read() as session:
+        return list(_jsonl_records(session.connection().execute(stmt)))
 
 
 def _usage(

@@ -56,7 +56,7 @@ def batch_report(
         "max_cost_usd": batch.max_cost_usd,
         "unpriced_models": unpriced,
         "cost_by_model": by_model,
-        "prices": {"as_of": prices.as_of, "source": prices.source},
+        "prices": {"as_of": prices.as_of, "source": prices.source, "origin": prices.origin},
         "errors": {g: n for g, n in _by_type(failures).items()},
         "failures": [
             {"error_type": f.error_type, "http_status": f.http_status, "count": f.count, "sample": f.sample}

@@ -385,7 +385,9 @@ def test_postgres_exports_what_sqlite_does(db: Database, postgres_url: str) -> N
     pg.upgrade()
     _fill(pg)
     try:
-        for fmt in FORMATS:
+        # Parquet holds each row's created_at (set at insert, so the two fills differ): its own test
+        # compares it field by field with jsonl on both databases.
+        for fmt in (f for f in FORMATS if f != "parquet"):
             assert run(pg, fmt) == run(db, fmt), fmt
     finally:
         pg.engine.dispose()

@@ -34,9 +34,12 @@ COMMAND_MODULES = {
     "retry": "batch_cmds",
     "resume": "batch_cmds",
     "priority": "priority_cmds",
+    "prices": "prices_cmds",
     "db": "db_cmds",
     "fake-api": "fake_cmds",
     "demo": "fake_cmds",
+    "ui": "ui_cmds",
+    "report": "ui_cmds",
 }
 
 

@@ -10,6 +10,7 @@ import click
 
 from pipeline import dispatch
 from pipeline.cli.options import (
+    FiniteFloat,
     api_options,
     broker_options,
     database,
@@ -79,7 +80,11 @@ def _export_to_file(
 @click.command()
 @click.argument("batch_id", metavar="BATCH")
 @click.option(
-    "--wait", type=float, default=60.0, show_default=True, help="Seconds to wait for in-flight requests"
+    "--wait",
+    type=FiniteFloat(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for in-flight requests",
 )
 @api_options
 @store_options

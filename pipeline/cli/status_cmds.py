@@ -11,7 +11,7 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 
-from pipeline.cli.options import database, pop_settings, prices_option, store_options
+from pipeline.cli.options import FiniteFloat, database, pop_settings, prices_option, store_options
 from pipeline.cli.render import print_batches, print_report, report_view
 from pipeline.prices import load_prices
 from pipeline.report import batch_report, batch_row
@@ -28,7 +28,7 @@ from pipeline.store.models import BatchState
 @click.option("--watch", is_flag=True, help="Refresh until the batch is completed or cancelled")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes",
@@ -46,7 +46,7 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
     """
     settings = pop_settings(params)
     db = database(settings, create=False)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings)
     batch = batch_store.get_batch(db, batch_id)
     if not watch:
         report = batch_report(db, batch, prices)

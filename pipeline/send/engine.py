@@ -98,7 +98,7 @@ class Engine:
         self.settings = settings
         self.db = db
         self.limiter = limiter
-        self._acct = Accounting(load_prices(settings.prices_file), budget or LocalBudget(), metrics)
+        self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
         self._key = settings.require_api_key()

@@ -1,7 +1,9 @@
 """Offline token estimates, for reserving rate-limit budget before a request is sent.
 
-`count_tokens` is the seam: toktok's compiled-in BPE encodings when available (exact for OpenAI models),
-else ceil(len/4). Nothing here touches the network.
+`count_tokens` is the seam: toktok's compiled-in BPE encodings when installed (the `pipeline-bulk[tokens]`
+extra: exact for OpenAI models), else an estimate of ceil(characters / 4); `exact()` says which, and
+`pipeline estimate` shows it. Nothing here touches the network (tiktoken would download its encodings at
+first use).
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from typing import Any
 
 try:
     import toktok
-except ImportError:  # pragma: no cover - toktok is a dependency; the fallback keeps a broken wheel usable
+except ImportError:  # the [tokens] extra is not installed: counts are estimates
     toktok = None
 
 #: Tokens the API adds per chat message (role and separators), as OpenAI's cookbook counts them.
 TOKENS_PER_MESSAGE = 4
 #: Output tokens assumed when a request sets no max_tokens and nothing has been learned yet.
 DEFAULT_COMPLETION_TOKENS = 256
+
+
+def exact() -> bool:
+    """Are prompt counts exact BPE counts (toktok installed), or ceil(characters / 4) estimates?"""
+    return toktok is not None
 
 
 def encoding_for(model: str) -> str:

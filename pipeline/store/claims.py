@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorType, PipelineError
-from pipeline.store import usage
+from pipeline.store import series, usage
 from pipeline.store.db import Database
 from pipeline.store.models import (
     CANCELLED_STATES,
@@ -290,6 +290,7 @@ def record_in(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> list[Out
     kept = [o for o in outcomes if held.get(o.request_id) == o.fence]
     _write(s, kept, sqlite)
     usage.add_usage(s, sqlite, _usage_of(kept))
+    series.add_outcomes(s, sqlite, kept)
     usage.add_failures(
         s,
         [

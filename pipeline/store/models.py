@@ -368,3 +368,32 @@ class BatchRate(Base):
     source: Mapped[str] = mapped_column(String(128), primary_key=True)
     sent_rpm: Mapped[float] = mapped_column(Float)  #: requests per minute sent lately
     updated_at: Mapped[datetime] = mapped_column(DateTime)  #: the database's clock
+
+
+class BatchSeries(Base):
+    """A batch's attempts per second they started: the web view's charts over time, kept by every write of
+    attempts (`store/series.py`), so the charts never scan the attempts."""
+
+    __tablename__ = "batch_series"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    second: Mapped[datetime] = mapped_column(DateTime, primary_key=True)  #: started_at, to the second
+    ok: Mapped[int] = mapped_column(Integer, default=0)  #: attempts answered 2xx
+    rate_limited: Mapped[int] = mapped_column(Integer, default=0)  #: attempts answered 429
+    errors: Mapped[int] = mapped_column(Integer, default=0)  #: other attempts: an HTTP error, no answer
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BatchTally(Base):
+    """A batch's attempts or answers counted by one category: `latency` (attempts per latency bucket of
+    `store/series.LATENCY_BOUNDS`, `name` the bucket's number) and `finish` (succeeded answers per finish
+    reasons, as `results.finish_reasons` joins them)."""
+
+    __tablename__ = "batch_tallies"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
