@@ -1,7 +1,8 @@
 """Every socket pipeline listens on is bound to loopback unless another address is asked for.
 
-Real processes (`pipeline worker --metrics-port`, `pipeline run --metrics-port`, `pipeline fake-api`); their
-listening sockets are read from /proc (the process's socket inodes, matched in /proc/net/tcp and tcp6).
+Real processes (`pipeline worker --metrics-port`, `pipeline run --metrics-port`, `pipeline fake-api`,
+`pipeline ui`); their listening sockets are read from /proc (the process's socket inodes, matched in
+/proc/net/tcp and tcp6).
 """
 
 from __future__ import annotations
@@ -123,3 +124,15 @@ def test_the_fake_api_binds_loopback_unless_told(
     extra = ("--host", host) if host else ()
     fake = spawn("fake-api", "--port", str(port), *extra, env=_env(tmp_path))
     assert _listens_on(fake, port) == {(host or "127.0.0.1", port)}
+
+
+@pytest.mark.parametrize("host", [None, "127.0.0.2"])
+def test_the_web_view_binds_loopback_unless_told(
+    spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path, host: str | None
+) -> None:
+    env = _env(tmp_path)
+    subprocess.run([sys.executable, "-m", "pipeline", "db", "upgrade"], env=env, check=True, timeout=120)
+    port = free_port()
+    extra = ("--host", host) if host else ()
+    view = spawn("ui", "--port", str(port), *extra, env=env)
+    assert _listens_on(view, port) == {(host or "127.0.0.1", port)}
