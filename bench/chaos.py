@@ -104,6 +104,7 @@ class Soak:
         self.later: list[tuple[float, int, str, Callable[[], None], bool]] = []  # restores, retries
         self.lock = threading.Lock()  #: guards `later` (slow actions run in `pool` and may reschedule)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="chaos")
+        self.pending: list[Future[None]] = []  #: slow actions started
         self.order = itertools.count()
         self.faults: list[dict[str, Any]] = []
         self.batches: dict[str, int] = {}  #: batch id -> lines in its file
@@ -126,12 +127,15 @@ class Soak:
             return None
 
     def at_stake(self) -> int:
-        """Requests on the wire plus answers not yet stored, now (the last stored count if unreadable)."""
+        """Requests on the wire plus requests answered and not yet stored, now: the fake's in-flight count,
+        plus the requests it answered at least once (answers to a request sent again are not counted
+        twice), minus the rows stored succeeded (the last count read when the database is down)."""
         rows = self.query("SELECT count(*) FROM requests WHERE status = 'succeeded'")
         if rows is not None:
             self.stored = int(rows[0][0])
         stats = self.fake.stats()
-        return max(0, int(stats["in_flight"]) + int(stats["answered"]) - self.stored)
+        answered = sum(1 for body in stats["bodies"].values() if int(body["answered"]) > 0)
+        return max(0, int(stats["in_flight"]) + answered - self.stored)
 
     def counts(self) -> dict[str, Counter[str]] | None:
         rows = self.query("SELECT batch_id, status, count(*) FROM requests GROUP BY batch_id, status")
@@ -168,6 +172,7 @@ class Soak:
         for _, _, what, action, slow in due:
             if slow:
                 started.append(self.pool.submit(self._attempt, what, action, slow))
+                self.pending.append(started[-1])
             else:
                 self._attempt(what, action, slow)
         return started
@@ -326,7 +331,8 @@ class Soak:
 
     def heal(self) -> bool:
         """Undo every fault, resume what paused, and wait until every row is final; False if it never is."""
-        for started in self.run_due(everything=True):
+        self.run_due(everything=True)
+        for started in list(self.pending):  # restarts under way too: the heal starts nothing twice
             started.result(timeout=300)
         if not self.services.redis_up:
             self.services.start_redis()
@@ -399,7 +405,7 @@ class Soak:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for worker in self.workers:
-            worker.kill()
+            worker.kill_all()
         self.fake.stop()
         self.db.dispose()
         self.services.close()

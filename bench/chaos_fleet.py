@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,13 +46,17 @@ class Services:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
-        started = subprocess.run(
-            [str(ROOT / "scripts" / "services"), "start", str(folder)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=SERVICE_SECONDS,
-        )
+        try:
+            started = subprocess.run(
+                [str(ROOT / "scripts" / "services"), "start", str(folder)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=SERVICE_SECONDS,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self.close()  # whatever did start (Redis, say) is stopped
+            raise
         found = dict(
             part.split("=", 1)
             for line in started.stdout.splitlines()
@@ -153,12 +158,17 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False  #: SIGSTOPped now
         self.restarting = False  #: killed, a restart to come
+        self.started: list[subprocess.Popen[bytes]] = []  #: every process of this slot, to end them all
+        self._lock = threading.Lock()  #: one start at a time
         self.clock = "+0s"  #: the faketime offset it runs under
 
     def start(self, clock: str = "+0s") -> None:
         """Start the worker, its clock `clock` off (e.g. "-300s", libfaketime), and wait until it consumes."""
-        if self.proc is not None and self.proc.poll() is None:
-            return  # a restart asked twice: one process per slot
+        with self._lock:  # a restart asked twice (a retry, the heal) starts one process
+            if self.proc is None or self.proc.poll() is not None:
+                self._start(clock)
+
+    def _start(self, clock: str) -> None:
         env = dict(self.env)
         if clock != "+0s":  # libfaketime preloaded into the worker itself: its exit code is its own
             env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME=clock)
@@ -174,6 +184,7 @@ class Worker:
                 start_new_session=True,
                 cwd=ROOT,
             )
+        self.started.append(self.proc)
         self.stopped, self.restarting, self.clock = False, False, clock
         deadline = time.monotonic() + READY_SECONDS
         while b"ready." not in self.log.read_bytes()[offset:]:
@@ -205,6 +216,13 @@ class Worker:
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
         self.stopped = False
+
+    def kill_all(self) -> None:
+        """SIGKILL every process this slot ever started (the soak leaves nothing behind)."""
+        for proc in self.started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
 
     def terminate(self, timeout: float) -> int | None:
         """SIGTERM (it drains) and wait; the exit code, or None when it did not end in time (then killed)."""
