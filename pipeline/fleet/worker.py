@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 
 from celery import Celery, signals
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
@@ -160,7 +163,7 @@ class WorkerRuntime:
             try:
                 await asyncio.to_thread(self._recover, reaper, frozenset({self.engine.worker}), period)
             except Exception as exc:  # the broker or database is restarting: try again next period
-                log.warning("recovery pass failed (%s)", first_line(exc), exc_info=not is_transient(exc))
+                log.warning("recovery pass failed (%s)", first_line(exc), exc_info=not _outage(exc))
 
     def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
         rows = reaper.sweep(spare)
@@ -193,7 +196,7 @@ class WorkerRuntime:
                     log.warning(
                         "advancing Batch API parts failed (%s)",
                         first_line(exc),
-                        exc_info=not is_transient(exc),
+                        exc_info=not _outage(exc),
                     )
 
     async def _tick_parts(self, driver: PartDriver) -> None:
@@ -215,6 +218,11 @@ class WorkerRuntime:
             publish_capacity(self.app, batch_id, len(ids), self.settings.chunk_size, queue)
 
         await asyncio.to_thread(publish)
+
+
+def _outage(exc: BaseException) -> bool:
+    """The database or the broker unreachable or restarting: one line in the log, not a traceback."""
+    return is_transient(exc) or isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError)
 
 
 class RuntimeSlot:
