@@ -4,8 +4,10 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY pipeline ./pipeline
 COPY migrations ./migrations
-# A normal install: the wheel carries the Alembic revisions as pipeline.migrations.
-RUN pip install --no-cache-dir '.[postgres]' && useradd --create-home pipeline && rm -rf /app/pipeline /app/migrations
+# A normal install: the wheel carries the Alembic revisions as pipeline.migrations. /exports is where
+# docker-compose.yml mounts the folder `export -o /exports/...` writes to.
+RUN pip install --no-cache-dir '.[postgres]' && useradd --create-home pipeline && rm -rf /app/pipeline /app/migrations \
+    && mkdir /exports && chown pipeline /exports
 USER pipeline
 ENTRYPOINT ["pipeline"]
 CMD ["--help"]

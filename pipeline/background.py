@@ -13,6 +13,7 @@ import logging
 import threading
 
 from pipeline import dispatch
+from pipeline.errors import ConnectError
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.db import Database
@@ -55,7 +56,11 @@ class Background:
             if batches.get_batch(self.db, self.batch_id).via == Via.BATCH_API:
                 dispatch.run_batch_api_here(self.settings, self.db, self.batch_id, signals=False)
             else:
-                dispatch.run_here(self.settings, self.db, self.batch_id, signals=False)
+                stats = dispatch.run_here(self.settings, self.db, self.batch_id, signals=False)
+                if stats.stalled is not None:  # the database refused writes too long: sending stopped
+                    raise ConnectError(
+                        f"{stats.stalled}: sending stopped; batch.resume() continues once it takes writes"
+                    )
         except BaseException as exc:  # handed to the caller's thread by `check`
             log.debug("the run of batch %s failed", self.batch_id, exc_info=True)
             self.error = exc

@@ -138,14 +138,16 @@ def run_batch_api_here(
 
 
 def serve_metrics(settings: Settings) -> Metrics | None:
-    """The engine's Prometheus metrics, served on `settings.metrics_port`; None when no port is set."""
+    """The engine's Prometheus metrics, served on `settings.metrics_host`:`settings.metrics_port` (loopback
+    unless another address is set); None when no port is set."""
     if settings.metrics_port is None:
         return None
     metrics = Metrics()
     try:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     except OSError as exc:
         raise ConfigError(
-            f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}"
+            f"cannot serve metrics on {settings.metrics_host} port {settings.metrics_port}: "
+            f"{exc.strerror or exc}"
         ) from None
     return metrics

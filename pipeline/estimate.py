@@ -142,7 +142,9 @@ def estimate_file(
 ) -> Estimate:
     """Estimate the job file sent `via` one way or the other; JobFileError when it has bad lines (unless
     `skip_invalid`), like intake."""
-    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes)
+    reader = JobReader(
+        path, endpoint, max_line_bytes=settings.max_line_bytes, audio_roots=settings.audio_roots
+    )
     learned = _learned_averages(db)
     result = Estimate(str(path), prices_as_of=prices.as_of, via=via, prompt_tokens_exact=exact())
     by_model: dict[str, ModelEstimate] = {}

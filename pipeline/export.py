@@ -8,7 +8,10 @@ Row costs about a microsecond per column, which doubled the time of a 1M-row exp
 
 - `csv`: one row per request, `CSV_COLUMNS`, RFC 4180 quoting, empty cells for missing values. Embedding
   vectors are not in it (a row of 16 vectors of 1,536 floats is ~0.5 MB of text): `dimensions` says their
-  length; `jsonl` and `openai` carry them.
+  length; `jsonl` and `openai` carry them. A text cell a spreadsheet would run as a formula (it starts
+  with =, +, -, @, a tab or a carriage return: OWASP's "CSV Injection") gets a leading single quote, unless
+  it is a plain number such as `-1` (`neutralise`); `csv_raw` writes cells as stored. Custom ids come from
+  job files and outputs from models: both may carry what someone else wants a spreadsheet to run.
 - `jsonl`: one object per request with the request body and response body parsed, usage, finish reasons,
   output, error and latency, plus what its endpoint adds (`export_fields`: embeddings' vectors as lists
   of floats, a moderation's `flagged`).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -62,6 +66,12 @@ CSV_COLUMNS = (
     "dimensions",
 )
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = frozenset("=+-@\t\r")
+
+#: Text that is a plain decimal number: a spreadsheet reads it as that number, never as a formula.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
 #: Rows fetched from the database per round trip (and held in memory at once).
 YIELD_PER = 2000
 
@@ -75,11 +85,14 @@ def export_batch(
     fmt: str,
     out: BinaryIO,
     on_progress: Callable[[int], None] | None = None,
+    *,
+    csv_raw: bool = False,
 ) -> int:
     """Write every request of the batch to `out` (binary stream) in `fmt`; return the number of records.
 
     `out` is left open. `on_progress(rows read)` is called every YIELD_PER rows. Raises `ConfigError` for
-    an unknown format and `BatchNotFound` for an unknown batch.
+    an unknown format and `BatchNotFound` for an unknown batch. `csv_raw`: CSV cells exactly as stored,
+    formulas included (see the module docstring).
     """
     columns: tuple[_Column, ...]
     writer: _Writer
@@ -92,6 +105,8 @@ def export_batch(
         raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     else:
         columns, writer = _FORMATS[fmt]
+        if fmt == "csv" and csv_raw:
+            writer = _write_csv_raw
     with db.read() as session:
         if session.get(Batch, batch_id) is None:
             raise BatchNotFound(f"no batch {batch_id!r}")
@@ -165,7 +180,23 @@ _CSV_SELECT: tuple[_Column, ...] = (
 _CSV_LATENCY = CSV_COLUMNS.index("latency_ms")
 
 
+def neutralise(cell: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, with a leading single quote; any other cell (a
+    number, text that is a plain number such as `-1`, ordinary text) as it is."""
+    if isinstance(cell, str) and cell[:1] in FORMULA_STARTS and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
 def _write_csv(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
+    return _csv(rows, out, safe=True)
+
+
+def _write_csv_raw(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
+    return _csv(rows, out, safe=False)
+
+
+def _csv(rows: Iterable[Sequence[Any]], out: BinaryIO, safe: bool) -> int:
     text = io.TextIOWrapper(out, encoding="utf-8", newline="")
     try:
         writer = csv.writer(text)
@@ -175,6 +206,10 @@ def _write_csv(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
             # Columns are selected in CSV_COLUMNS order; only the latency needs rounding.
             cells = list(row)
             cells[_CSV_LATENCY] = _latency(cells[_CSV_LATENCY])
+            if safe:  # the cheap test first: most cells start with a letter or a digit
+                cells = [
+                    neutralise(c) if isinstance(c, str) and c[:1] in FORMULA_STARTS else c for c in cells
+                ]
             writer.writerow(cells)
             count += 1
         text.flush()

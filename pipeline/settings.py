@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -22,6 +23,16 @@ from pipeline.errors import ConfigError
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
+#: What a scrubbed key (or a fragment or masked form of it) becomes.
+SCRUBBED = b"***"
+
+#: A masked key as servers quote it: a visible start, mask characters (*, ., bullets, ellipses), a visible
+#: end, e.g. OpenAI's `sk-proj-****...abcd` or `sk-ab****wxyz`.
+_MASKED = re.compile(rb"([A-Za-z0-9_-]*)((?:\*|\.|\xe2\x80\xa2|\xe2\x80\xa6)+)([A-Za-z0-9_-]*)")
+#: A run of key characters long enough to be a telling fragment of a key when the key contains it.
+_FRAGMENT = re.compile(rb"[A-Za-z0-9_-]{12,}")
+
+
 class Secret:
     """A string that never shows itself in repr, str or tracebacks."""
 
@@ -32,6 +43,20 @@ class Secret:
 
     def reveal(self) -> str:
         return self._value
+
+    def scrub(self, data: bytes) -> bytes:
+        """`data` (an answer from the API) without this key: whole, a fragment of 12 characters or more,
+        or a masked form showing its start or its last characters (e.g. `sk-proj-****abcd`), each
+        replaced by SCRUBBED. Cheap when there is nothing to scrub: two substring searches."""
+        key = self._value.encode()
+        if len(key) < 8:  # a key this short matches ordinary text; nothing real looks like it
+            return data
+        if key in data:
+            data = data.replace(key, SCRUBBED)
+        if key[-4:] not in data and key[:12] not in data:
+            return data
+        data = _MASKED.sub(lambda m: SCRUBBED if _shows(key, m[1], m[2], m[3]) else m[0], data)
+        return _FRAGMENT.sub(lambda m: SCRUBBED if m[0] in key else m[0], data)
 
     def fingerprint(self) -> str:
         """A short stable hash: names the key in rate-limit state without storing it."""
@@ -47,6 +72,14 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def _shows(key: bytes, start: bytes, mask: bytes, end: bytes) -> bool:
+    """Whether a masked form shows this key: its last four characters or more after any mask, or its first
+    three or more before a mask of at least three characters (`sk-...` alone is not enough)."""
+    if len(end) >= 4 and key.endswith(end):
+        return True
+    return len(start) >= 3 and len(mask) >= 3 and key.startswith(start)
 
 
 def mask_url(url: str) -> str:
@@ -85,6 +118,9 @@ class Settings:
     max_response_bytes: int = 32 * 1024 * 1024
     #: seconds a draining engine keeps trying to store what it has before giving up (SIGTERM, Ctrl-C)
     drain_seconds: float = 30.0
+    #: seconds the database may refuse writes (a full disk) before sending stops: `pipeline run` exits, a
+    #: worker stops claiming until writes work again; the batch pauses if that can still be written
+    write_stall_seconds: float = 60.0
     #: the circuit breaker: the batch pauses when at least this many attempts in a row, over at least
     #: breaker_seconds, failed to connect, timed out or got 5xx
     breaker_failures: int = 20
@@ -94,6 +130,8 @@ class Settings:
     limits_file: Path | None = None
     #: a job-file line longer than this is refused (8 MiB: above any model's context as text)
     max_line_bytes: int = 8 * 1024 * 1024
+    #: folders besides the job file's own that its audio files may lie in (symlinks resolved)
+    audio_roots: tuple[Path, ...] = ()
     #: Batch API parts: at most this many requests, and bytes of input file, each (the API's own limits)
     part_size: int = 50_000
     part_bytes: int = 200_000_000
@@ -105,6 +143,8 @@ class Settings:
     progress_seconds: float = 10.0
     #: serve Prometheus metrics on this port (worker, run); None: not served
     metrics_port: int | None = None
+    #: the address metrics are served on: loopback unless another is asked for (they name models and cost)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def db_url(self) -> str:
@@ -162,18 +202,21 @@ ENV_FIELDS = {
     "PIPELINE_LEASE_SECONDS": "lease_seconds",
     "PIPELINE_MAX_RESPONSE_BYTES": "max_response_bytes",
     "PIPELINE_DRAIN_SECONDS": "drain_seconds",
+    "PIPELINE_WRITE_STALL_SECONDS": "write_stall_seconds",
     "PIPELINE_BREAKER_FAILURES": "breaker_failures",
     "PIPELINE_BREAKER_SECONDS": "breaker_seconds",
     "PIPELINE_RPM": "rpm",
     "PIPELINE_TPM": "tpm",
     "PIPELINE_LIMITS_FILE": "limits_file",
     "PIPELINE_MAX_LINE_BYTES": "max_line_bytes",
+    "PIPELINE_AUDIO_ROOTS": "audio_roots",
     "PIPELINE_PART_SIZE": "part_size",
     "PIPELINE_PART_BYTES": "part_bytes",
     "PIPELINE_BATCH_POLL_SECONDS": "batch_poll_seconds",
     "PIPELINE_PRICES_FILE": "prices_file",
     "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
     "PIPELINE_METRICS_PORT": "metrics_port",
+    "PIPELINE_METRICS_HOST": "metrics_host",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.
@@ -204,8 +247,11 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"unknown setting {name!r}")
         kind = str(_TYPES[name])
         try:
-            if "int" in kind:
-                value: Any = int(raw)
+            if "tuple" in kind:  # folders: os.pathsep-separated in the environment, a sequence from flags
+                parts = raw.split(os.pathsep) if isinstance(raw, str) else raw
+                value: Any = tuple(Path(p) for p in parts if str(p))
+            elif "int" in kind:
+                value = int(raw)
             elif "float" in kind:
                 value = float(raw)
             elif "Path" in kind:

@@ -208,7 +208,7 @@ def test_shorthand_endpoint_and_absolute_paths(fake: FakeServer, tmp_path: Path)
     bodies = [{"model": "whisper-1", "file": str(tmp_path / "elsewhere" / "clip.wav")}]
     (tmp_path / "jobs").mkdir()
     path = write_jsonl(tmp_path / "jobs" / "bare.jsonl", bodies)
-    batch_id = run(fake, path, "--endpoint", "translations")
+    batch_id = run(fake, path, "--endpoint", "translations", "--audio-root", str(tmp_path / "elsewhere"))
     result = db_rows(batch_id)["line-1"]["result"]
     assert result.output == f"translation of {hashlib.sha256(data).hexdigest()[:8]}"
 

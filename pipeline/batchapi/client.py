@@ -16,7 +16,8 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline.errors import APIError, BadResponse, ErrorType, RetryableError
+from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, RetryableError
+from pipeline.send.bodies import ACCEPT_ENCODING, UndecodableBody, iter_decoded, read_capped
 from pipeline.send.classify import backoff_delay, classify
 from pipeline.send.transport import auth_headers
 from pipeline.settings import Secret, Settings
@@ -27,9 +28,6 @@ FILES_PAGE = 10_000
 BATCHES_PAGE = 100
 #: Pages read at most when looking something up: what was made a moment ago is on the first ones.
 LOOKUP_PAGES = 20
-#: Bytes read at a time when downloading a file.
-DOWNLOAD_CHUNK = 1024 * 1024
-
 T = TypeVar("T")
 
 
@@ -39,6 +37,7 @@ class BatchClient:
     def __init__(self, settings: Settings, key: Secret, base_url: str, organization: str | None) -> None:
         self.settings = settings
         self.base_url = base_url
+        self._key = key
         self._headers = auth_headers(key, organization, settings.project)
         self._session: aiohttp.ClientSession | None = None
 
@@ -48,13 +47,18 @@ class BatchClient:
     async def __aenter__(self) -> BatchClient:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
-            headers=self._headers,
+            headers={**self._headers, "Accept-Encoding": ACCEPT_ENCODING},
+            auto_decompress=False,  # send/bodies.py inflates within the size cap
         )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def scrub(self, data: bytes) -> bytes:
+        """An answer (or a line of a downloaded file) without the key in use, whole or masked."""
+        return self._key.scrub(data)
 
     # --- files -----------------------------------------------------------------------------------------
 
@@ -78,16 +82,19 @@ class BatchClient:
         return None
 
     async def download(self, file_id: str, out: IO[bytes]) -> None:
-        """GET /files/{id}/content into `out`, a chunk at a time."""
+        """GET /files/{id}/content into `out`, a chunk at a time (as sent: scrub each line read back)."""
 
         async def fetch() -> None:
             out.seek(0)
             out.truncate()
             async with self._request("GET", f"/files/{file_id}/content") as resp:
                 if not 200 <= resp.status < 300:
-                    raise _error(resp.status, resp.headers, await resp.read())
-                async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
-                    out.write(chunk)
+                    raise _error(resp.status, resp.headers, await self._body(resp))
+                try:
+                    async for piece in iter_decoded(resp):
+                        out.write(piece)
+                except UndecodableBody as exc:
+                    raise BadResponse(f"file {file_id}: {exc}") from None
 
         await self._retrying(lambda: _transport(fetch()))
 
@@ -134,7 +141,7 @@ class BatchClient:
 
         async def call() -> dict[str, Any]:
             async with self._request(method, path, **kwargs) as resp:
-                raw = await resp.read()
+                raw = await self._body(resp)
                 if not 200 <= resp.status < 300:
                     raise _error(resp.status, resp.headers, raw)
             try:
@@ -149,6 +156,22 @@ class BatchClient:
             return data
 
         return await _transport(call())
+
+    async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """An answer's body, decoded within the size cap and scrubbed of the key."""
+        cap = self.settings.max_response_bytes
+        try:
+            raw = await read_capped(resp, cap)
+        except UndecodableBody as exc:
+            raise BadResponse(f"HTTP {resp.status}: {exc}") from None
+        if raw is None:
+            resp.close()
+            raise PermanentError(
+                f"HTTP {resp.status}: the answer is over the {cap:,}-byte cap (decoded)",
+                status=resp.status,
+                error_type=ErrorType.RESPONSE_TOO_LARGE,
+            )
+        return self.scrub(raw)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(

@@ -158,7 +158,7 @@ async def _store_file(
         await client.download(file_id, fh)
         fh.seek(0)
         for raw in fh:
-            line = _line(raw)
+            line = _line(client.scrub(raw))
             row = held.pop(str(line["custom_id"]), None) if line else None  # each row once
             if line is None or row is None:
                 continue

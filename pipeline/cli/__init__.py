@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from pipeline.about import DISTRIBUTION
-from pipeline.cli.exits import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED
+from pipeline.cli.exits import EXIT_BUG, EXIT_INVALID_INPUT, EXIT_PAUSED, EXIT_SOME_FAILED, EXIT_STALLED
 from pipeline.cli.failures import is_database_error, one_line, quiet_stdout, save_traceback
 from pipeline.errors import JobFileError, PipelineError
 
-__all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "cli", "main"]
+__all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "EXIT_STALLED", "cli", "main"]
 
 #: Every command and the module that defines it: a command's module (and what it imports: the engine,
 #: aiohttp, Celery...) is imported only when that command runs, so `pipeline status` starts fast and

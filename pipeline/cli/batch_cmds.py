@@ -34,16 +34,23 @@ from pipeline.store.models import CANCELLED_STATES, Batch, RequestStatus, Via
 @click.argument("batch_id", metavar="[BATCH]", required=False)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
 @click.option("-o", "--output", default="-", metavar="PATH", help="File to write, or - for stdout")
+@click.option(
+    "--csv-raw",
+    is_flag=True,
+    help="CSV cells exactly as stored: no quote before cells a spreadsheet would run as formulas",
+)
 @store_options
-def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
+def export(batch_id: str | None, fmt: str, output: str, csv_raw: bool, **params: Any) -> None:
     """Write every request of BATCH (default: the latest) with its answer, streamed in constant memory.
 
     \b
     csv     one row per request: custom_id, endpoint, model, status, http_status, finish_reason,
             prompt/completion/total_tokens, output, error_type, error_message, attempts, latency_ms,
-            reasoning_tokens, flagged (moderations), dimensions (embeddings; vectors: jsonl, openai)
-    jsonl   one object per request: body, full response, usage, finish reasons, error; embeddings'
-            vectors as lists of floats, a moderation's flagged
+            reasoning_tokens, flagged (moderations), dimensions (embeddings; vectors: jsonl, openai);
+            a text cell starting with = + - @ tab or CR gets a leading ' (not a plain number: -1 stays),
+            so a spreadsheet never runs it as a formula (--csv-raw: as stored)
+    jsonl   one object per request: body, full response, usage, finish reasons, error (values exact);
+            embeddings' vectors as lists of floats, a moderation's flagged
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
     settings = pop_settings(params)
@@ -51,10 +58,10 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     batch = batch_store.get_batch(db, batch_id)
     ticker = Ticker("rows exported", batch.total, settings.progress_seconds)
     if output == "-":
-        n = export_batch(db, batch.id, fmt, sys.stdout.buffer, ticker.update)
+        n = export_batch(db, batch.id, fmt, sys.stdout.buffer, ticker.update, csv_raw=csv_raw)
         sys.stdout.buffer.flush()
     else:
-        n = _export_to_file(db, batch.id, fmt, output, ticker)
+        n = _export_to_file(db, batch.id, fmt, output, ticker, csv_raw)
     ticker.done(n)
     click.echo(
         f"exported {n} requests of batch {batch.id} as {fmt}" + ("" if output == "-" else f" to {output}"),
@@ -62,10 +69,12 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
     )
 
 
-def _export_to_file(db: Database, batch_id: str, fmt: str, path: str, ticker: Ticker) -> int:
+def _export_to_file(
+    db: Database, batch_id: str, fmt: str, path: str, ticker: Ticker, csv_raw: bool = False
+) -> int:
     try:
         with open(path, "wb") as out:
-            return export_batch(db, batch_id, fmt, out, ticker.update)
+            return export_batch(db, batch_id, fmt, out, ticker.update, csv_raw=csv_raw)
     except OSError as exc:  # a directory, a missing directory, no permission, a full disk
         raise PathError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -24,7 +24,7 @@ from pipeline.cli.options import (
     store_options,
 )
 from pipeline.cli.render import usd
-from pipeline.cli.run_cmds import endpoint_option, skip_invalid
+from pipeline.cli.run_cmds import audio_root_option, endpoint_option, skip_invalid
 from pipeline.errors import BatchNotFound
 from pipeline.estimate import Estimate, estimate_file
 from pipeline.prices import load_prices
@@ -44,6 +44,7 @@ from pipeline.store.models import Via
     help="Price it sent directly, or through the OpenAI Batch API (half price, answers within 24 h)",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+@audio_root_option
 @prices_option
 @account_options
 @limit_options

@@ -21,6 +21,7 @@ from pipeline.cli.options import (
 )
 from pipeline.cli.priority_cmds import apply_priority, priority_option
 from pipeline.cli.run_cmds import (
+    audio_root_option,
     endpoint_option,
     force_option,
     note_way,
@@ -48,6 +49,7 @@ from pipeline.store.models import Via
 @force_option
 @way_options
 @reuse_option
+@audio_root_option
 @max_cost_option
 @prices_option
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
@@ -103,7 +105,8 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     Hundreds of requests are in flight per process (--max-in-flight), shared by --concurrency chunks.
     SIGTERM drains: in-flight requests finish and are stored, the rest go back to the queue, exit 0.
     Rows left running by a dead worker are re-queued by the others when their lease expires.
-    --metrics-port N serves Prometheus metrics at http://host:N/metrics (see docs/architecture.md).
+    --metrics-port N serves Prometheus metrics at http://127.0.0.1:N/metrics (--metrics-host for another
+    address; see docs/architecture.md).
     """
     settings = pop_settings(params)
     settings.require_api_key()

@@ -36,6 +36,8 @@ _FIELDS = {
     "part_bytes": "part_bytes",
     "prices": "prices_file",
     "metrics_port": "metrics_port",
+    "metrics_host": "metrics_host",
+    "audio_roots": "audio_roots",
 }
 
 
@@ -170,6 +172,11 @@ def prices_option(fn: F) -> F:
 
 def metrics_option(fn: F) -> F:
     """Serve Prometheus metrics while sending: `run` and `worker` take it."""
+    fn = click.option(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="Address to serve metrics on, 0.0.0.0 for all [env PIPELINE_METRICS_HOST; 127.0.0.1]",
+    )(fn)
     return click.option(
         "--metrics-port",
         type=int,
@@ -190,7 +197,8 @@ def max_cost_option(fn: F) -> F:
 
 def settings_from(params: dict[str, Any]) -> Settings:
     """Settings from the environment and the flags given (a flag left out is None and changes nothing)."""
-    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS})
+    # A repeatable flag given no times is an empty tuple: not given, so the environment's value stands.
+    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS and v != ()})
 
 
 def database(settings: Settings, *, create: bool = True) -> Database:

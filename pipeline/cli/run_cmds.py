@@ -51,6 +51,15 @@ skip_invalid_option = skip_invalid(
 force_option = click.option(
     "--force", is_flag=True, help="Make a new batch even if this file was submitted before"
 )
+audio_root_option = click.option(
+    "--audio-root",
+    "audio_roots",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="A folder besides the job file's own that its audio files may lie in (repeatable) "
+    "[env PIPELINE_AUDIO_ROOTS, separated by :]",
+)
 reuse_option = click.option(
     "--reuse",
     is_flag=True,
@@ -150,6 +159,7 @@ def note_way(db: Database, batch_id: str, params: dict[str, Any]) -> None:
 @force_option
 @way_options
 @reuse_option
+@audio_root_option
 @max_cost_option
 @prices_option
 @metrics_option

@@ -7,15 +7,21 @@ import signal
 import click
 
 from pipeline import dispatch
-from pipeline.cli.exits import EXIT_INTERRUPTED, EXIT_PAUSED, EXIT_SOME_FAILED, EXIT_TERMINATED
+from pipeline.cli.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_PAUSED,
+    EXIT_SOME_FAILED,
+    EXIT_STALLED,
+    EXIT_TERMINATED,
+)
 from pipeline.cli.progress import LiveProgress
 from pipeline.cli.render import part_line, print_summary
 from pipeline.jobs.intake import Intake
-from pipeline.prices import load_prices
+from pipeline.prices import PriceTable, load_prices
 from pipeline.report import batch_report
 from pipeline.settings import Settings
 from pipeline.store import batches, reuse
-from pipeline.store.db import Database
+from pipeline.store.db import Database, first_line
 from pipeline.store.models import BatchState, Dispatch, Part, PartState, Via
 
 
@@ -59,7 +65,10 @@ def run_here(settings: Settings, db: Database, batch_id: str) -> int:
         else:
             done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
             with LiveProgress(counts["total"], done, settings.progress_seconds) as progress:
-                stopped_by = dispatch.run_here(settings, db, batch_id, on_start=progress.attach).stopped_by
+                stats = dispatch.run_here(settings, db, batch_id, on_start=progress.attach)
+            if stats.stalled is not None:
+                return _stalled(db, batch_id, stats.stalled, prices)
+            stopped_by = stats.stopped_by
     except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, every transaction whole
         click.echo("interrupted again: stopped without waiting for the requests in flight", err=True)
     batch = batches.get_batch(db, batch_id)
@@ -77,6 +86,21 @@ def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     if batch.state == BatchState.PAUSED:
         return EXIT_PAUSED
     return 0 if report["succeeded"] == report["total"] else EXIT_SOME_FAILED
+
+
+def _stalled(db: Database, batch_id: str, reason: str, prices: PriceTable) -> int:
+    """The run stopped because the database refused writes: what is known, and how to continue."""
+    try:  # reads may still work (a full disk), or not (a database down)
+        print_summary(batch_report(db, batches.get_batch(db, batch_id), prices))
+    except Exception as exc:
+        click.echo(f"(no summary: {first_line(exc)})", err=True)
+    click.echo(batch_id)
+    click.echo(
+        f"{reason}: sending stopped. Once the database takes writes again (free space): "
+        f"pipeline resume {batch_id} (or run the same command again)",
+        err=True,
+    )
+    return EXIT_STALLED
 
 
 def _print_part(part: Part) -> None:

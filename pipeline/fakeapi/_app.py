@@ -170,6 +170,8 @@ def _v1_handler(reader: Reader) -> Handler:
                 )
                 tokens = answer.tokens
             except ApiError as error:
+                if state.config.quote_key:
+                    _quote_key(error, request.headers.get(hdrs.AUTHORIZATION))
                 response = error.response()
             _stamp(response, state, started)
             state.stats.answer(plan.fingerprint, response.status, tokens)
@@ -225,6 +227,13 @@ def _check_auth(config: FakeConfig, header: str | None) -> None:
         )
 
 
+def _quote_key(error: ApiError, header: str | None) -> None:
+    """Make the error's message quote the request's key whole and masked (FakeConfig.quote_key)."""
+    key = (header or "").partition(" ")[2].strip()
+    if key:
+        error.message += f" (your key: {key}; masked: {mask_key(key)})"
+
+
 #: Injected server errors, and how often each status is picked.
 _SERVER_ERRORS = {
     500: "The server had an error while processing your request. Sorry about that!",
@@ -240,8 +249,10 @@ async def _inject_faults(state: FakeState) -> None:
     if config.hang_rate > 0 and state.random.random() < config.hang_rate:
         await asyncio.sleep(config.hang_seconds)
     if config.error_rate > 0 and state.random.random() < config.error_rate:
-        status = state.random.choice(_SERVER_ERROR_WEIGHTS)
-        raise ApiError(status, _SERVER_ERRORS[status], type="server_error")
+        status = config.error_status or state.random.choice(_SERVER_ERROR_WEIGHTS)
+        message = _SERVER_ERRORS.get(status, _SERVER_ERRORS[500])
+        headers = {"Retry-After": f"{config.retry_after:g}"} if config.retry_after is not None else None
+        raise ApiError(status, message, type="server_error", headers=headers)
 
 
 def _stamp(response: web.Response, state: FakeState, started: float) -> None:

@@ -14,6 +14,8 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "error_rate": (float, False),
     "hang_rate": (float, False),
     "hang_seconds": (float, False),
+    "error_status": (int, True),
+    "retry_after": (float, True),
     "rpm": (int, True),
     "tpm": (int, True),
     "window": (float, False),
@@ -27,6 +29,7 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "batch_max_inputs": (int, False),
     "batch_max_bytes": (int, False),
     "batch_delays": (dict, True),
+    "quote_key": (bool, False),
 }
 
 #: The Batch API operations `batch_delays` may slow down (files, then batches).
@@ -55,6 +58,10 @@ class FakeConfig:
     latency_jitter: float = 0.0
     #: Fraction of requests answered 500/502/503 with an OpenAI error body.
     error_rate: float = 0.0
+    #: The status of injected server errors; None: 500, 502 or 503 at random.
+    error_status: int | None = None
+    #: Seconds sent as Retry-After with injected server errors (as llmock sends 1 with its 503s); None: none.
+    retry_after: float | None = None
     #: Fraction of requests that sleep `hang_seconds` before being handled (until the client gives up).
     hang_rate: float = 0.0
     #: How long a hanging request sleeps; after that it is handled normally.
@@ -88,6 +95,9 @@ class FakeConfig:
     #: Seconds the fake waits before answering a Batch API operation (BATCH_OPERATIONS), after doing it:
     #: a client killed meanwhile never learns what it made. None: no waits.
     batch_delays: dict[str, float] | None = None
+    #: Every /v1 error answer quotes the key the request carried, whole and masked, as some servers do
+    #: (OpenAI quotes a masked form in its 401): for tests that the key never reaches storage or logs.
+    quote_key: bool = False
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -105,6 +115,10 @@ def check_config(config: FakeConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 or null")
+    if config.error_status is not None and not 500 <= config.error_status <= 599:
+        raise ValueError("error_status must be a 5xx status or null")
+    if config.retry_after is not None and config.retry_after < 0:
+        raise ValueError("retry_after must be >= 0 or null")
     if config.quota is not None and config.quota < 0:
         raise ValueError("quota must be >= 0 or null")
     if config.window <= 0:
@@ -162,5 +176,5 @@ def _check_type(name: str, value: Any) -> None:
             raise ValueError(f"{name} cannot be null")
         return
     accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
-    if isinstance(value, bool) or not isinstance(value, accepted):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, accepted):
         raise ValueError(f"{name} must be of type {kind.__name__}")

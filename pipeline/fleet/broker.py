@@ -39,6 +39,8 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app for these settings. `pipeline.fleet.worker` registers the tasks when a worker starts."""
     url = broker_url(settings)
     app = Celery("pipeline", broker=url, set_as_current=False)
+    if url.startswith("redis://"):  # kombu's transport without the restore that kills a worker (transport.py)
+        app.conf.broker_transport = "pipeline.fleet.transport:Transport"
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 
 from celery import Celery, signals
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
@@ -33,7 +36,7 @@ from pipeline.settings import Settings
 from pipeline.spend import make_budget
 from pipeline.store import batches, fair, parts, recovery
 from pipeline.store.claims import Outcome
-from pipeline.store.db import Database, open_database
+from pipeline.store.db import Database, first_line, is_transient, open_database
 from pipeline.store.models import RequestStatus
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class WorkerRuntime:
             async with self._claiming:  # FIFO: the oldest message uses its capacity first
                 while left > 0 and not engine.draining:
                     room = await engine.backlog.below(self.settings.chunk_size, STARVED_CHECK_SECONDS)
+                    await engine.writable()  # while answers cannot be stored, claim nothing
                     if engine.draining:
                         break
                     # A full backlog may be rows waiting on a slow key: a batch this engine has no rows
@@ -158,8 +162,8 @@ class WorkerRuntime:
             assert self.engine is not None
             try:
                 await asyncio.to_thread(self._recover, reaper, frozenset({self.engine.worker}), period)
-            except Exception:  # the broker or database is restarting: try again next period
-                log.warning("recovery pass failed", exc_info=True)
+            except Exception as exc:  # the broker or database is restarting: try again next period
+                log.warning("recovery pass failed (%s)", first_line(exc), exc_info=not _outage(exc))
 
     def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
         rows = reaper.sweep(spare)
@@ -188,8 +192,12 @@ class WorkerRuntime:
                 await asyncio.sleep(period)
                 try:
                     await self._tick_parts(driver)
-                except Exception:  # the database or the API is failing: try again next tick
-                    log.warning("advancing Batch API parts failed", exc_info=True)
+                except Exception as exc:  # the database or the API is failing: try again next tick
+                    log.warning(
+                        "advancing Batch API parts failed (%s)",
+                        first_line(exc),
+                        exc_info=not _outage(exc),
+                    )
 
     async def _tick_parts(self, driver: PartDriver) -> None:
         for batch_id in await asyncio.to_thread(parts.batches_to_plan, self.db):
@@ -210,6 +218,11 @@ class WorkerRuntime:
             publish_capacity(self.app, batch_id, len(ids), self.settings.chunk_size, queue)
 
         await asyncio.to_thread(publish)
+
+
+def _outage(exc: BaseException) -> bool:
+    """The database or the broker unreachable or restarting: one line in the log, not a traceback."""
+    return is_transient(exc) or isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError)
 
 
 class RuntimeSlot:

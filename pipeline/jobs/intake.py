@@ -75,7 +75,13 @@ def store_job_file(
     """
     api = batch_api or BatchApiOptions()
     refuse_audio = via == Via.BATCH_API and not api.audio_direct
-    reader = JobReader(path, endpoint, max_line_bytes=settings.max_line_bytes, base_dir=base_dir)
+    reader = JobReader(
+        path,
+        endpoint,
+        max_line_bytes=settings.max_line_bytes,
+        base_dir=base_dir,
+        audio_roots=settings.audio_roots,
+    )
     batch_id = new_batch_id()
     options = {"endpoint": endpoint, "max_attempts": settings.max_attempts, "reuse": reuse}
     options |= api.to_options() if via == Via.BATCH_API else {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +30,7 @@ from pipeline.endpoints import BY_URL, Endpoint, by_name
 from pipeline.endpoints.checks import json_type
 from pipeline.errors import LineError, PathError
 from pipeline.ids import CustomIds
+from pipeline.jobs.paths import audio_outside
 from pipeline.settings import Settings
 from pipeline.store.models import Request
 
@@ -88,6 +89,7 @@ class JobReader:
         *,
         max_line_bytes: int = Settings.max_line_bytes,
         base_dir: Path | None = None,
+        audio_roots: Sequence[Path] = (),
     ) -> None:
         self._endpoint = by_name(endpoint) if endpoint is not None else None
         self.path = path
@@ -99,6 +101,8 @@ class JobReader:
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
         self._base_dir = base_dir or (Path.cwd() if self._stdin else Path(path).absolute().parent)
+        #: folders besides the job file's that its audio may come from
+        self._audio_roots = tuple(audio_roots)
         self._hash: str | None = None
         self._started = False
 
@@ -199,10 +203,18 @@ class JobReader:
     def _check_body(
         self, number: int, custom_id: str, endpoint: Endpoint, body: dict[str, Any]
     ) -> JobLine | LineError:
-        problem = endpoint.validate(body, self._base_dir)
+        problem = self._outside(endpoint, body) or endpoint.validate(body, self._base_dir)
         if problem is not None:
             return LineError(self._name, number, problem)
         return JobLine(number, custom_id, endpoint.url, body, endpoint.upload(body, self._base_dir))
+
+    def _outside(self, endpoint: Endpoint, body: dict[str, Any]) -> str | None:
+        """Where an uploading line's file lies outside the job file's folder and every audio root: checked
+        before the endpoint stats the file, so a refused line says nothing of what is there."""
+        name = body.get("file")
+        if not endpoint.multipart or not isinstance(name, str) or not name:
+            return None  # the endpoint's own check names the problem
+        return audio_outside(self._base_dir / name, name, self._base_dir, self._audio_roots)
 
 
 def _skip_line(fh: IO[bytes], digest: Any) -> int:

@@ -33,7 +33,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.ratelimit.fair import IDLE_SECONDS, MAX_FAIR_WAIT, QUANTUM, SLACK
 from pipeline.ratelimit.rules import (
@@ -240,8 +242,11 @@ class RedisLimiter:
         """Run a background script; a failure is logged (a lost settle or cooldown costs accuracy only)."""
         try:
             return str(await script(keys=_keys(key), args=args))
-        except Exception:
-            log.warning("could not %s %s in Redis", what, key, exc_info=True)
+        except Exception as exc:  # Redis unreachable: one line; anything else may be a bug: its traceback
+            unreachable = isinstance(
+                exc, ConnectionError | TimeoutError | RedisConnectionError | RedisTimeoutError
+            )
+            log.warning("could not %s %s in Redis (%r)", what, key, exc, exc_info=not unreachable)
             return None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -42,6 +42,8 @@ class EngineStats:
     unpriced: set[str] = field(default_factory=set)
     #: the signal that stopped `pipeline run` before every row was final (SIGINT, SIGTERM), if one did
     stopped_by: int | None = None
+    #: why sending stopped when the database refused writes for too long (send/health.py), if it did
+    stalled: str | None = None
 
 
 @dataclass(slots=True)

@@ -38,7 +38,8 @@ from pipeline.send.backlog import Backlog
 from pipeline.send.breaker import Breaker
 from pipeline.send.claiming import retrying
 from pipeline.send.classify import backoff_delay, classify, wait_after_first
-from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
+from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
+from pipeline.send.health import WriteHealth, pause_batches
 from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, Usage, parse_answer, result_row
@@ -49,7 +50,7 @@ from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.spend.local import LocalBudget
-from pipeline.store import batches, blobs, claims, fair
+from pipeline.store import blobs, claims, fair
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
@@ -89,7 +90,11 @@ class Engine:
         limiter: Limiter,
         budget: Budget | None = None,
         metrics: Metrics | None = None,
+        *,
+        stop_on_stall: bool = False,
     ) -> None:
+        """`stop_on_stall`: when the database refuses writes for `write_stall_seconds`, drain and give up
+        what is unstored (`pipeline run`); otherwise wait for it to take writes again (a worker)."""
         self.settings = settings
         self.db = db
         self.limiter = limiter
@@ -108,7 +113,9 @@ class Engine:
         self._background: list[asyncio.Task[None]] = []
         self._own = Ownership(db, settings.lease_seconds)
         self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
-        self._writer = Writer(db, self._stored)
+        self._health = WriteHealth(settings.write_stall_seconds, self._on_stall)
+        self._stop_on_stall = stop_on_stall
+        self._writer = Writer(db, self._stored, self._health)
         self._watch = Watch(
             db,
             limiter,
@@ -116,7 +123,7 @@ class Engine:
             lambda: {row.batch_id for row in self._held.values()},
             lambda: self.worker,
         )
-        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds)
+        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds, settings.max_attempts)
 
     def __repr__(self) -> str:
         return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
@@ -130,6 +137,15 @@ class Engine:
     def ownership(self) -> Ownership:
         """The engine's registration and heartbeat (others may hold Batch API parts under it)."""
         return self._own
+
+    @property
+    def stalled(self) -> str | None:
+        """Why sending stopped, while the database refuses writes for too long (send/health.py)."""
+        return self._health.stalled
+
+    async def writable(self) -> None:
+        """Return once the writer's transactions work (at once, usually), or the engine drains."""
+        await self._health.wait_writable(self._stop)
 
     @property
     def in_flight(self) -> int:
@@ -165,16 +181,27 @@ class Engine:
             if aclose is not None:
                 await aclose()
 
-    def drain(self) -> None:
-        """Send nothing new: in-flight requests finish and are stored (for at most drain_seconds when the
-        database fails), the rest go back to the queue."""
+    def drain(self, seconds: float | None = None) -> None:
+        """Send nothing new: in-flight requests finish and are stored (for at most `seconds`, default
+        drain_seconds, when the database fails), the rest go back to the queue."""
         self.draining = True
         self._stop.set()
-        self._writer.drain(self.settings.drain_seconds)
+        self._writer.drain(self.settings.drain_seconds if seconds is None else seconds)
+
+    def _on_stall(self, reason: str) -> None:
+        """The database refused writes too long: pause the batches held here if that can be written (they
+        are not sent here meanwhile), and with `stop_on_stall` give up what is unstored and stop."""
+        log.error("%s: sending stopped", reason)
+        self.stats.stalled = reason
+        held = {row.batch_id for row in self._held.values()}
+        self._watch.states.update(dict.fromkeys(held, BatchState.PAUSED))
+        self._background.append(asyncio.get_running_loop().create_task(pause_batches(self.db, held, reason)))
+        if self._stop_on_stall:
+            self.drain(0.0)
 
     async def claim(self, ids: Sequence[int]) -> list[Claimed]:
         """Claim the queued rows among `ids` for this engine; a failing database is retried until drained."""
-        return await self._claiming(lambda: claims.claim(self.db, ids, self.worker), f"{len(ids)} rows")
+        return await self._claiming(lambda: claims.claim(self.db, ids, self.worker))
 
     async def claim_share(
         self, capacity: int, queue: str, hint: str | None = None, missing_only: bool = False
@@ -186,12 +213,11 @@ class Engine:
         return await self._claiming(
             lambda: fair.claim_share(
                 self.db, self.worker, capacity, queue, waiting=waiting, hint=hint, missing_only=missing_only
-            ),
-            f"up to {capacity} rows",
+            )
         )
 
-    async def _claiming(self, take: Callable[[], list[Claimed]], what: str) -> list[Claimed]:
-        rows = await retrying(take, what, self._own, self._sleep, lambda: self.draining)
+    async def _claiming(self, take: Callable[[], list[Claimed]]) -> list[Claimed]:
+        rows = await retrying(take, self._own, self._sleep, lambda: self.draining, self._health)
         await self._watch.learn_priorities({row.batch_id for row in rows})
         return rows
 
@@ -316,6 +342,9 @@ class Engine:
         weight = self._watch.priority(row.batch_id)  # the batch's share of the slots and of the key
         async with self._slots.take(row.batch_id, weight):  # max in flight; checks right before sending
             self._check_stop(row)
+            if not self._health.writable:  # answers could not be stored now: send nothing new
+                await self._health.wait_writable(self._stop)
+                self._check_stop(row)
             waited = time.perf_counter()
             await self.limiter.acquire(key, estimate, row.batch_id, weight)
             waited = time.perf_counter() - waited
@@ -341,26 +370,10 @@ class Engine:
                 if ticket is not None:
                     self._acct.settle(ticket, key.model, sent, status, used)
         self._acct.observe_latency(latency, waited)
-        records.append(
-            AttemptRecord(
-                len(records) + 1,
-                started,
-                latency,
-                status,
-                error.error_type if error else None,
-                error.message if error else None,
-                headers.get("x-request-id"),
-                used.prompt_tokens,
-                used.completion_tokens,
-                used.total_tokens,
-                used.cached_tokens,
-                used.audio_seconds,
-                reasoning_tokens=used.reasoning_tokens,
-            )
-        )
+        records.append(attempt_record(len(records) + 1, started, latency, status, error, headers, used))
         if isinstance(error, RateLimited):
             self.limiter.cooldown(key, error.retry_after or 1.0)
-        if self._breaker.observe(status, error):
+        if self._breaker.observe(row.id, len(records), status, error):
             why = self._breaker.describe(self.settings.base_url)
             raise EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
@@ -404,4 +417,4 @@ class Engine:
         if self._watch.state(batch_id) != BatchState.PAUSED:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
-            await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
+            await pause_batches(self.db, {batch_id}, reason)

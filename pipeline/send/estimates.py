@@ -8,12 +8,15 @@ seen for the model. After the answer, the limiter is settled with what the API c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from pipeline.endpoints import Endpoint, by_url
+from pipeline.errors import APIError
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.responses import Parsed, Usage, usage_of
 from pipeline.send.tokens import count_prompts, typical_completion
@@ -138,3 +141,30 @@ def usage(parsed: Parsed | None, raw: bytes) -> Usage:
             parsed.reasoning_tokens,
         )
     return usage_of(raw) if raw else Usage()
+
+
+def attempt_record(
+    number: int,
+    started: datetime,
+    latency_ms: float,
+    status: int | None,
+    error: APIError | None,
+    headers: Mapping[str, str],
+    used: Usage,
+) -> AttemptRecord:
+    """The attempts row of one exchange: its outcome and what the answer said it charged."""
+    return AttemptRecord(
+        number,
+        started,
+        latency_ms,
+        status,
+        error.error_type if error else None,
+        error.message if error else None,
+        headers.get("x-request-id"),
+        used.prompt_tokens,
+        used.completion_tokens,
+        used.total_tokens,
+        used.cached_tokens,
+        used.audio_seconds,
+        reasoning_tokens=used.reasoning_tokens,
+    )

@@ -1,7 +1,8 @@
 """Prometheus metrics of one engine, served over HTTP with the standard client library.
 
 `pipeline worker --metrics-port N` and `pipeline run --metrics-port N` serve them at
-http://host:N/metrics. Every name starts with `pipeline_`; counters count since the process started.
+http://127.0.0.1:N/metrics (`--metrics-host` for another address). Every name starts with `pipeline_`;
+counters count since the process started.
 
     pipeline_requests_total{outcome}         requests done here: succeeded, failed, cancelled, released
     pipeline_attempts_total{status}          HTTP attempts by status code ("none": timeout, connection error)
@@ -53,8 +54,9 @@ class Metrics:
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve /metrics on `port` in a background thread until `close`."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Serve /metrics on `addr`:`port` in a background thread until `close`. Loopback by default: the
+        page names models and cost, which is nobody else's business unless asked for."""
         self._server, self._thread = start_http_server(port, addr, registry=self.registry)
 
     def close(self) -> None:

@@ -48,8 +48,11 @@ async def run_batch(
     on_start: Callable[[Engine], None] | None = None,
     signals: bool = True,
 ) -> EngineStats:
-    """Send every row of the batch until all are final; SIGINT/SIGTERM drain first (when `signals`)."""
-    async with Engine(settings, db, limiter, budget, metrics) as engine:
+    """Send every row of the batch until all are final; SIGINT/SIGTERM drain first (when `signals`).
+
+    A database that refuses writes for `write_stall_seconds` stops the run: `stats.stalled` says why.
+    """
+    async with Engine(settings, db, limiter, budget, metrics, stop_on_stall=True) as engine:
         if on_start is not None:
             on_start(engine)
         if signals:
@@ -77,6 +80,7 @@ async def feed(
     await sweep(reaper, engine)
     after, told = 0, False
     while not engine.draining:
+        await engine.writable()  # no new rows while answers cannot be stored
         ids = await asyncio.to_thread(
             functools.partial(claims.queued_ids, direct_only=direct_only),
             db,
@@ -85,7 +89,13 @@ async def feed(
             settings.chunk_size,
         )
         if ids:
-            await engine.submit(await engine.claim(ids))
+            try:
+                rows = await engine.claim(ids)
+            except Exception:
+                if engine.stalled:  # the database refused the claims too long: the run stops
+                    return
+                raise
+            await engine.submit(rows)
             after = ids[-1]
             continue
         await engine.join()

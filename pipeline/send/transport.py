@@ -1,7 +1,9 @@
 """The HTTP side of an attempt: one pooled aiohttp session, auth headers, JSON or multipart bodies.
 
 `Transport.post` makes one exchange and never raises for transport failures: a timeout or a broken
-connection comes back as a RetryableError, so the engine classifies every attempt in one place.
+connection comes back as a RetryableError, so the engine classifies every attempt in one place. The body
+comes back with the key in use scrubbed (`Secret.scrub`): a 401 may quote it, whole or masked, and nothing
+after this point (error messages, results, attempts, logs, exports) ever sees it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import orjson
 from pipeline.about import version
 from pipeline.endpoints import Endpoint
 from pipeline.endpoints.audio import AUDIO_CONTENT_TYPES
-from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
+from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, RetryableError
+from pipeline.send.bodies import ACCEPT_ENCODING, UndecodableBody, read_capped
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
 
@@ -56,7 +59,11 @@ class Transport:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
             connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
-            headers=auth_headers(self._key, self.settings.organization, self.settings.project),
+            headers={
+                **auth_headers(self._key, self.settings.organization, self.settings.project),
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
+            auto_decompress=False,  # bodies.py inflates within the size cap
         )
         return self
 
@@ -86,7 +93,9 @@ class Transport:
             async with self._session.post(
                 self.settings.base_url + endpoint.path, data=payload, headers=headers
             ) as resp:
-                return Exchange(resp.status, resp.headers, *await self._read(resp))
+                body, error = await self._read(resp)
+                # The one place answers enter: whatever is stored, logged or printed of them comes after.
+                return Exchange(resp.status, resp.headers, self._key.scrub(body), error)
         except TimeoutError:
             error = RetryableError(
                 f"no answer within {self.settings.timeout:g}s", error_type=ErrorType.TIMEOUT
@@ -98,19 +107,19 @@ class Transport:
         return _failed(error)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> tuple[bytes, APIError | None]:
-        """The body, unless it is larger than the cap: then as much as was read, and the error."""
+        """The decoded body, unless it decodes to more than the cap (or not at all): then no body, and the
+        error. The cap counts decoded bytes, whatever the encoding and with or without Content-Length."""
         cap = self.settings.max_response_bytes
-        if resp.content_length is not None and resp.content_length <= cap:
-            return await resp.read(), None
-        if resp.content_length is None:  # chunked: read up to one byte past the cap
-            body = bytearray()
-            while len(body) <= cap and (chunk := await resp.content.read(cap + 1 - len(body))):
-                body += chunk
-            if len(body) <= cap:
-                return bytes(body), None
-        size = f"{resp.content_length:,} bytes" if resp.content_length is not None else "more"
+        try:
+            body = await read_capped(resp, cap)
+        except UndecodableBody as exc:
+            resp.close()
+            return b"", BadResponse(f"HTTP {resp.status}: {exc}", status=resp.status)
+        if body is not None:
+            return body, None
+        resp.close()  # the rest is never read: the connection is not reused
         return b"", PermanentError(
-            f"HTTP {resp.status}: answer of {size} is over the {cap:,}-byte cap "
+            f"HTTP {resp.status}: the answer is over the {cap:,}-byte cap (decoded) "
             "(raise PIPELINE_MAX_RESPONSE_BYTES to accept it)",
             status=resp.status,
             error_type=ErrorType.RESPONSE_TOO_LARGE,

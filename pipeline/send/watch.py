@@ -24,7 +24,7 @@ from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting
 from pipeline.store import batch_rates, batches, claims, fair, limit_states, usage
 from pipeline.store.batches import Control
-from pipeline.store.db import Database
+from pipeline.store.db import Database, first_line
 from pipeline.store.models import BatchState
 
 log = logging.getLogger(__name__)
@@ -91,15 +91,22 @@ class Watch:
             log.warning("could not read batch states (%r); using the last known", exc)
 
     async def run(self) -> None:
-        polls = 0
+        polls, saving_failed = 0, False
         while True:
             await asyncio.sleep(STATE_POLL_SECONDS)
             polls += 1
             if polls % LIMITS_SAVE_POLLS == 0:
                 try:
                     await self.save_limits()
-                except Exception:  # a display aid: never worth stopping the engine
-                    log.warning("could not save limiter state", exc_info=True)
+                    saving_failed = False
+                except Exception as exc:  # a display aid: never worth stopping the engine, or a traceback
+                    if not saving_failed:
+                        log.warning(
+                            "could not save limiter state (%s); trying every %ds",
+                            first_line(exc),
+                            LIMITS_SAVE_POLLS,
+                        )
+                    saving_failed = True
             ids = set(self._batch_ids()) | set(self.accounting.flights_view())
             with contextlib.suppress(Exception):  # the database is busy or restarting: next period
                 await asyncio.to_thread(self._refresh, ids)

@@ -6,8 +6,10 @@ loses few. `on_stored(stored, dropped)` tells the engine which rows are done wit
 because their row was taken back by another engine (the fence moved).
 
 No outcome can block the others. A failure that another try may cure (the database restarting, busy, out
-of connections) is retried with backoff, forever, unless the engine drains: then for at most the drain
-time, after which the outcomes are given up (their requests will be sent again). Any other failure (a
+of connections, a full disk) is retried with backoff, forever, unless the engine drains: then for at most
+the drain time, after which the outcomes are given up (their requests will be sent again). Each failed try
+is one line in the log, and the engine's `WriteHealth` hears of it: while storing fails, nothing new is
+sent, and a failure that lasts makes the engine stalled (send/health.py). Any other failure (a
 value the database refuses) splits the transaction in halves until the outcome that cannot be stored is
 alone; that one is stored as failed with the reason, without its answer, and all the others are stored.
 """
@@ -15,11 +17,14 @@ alone; that one is stored as failed with the reason, without its answer, and all
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from pipeline.send.health import STORING, WriteHealth
 from pipeline.store import claims
 from pipeline.store.claims import Outcome
 from pipeline.store.db import Database, first_line, is_transient
@@ -40,12 +45,14 @@ OnStored = Callable[[list[Outcome], list[Outcome]], None]
 class Writer:
     """Use as `async with Writer(db, on_stored) as writer: writer.put(outcome)`."""
 
-    def __init__(self, db: Database, on_stored: OnStored) -> None:
+    def __init__(self, db: Database, on_stored: OnStored, health: WriteHealth | None = None) -> None:
         self.db = db
         self._on_stored = on_stored
+        self._health = health if health is not None else WriteHealth(math.inf)
         self._outbox: asyncio.Queue[Outcome] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._give_up_at: float | None = None
+        self._wake = asyncio.Event()  #: cuts a retry's wait short when a drain sets a deadline
 
     async def __aenter__(self) -> Writer:
         self._task = asyncio.create_task(self._run())
@@ -65,9 +72,11 @@ class Writer:
         await self._outbox.join()
 
     def drain(self, seconds: float) -> None:
-        """From now on, a transaction that keeps failing is given up after `seconds`."""
-        if self._give_up_at is None:
+        """From now on, a transaction that keeps failing is given up after `seconds` (the earliest of the
+        deadlines asked for)."""
+        if self._give_up_at is None or time.monotonic() + seconds < self._give_up_at:
             self._give_up_at = time.monotonic() + seconds
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -117,13 +126,21 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                return await asyncio.to_thread(call, self.db, *args)
+                result = await asyncio.to_thread(call, self.db, *args)
             except Exception as exc:
-                if not is_transient(exc) or (self._give_up_at and time.monotonic() >= self._give_up_at):
+                if not is_transient(exc) or self._given_up():
                     raise
-                log.warning("storing outcomes failed (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                self._health.failed(STORING, exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.clear()
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
+                continue
+            self._health.worked(STORING)
+            return result
+
+    def _given_up(self) -> bool:
+        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
 
 def report_death(task: asyncio.Task[None]) -> None:

@@ -22,7 +22,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.spend import Refusal
 
@@ -149,8 +151,13 @@ class RedisBudget:
     async def _run(self, script: Any, batch_id: str, args: list[str]) -> None:
         try:
             await script(keys=[budget_key(batch_id)], args=args)
-        except Exception:  # a lost settle costs accuracy only: the database keeps the true spend
-            log.warning("spend budget: could not update %s in Redis", batch_id, exc_info=True)
+        except Exception as exc:  # a lost settle costs accuracy only: the database keeps the true spend
+            unreachable = isinstance(
+                exc, ConnectionError | TimeoutError | RedisConnectionError | RedisTimeoutError
+            )
+            log.warning(
+                "spend budget: could not update %s in Redis (%r)", batch_id, exc, exc_info=not unreachable
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
