@@ -1,4 +1,4 @@
-"""Short commands start lean: `status` loads no ORM (issue 19).
+"""Short commands start lean: `pipeline --help` loads no command module, `status` no ORM (issue 19).
 
 What a command imports is read from `python -X importtime` of the real command in a fresh process, so these
 assert on modules, never on timings; bench/bench_startup.py measures the times.
@@ -6,15 +6,18 @@ assert on modules, never on timings; bench/bench_startup.py measures the times.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import orjson
 import pytest
 from sqlalchemy import JSON, DateTime, Enum, Float, Integer, String, Text
 
+from pipeline.cli import COMMANDS, cli
 from pipeline.fakeapi import FakeServer
 from pipeline.prices import shipped
 from pipeline.report import batch_report
@@ -44,6 +47,35 @@ def imported(*args: str, env: dict[str, str] | None = None) -> set[str]:
 
 def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_help_lists_every_command_without_importing_any() -> None:
+    modules = imported("--help")
+    assert loaded(modules, ("sqlalchemy", *HEAVY, "rich")) == []
+    assert not any(m.startswith("pipeline.cli.") and m.endswith("_cmds") for m in modules)
+
+
+def test_the_static_command_table_is_what_the_commands_say() -> None:
+    """Each row of `pipeline --help` is the first sentence of its command's docstring, shortened as click
+    shortens it: the table cannot drift from the commands."""
+    commands = {}
+    for name, (module, summary) in COMMANDS.items():
+        defined = importlib.import_module(f"pipeline.cli.{module}").COMMANDS
+        command = next(c for c in defined if c.name == name)
+        assert click.utils._make_default_short_help(command.help or "", 10_000) == summary, name
+        commands[name] = command
+    plain = click.Group("pipeline", commands=commands)  # click's own listing, every module loaded
+    ours, theirs = click.HelpFormatter(width=100), click.HelpFormatter(width=100)
+    cli.format_commands(click.Context(cli), ours)
+    plain.format_commands(click.Context(plain), theirs)
+    assert ours.getvalue() == theirs.getvalue()
+    assert "run " in ours.getvalue() and "worker " in ours.getvalue()
+
+
+def test_version_and_a_command_help_still_work() -> None:
+    assert invoke("--version").exit_code == 0
+    result = invoke("status", "--help")
+    assert result.exit_code == 0 and "--json" in result.stdout
 
 
 @pytest.mark.integration
