@@ -4,14 +4,11 @@ refused because the engine was declared dead registers it anew first (send/owner
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
+from pipeline.retrying import Policy, call_async, transient
 from pipeline.send.ownership import Ownership
 from pipeline.store.claims import Claimed, WorkerGone
-from pipeline.store.db import first_line, is_transient
-
-log = logging.getLogger(__name__)
 
 #: Longest pause between two tries of a claim that failed (database busy, restarting, disk full).
 MAX_CLAIM_RETRY_SECONDS = 10.0
@@ -28,17 +25,19 @@ async def retrying(
 
     Errors another try cannot cure, and any error once the engine drains, are raised.
     """
-    delay = 0.5
-    while True:
+
+    async def claim() -> list[Claimed]:
         try:
             return await asyncio.to_thread(take)
-        except WorkerGone:  # buried: one beat finds out, the next registers anew
+        except WorkerGone:  # buried: one beat finds out, the next registers anew, and the claim goes again
             await own.beat(force=True)
             if not await own.beat(force=True):
-                await sleep(delay)
-        except Exception as exc:
-            if not is_transient(exc) or draining():
                 raise
-            log.warning("claiming %s failed (%s); retrying in %.1fs", what, first_line(exc), delay)
-            await sleep(delay)
-            delay = min(delay * 2, MAX_CLAIM_RETRY_SECONDS)
+            return await asyncio.to_thread(take)
+
+    policy = Policy(f"claiming {what}", retry_on=_curable, cap=MAX_CLAIM_RETRY_SECONDS, give_up=draining)
+    return await call_async(claim, policy, sleep=sleep)
+
+
+def _curable(exc: BaseException) -> bool:
+    return isinstance(exc, WorkerGone) or transient(exc)
