@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from celery import Celery, signals
 from celery.exceptions import Reject
 
+from pipeline import retrying
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
 from pipeline.dispatch import serve_metrics
@@ -158,8 +159,8 @@ class WorkerRuntime:
             assert self.engine is not None
             try:
                 await asyncio.to_thread(self._recover, reaper, frozenset({self.engine.worker}), period)
-            except Exception:  # the broker or database is restarting: try again next period
-                log.warning("recovery pass failed", exc_info=True)
+            except Exception as exc:  # the broker or database is restarting: try again next period
+                retrying.report(log, "recovery pass", exc)
 
     def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
         rows = reaper.sweep(spare)
@@ -188,8 +189,8 @@ class WorkerRuntime:
                 await asyncio.sleep(period)
                 try:
                     await self._tick_parts(driver)
-                except Exception:  # the database or the API is failing: try again next tick
-                    log.warning("advancing Batch API parts failed", exc_info=True)
+                except Exception as exc:  # the database or the API is failing: try again next tick
+                    retrying.report(log, "advancing Batch API parts", exc)
 
     async def _tick_parts(self, driver: PartDriver) -> None:
         for batch_id in await asyncio.to_thread(parts.batches_to_plan, self.db):
@@ -198,8 +199,8 @@ class WorkerRuntime:
         for part_id in await asyncio.to_thread(parts.due_parts, self.db):
             try:
                 await driver.advance(part_id)
-            except Exception:  # one part's trouble (a bad key, a refused call) must not stop the others
-                log.warning("advancing Batch API part %s failed", part_id, exc_info=True)
+            except Exception as exc:  # one part's trouble (a bad key, a refused call) stops no other
+                retrying.report(log, f"advancing Batch API part {part_id}", exc)
 
     async def _publish_direct(self, batch_id: str, ids: list[int]) -> None:
         """Rows of a part to be sent directly now (expired under --on-expire direct): to the broker."""
