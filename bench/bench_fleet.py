@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="chunks per worker (pipeline worker's)")
     parser.add_argument("--no-run", action="store_true", help="skip `pipeline run` for comparison")
     parser.add_argument("--count-statements", action="store_true", help="PostgreSQL logs and counts them")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (the workers' logs)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     jobs = tmp / "jobs.jsonl"
@@ -299,6 +301,8 @@ def main() -> None:
         fake.terminate()
         fake.wait()
         subprocess.run([str(ROOT / "scripts" / "services"), "stop", str(servers.directory)], check=False)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()[0]
     print(f"\n{args.requests:,} requests, --max-in-flight {args.max_in_flight}; load average {load:.1f}")
     print("| run | req/s | sender CPU-s/1k | submit CPU-s/1k | PostgreSQL CPU-s/1k | Redis CPU-s/1k | all |")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -153,6 +154,7 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     ratios = [o.cpu / b.cpu for (o, _), (b, _) in zip(ours, bare, strict=True)]
     print(f"requests: {args.requests:,}, concurrency {args.concurrency}, {args.repeat} rounds")
     print(summary("bare aiohttp loop -> JSONL", bare, args.requests))
