@@ -58,9 +58,15 @@ def plan_parts(db: Database, batch_id: str) -> int:
 
 
 def run_here(
-    settings: Settings, db: Database, batch_id: str, on_start: Callable[[Engine], None] | None = None
+    settings: Settings,
+    db: Database,
+    batch_id: str,
+    on_start: Callable[[Engine], None] | None = None,
+    *,
+    signals: bool = True,
 ) -> EngineStats:
-    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first.
+    """Send the batch's claimable rows in this process until none is left; SIGINT/SIGTERM drain first
+    (when `signals`: off the main thread, e.g. the Python API's background run, there are none).
 
     The rate limit and the spend cap are this process's own unless PIPELINE_REDIS_URL shares them; with
     `settings.metrics_port` the engine's metrics are served while it runs.
@@ -72,7 +78,14 @@ def run_here(
         limiter = make_limiter(settings, settings.redis_url)
         budget = make_budget(settings.redis_url)
         return await run_batch(
-            settings, db, batch_id, limiter, budget=budget, metrics=metrics, on_start=on_start
+            settings,
+            db,
+            batch_id,
+            limiter,
+            budget=budget,
+            metrics=metrics,
+            on_start=on_start,
+            signals=signals,
         )
 
     try:
@@ -106,14 +119,19 @@ def cancel_remote(settings: Settings, batch: Batch, remote_ids: list[str]) -> in
 
 
 def run_batch_api_here(
-    settings: Settings, db: Database, batch_id: str, on_change: OnChange | None = None
+    settings: Settings,
+    db: Database,
+    batch_id: str,
+    on_change: OnChange | None = None,
+    *,
+    signals: bool = True,
 ) -> Finish:
     """Carry a batch-api batch through the Batch API in this process until done, or until a signal."""
     settings.require_api_key()
 
     async def run() -> Finish:
         limiter = make_limiter(settings, settings.redis_url)
-        return await run_batch_api(settings, db, batch_id, limiter, on_change=on_change)
+        return await run_batch_api(settings, db, batch_id, limiter, on_change=on_change, signals=signals)
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(run())

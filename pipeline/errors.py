@@ -5,7 +5,8 @@
     ├── ConnectError                broker or database unreachable (URL shown with the password masked)
     ├── PathError                   a file named on the command line cannot be read or written
     ├── JobFileError                a job file with bad lines; carries every LineError
-    ├── BatchNotFound               no such batch
+    ├── BatchNotFound               no such batch (or no unique batch with that id prefix)
+    ├── BatchPaused                 the Python API waited on a batch that paused; carries its id and reason
     ├── DuplicateBatch              the same job file was submitted before; carries its batch id
     └── APIError                    one attempt at the remote API went wrong
         ├── RetryableError          worth another attempt: 408, 409, 429 rate_limit_exceeded, 5xx, timeouts
@@ -100,12 +101,20 @@ class LineError:
 
 
 class JobFileError(PipelineError):
-    """A job file with bad lines. `errors` holds every one, in file order."""
+    """A job file with bad lines. `errors` holds the ones shown (the first 50), in file order; its message
+    names the first SHOWN_IN_MESSAGE of them as `FILE:LINE: what is wrong`."""
+
+    #: Bad lines named in the message (`errors` holds more).
+    SHOWN_IN_MESSAGE = 5
 
     def __init__(self, errors: list[LineError], total_bad: int | None = None) -> None:
         self.errors = errors
         self.total_bad = total_bad if total_bad is not None else len(errors)
-        super().__init__(f"{self.total_bad} invalid line(s)")
+        lines = [str(error) for error in errors[: self.SHOWN_IN_MESSAGE]]
+        more = self.total_bad - len(lines)
+        if more > 0:
+            lines.append(f"... and {more} more")
+        super().__init__("\n".join([f"{self.total_bad} invalid line(s):", *lines]))
 
 
 class APIError(PipelineError):
@@ -175,6 +184,20 @@ class EndpointDown(BatchBlocked):
 
 class SpendCapReached(BatchBlocked):
     """What the batch spent plus what is reserved for requests in flight would exceed its cap."""
+
+
+class BatchPaused(PipelineError):
+    """A batch the Python API was waiting on (`run`, `Batch.wait`, iterating its results) paused: a wrong
+    key, no quota, an unknown model, the spend cap, an API that does not answer. `reason` says which;
+    fix it, then `Batch.resume()` (or `pipeline resume BATCH`) continues."""
+
+    def __init__(self, batch_id: str, reason: str | None) -> None:
+        self.batch_id = batch_id
+        self.reason = reason or "no reason recorded"
+        super().__init__(
+            f"batch {batch_id} paused: {self.reason} (fix the cause, then batch.resume() or "
+            f"`pipeline resume {batch_id}`)"
+        )
 
 
 class DuplicateBatch(PipelineError):

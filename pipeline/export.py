@@ -6,11 +6,17 @@ Rows are streamed `YIELD_PER` at a time and written as they arrive: memory stays
 batch. Each format selects only the columns it writes, and unpacks rows by position: attribute access on a
 Row costs about a microsecond per column, which doubled the time of a 1M-row export.
 
-- `csv`: one row per request, `CSV_COLUMNS`, RFC 4180 quoting, empty cells for missing values.
+- `csv`: one row per request, `CSV_COLUMNS`, RFC 4180 quoting, empty cells for missing values. Embedding
+  vectors are not in it (a row of 16 vectors of 1,536 floats is ~0.5 MB of text): `dimensions` says their
+  length; `jsonl` and `openai` carry them.
 - `jsonl`: one object per request with the request body and response body parsed, usage, finish reasons,
-  output, error and latency.
+  output, error and latency, plus what its endpoint adds (`export_fields`: embeddings' vectors as lists
+  of floats, a moderation's `flagged`).
 - `openai`: the Batch API's output file format, so tools written for it read ours unchanged. Only final
   requests appear (queued and running ones are skipped and not counted).
+
+Response bodies are exported as the API sent them: what an endpoint stored apart (embedding vectors) is put
+back by the endpoint (`restore`), base64 as base64, floats as the same floats.
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import orjson
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, case, select
 from sqlalchemy.orm import InstrumentedAttribute
 
+from pipeline.endpoints import BY_URL
 from pipeline.errors import BatchNotFound, ConfigError, ErrorType
 from pipeline.ids import openai_request_id
 from pipeline.store.db import Database
 from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records", "records_of"]
 
 #: Export formats, as the CLI offers them (parquet: export_parquet.py, with pyarrow).
 FORMATS = ("csv", "jsonl", "openai", "parquet")
@@ -50,6 +57,9 @@ CSV_COLUMNS = (
     "error_message",
     "attempts",
     "latency_ms",
+    "reasoning_tokens",
+    "flagged",
+    "dimensions",
 )
 
 #: Rows fetched from the database per round trip (and held in memory at once).
@@ -115,11 +125,14 @@ def _last_latency() -> ColumnElement[float | None]:
 
 
 def _statement(batch_id: str, columns: tuple[_Column, ...]) -> Select[Any]:
+    return _statement_of(columns).where(Request.batch_id == batch_id)
+
+
+def _statement_of(columns: tuple[_Column, ...]) -> Select[Any]:
     return (
         select(*columns)
         .select_from(Request)
         .outerjoin(Result, Result.request_id == Request.id)
-        .where(Request.batch_id == batch_id)
         .order_by(Request.id)
     )
 
@@ -145,7 +158,11 @@ _CSV_SELECT: tuple[_Column, ...] = (
     Request.error_message,
     Request.attempts,
     _last_latency().label("latency_ms"),
+    Result.reasoning_tokens,
+    case((Result.flagged.is_(True), "true"), (Result.flagged.is_(False), "false")).label("flagged"),
+    Result.dimensions,
 )
+_CSV_LATENCY = CSV_COLUMNS.index("latency_ms")
 
 
 def _write_csv(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
@@ -156,8 +173,8 @@ def _write_csv(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
         count = 0
         for row in rows:
             # Columns are selected in CSV_COLUMNS order; only the latency needs rounding.
-            *cells, latency = row
-            cells.append(_latency(latency))
+            cells = list(row)
+            cells[_CSV_LATENCY] = _latency(cells[_CSV_LATENCY])
             writer.writerow(cells)
             count += 1
         text.flush()
@@ -185,15 +202,22 @@ def _response_body(body: str, content_type: str | None) -> Any:
 
 
 def _response(
-    http_status: int | None, x_request_id: str | None, content_type: str | None, body: str | None
+    http_status: int | None,
+    x_request_id: str | None,
+    content_type: str | None,
+    body: str | None,
+    url: str,
+    vectors: bytes | None,
+    dimensions: int | None,
 ) -> dict[str, Any] | None:
+    """The answer as the Batch API shows it, its body as the API sent it (vectors put back)."""
     if http_status is None or body is None:  # no result row (results.http_status is NOT NULL)
         return None
-    return {
-        "status_code": http_status,
-        "request_id": x_request_id,
-        "body": _response_body(body, content_type),
-    }
+    parsed = _response_body(body, content_type)
+    endpoint = BY_URL.get(url)
+    if vectors is not None and endpoint is not None:
+        parsed = endpoint.restore(parsed, vectors, dimensions)
+    return {"status_code": http_status, "request_id": x_request_id, "body": parsed}
 
 
 # --- jsonl ---------------------------------------------------------------------------------------------
@@ -217,6 +241,9 @@ _JSONL_SELECT: tuple[_Column, ...] = (
     Result.total_tokens,
     Result.audio_seconds,
     _last_latency().label("latency_ms"),
+    Result.flagged,
+    Result.dimensions,
+    Result.vectors,
 )
 
 
@@ -248,20 +275,29 @@ def _jsonl_records(rows: Iterable[Sequence[Any]]) -> Iterator[dict[str, Any]]:
         total_tokens,
         audio_seconds,
         latency_ms,
+        flagged,
+        dimensions,
+        vectors,
     ) in rows:
-        yield {
+        response = _response(http_status, x_request_id, content_type, body, url, vectors, dimensions)
+        record = {
             "custom_id": custom_id,
             "status": str(status),
             "endpoint": url,
             "attempts": attempts,
             "request": _parse_json(request_body),
-            "response": _response(http_status, x_request_id, content_type, body),
+            "response": response,
             "usage": _usage(prompt_tokens, completion_tokens, total_tokens, audio_seconds),
             "finish_reasons": finish_reasons.split("|") if finish_reasons else [],
             "output": output,
             "error": _error(error_type, error_message),
             "latency_ms": _latency(latency_ms),
         }
+        endpoint = BY_URL.get(url)
+        if endpoint is not None:
+            answer = response["body"] if response is not None else None
+            record.update(endpoint.export_fields(answer, vectors, dimensions, flagged))
+        yield record
 
 
 def iter_records(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
@@ -273,6 +309,15 @@ def iter_records(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
             yield from _jsonl_records(rows)
         finally:
             rows.close()
+
+
+def records_of(db: Database, request_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The `jsonl` export's objects of these requests, in id order (the Python API's results as stored)."""
+    if not request_ids:
+        return []
+    stmt = _statement_of(_JSONL_SELECT).where(Request.id.in_(list(request_ids)))
+    with db.read() as session:
+        return list(_jsonl_records(session.connection().execute(stmt)))
 
 
 def _usage(
@@ -302,6 +347,9 @@ _OPENAI_SELECT: tuple[_Column, ...] = (
     Result.x_request_id,
     Result.content_type,
     Result.body,
+    Request.url,
+    Result.vectors,
+    Result.dimensions,
 )
 
 

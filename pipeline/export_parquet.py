@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 from pipeline.errors import ConfigError
 from pipeline.store.models import Request, Result
 
+#: The column of embedding vectors: a list of float32 lists per row, built from the stored bytes.
+EMBEDDINGS = "embeddings"
 #: Rows per Parquet row group (and held in memory at once, as Python values then Arrow arrays).
 GROUP_ROWS = 20_000
 
@@ -70,6 +72,11 @@ def _columns() -> tuple[Column, ...]:
         Column("completion_tokens", lambda pa: pa.int64(), Result.completion_tokens),
         Column("total_tokens", lambda pa: pa.int64(), Result.total_tokens),
         Column("audio_seconds", lambda pa: pa.float64(), Result.audio_seconds),
+        Column("reasoning_tokens", lambda pa: pa.int64(), Result.reasoning_tokens),
+        Column("flagged", lambda pa: pa.bool_(), Result.flagged),  # moderations
+        Column("dimensions", lambda pa: pa.int32(), Result.dimensions),  # embeddings: each vector's length
+        # embeddings: each input's vector, as stored (float32), in input order; made a row group at a time
+        Column(EMBEDDINGS, lambda pa: pa.list_(pa.list_(pa.float32())), Result.vectors),
         Column("error_type", lambda pa: pa.string(), Request.error_type),
         Column("error_message", lambda pa: pa.string(), Request.error_message),
         Column("latency_ms", lambda pa: pa.float64(), _last_latency().label("latency_ms"), _latency),
@@ -78,7 +85,23 @@ def _columns() -> tuple[Column, ...]:
     )
 
 
-def _table(pa: Any, schema: Any, group: list[list[Any]]) -> Any:
+def _vectors(pa: Any, blobs: list[bytes | None], dimensions: list[int | None]) -> Any:
+    """The embeddings column of a row group: each row's float32 bytes as a list of `dimensions`-long
+    vectors (null for rows without), from one buffer, without a Python float per value."""
+    values = pa.py_buffer(b"".join(b for b in blobs if b))
+    floats = pa.Array.from_buffers(pa.float32(), len(values) // 4, [None, values])
+    inner, outer, mask = [0], [0], []
+    for blob, dims in zip(blobs, dimensions, strict=True):
+        count = len(blob) // 4 // dims if blob and dims else 0
+        start = inner[-1]
+        inner.extend(start + (dims or 0) * (k + 1) for k in range(count))
+        outer.append(outer[-1] + count)
+        mask.append(not blob)
+    vectors = pa.ListArray.from_arrays(pa.array(inner, pa.int32()), floats)
+    return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), vectors, mask=pa.array(mask, pa.bool_()))
+
+
+def _table(pa: Any, schema: Any, group: list[Any]) -> Any:
     return pa.Table.from_pydict(dict(zip(schema.names, group, strict=True)), schema=schema)
 
 
@@ -111,9 +134,12 @@ def write_parquet(rows: Iterable[Sequence[Any]], out: BinaryIO) -> int:
     schema = pa.schema([pa.field(c.name, c.arrow_type(pa)) for c in columns])
     count = 0
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        at, dims = [c.name for c in columns].index(EMBEDDINGS), [c.name for c in columns].index("dimensions")
         for group in _groups(rows):
             count += len(group)
-            writer.write_table(_table(pa, schema, _transposed(columns, group)))
+            values: list[Any] = _transposed(columns, group)
+            values[at] = _vectors(pa, values[at], values[dims])
+            writer.write_table(_table(pa, schema, values))
         if count == 0:
             writer.write_table(_table(pa, schema, [[] for _ in columns]))
     return count

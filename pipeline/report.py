@@ -51,6 +51,7 @@ def batch_report(
             "completion_tokens": totals.total("completion_tokens"),
             "total_tokens": totals.total("total_tokens"),
             "audio_seconds": round(sum(u.audio_seconds for u in totals.models), 3),
+            "reasoning_tokens": totals.total("reasoning_tokens"),
         },
         "attempts": totals.total("attempts"),
         "rate_limited": totals.total("rate_limited"),
@@ -59,7 +60,7 @@ def batch_report(
         "max_cost_usd": batch.max_cost_usd,
         "unpriced_models": unpriced,
         "cost_by_model": by_model,
-        "prices": {"as_of": prices.as_of, "source": prices.source},
+        "prices": {"as_of": prices.as_of, "source": prices.source, "origin": prices.origin},
         "errors": {g: n for g, n in _by_type(failures).items()},
         "failures": [
             {"error_type": f.error_type, "http_status": f.http_status, "count": f.count, "sample": f.sample}

@@ -8,6 +8,7 @@ Flags win over the environment, the environment over defaults.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -213,6 +214,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                 value = str(raw)
         except ValueError:
             raise ConfigError(f"{name}: expected {kind.split(' |')[0]}, got {raw!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {raw!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"{name}: must be positive, got {raw!r}")
         out[name] = value

@@ -28,7 +28,11 @@ CASES = {
     "not an object": (b"[1, 2]\n", 2, "expected a JSON object, got array"),
     "non-utf8": (b'{"custom_id": "\xff"}\n', 2, "not valid UTF-8"),
     "missing url": (line({"custom_id": "a", "method": "POST", "body": {}}), 2, "url: required"),
-    "unknown url": (line({**chat_line("a", "x"), "url": "/v1/embeddings"}), 2, "url: unknown endpoint"),
+    "unknown url": (
+        line({**chat_line("a", "x"), "url": "/v1/images/generations"}),
+        2,
+        "url: unknown endpoint",
+    ),
     "method not post": (line({**chat_line("a", "x"), "method": "GET"}), 2, "method: must be POST"),
     "missing model": (
         line({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}),

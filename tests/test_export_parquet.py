@@ -10,6 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import insert
 
+from pipeline.endpoints import BY_URL, vectors
 from pipeline.export import export_batch
 from pipeline.store.db import open_database
 from pipeline.store.models import Attempt, Batch, Request, Result
@@ -22,9 +23,9 @@ SRT = '1\n00:00:00,000 --> 00:00:01,500\nHéllo, "there".\n'
 
 
 def _rows(i: int) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
-    """A request of one of seven kinds: chat answers (two choices, unicode), an error answer, a timeout,
-    a transcript as text, queued and cancelled rows."""
-    kind = i % 7
+    """A request of one of nine kinds: chat answers (two choices, unicode), an error answer, a timeout,
+    a transcript as text, queued and cancelled rows, embeddings (vectors stored apart), a moderation."""
+    kind = i % 9
     req: dict[str, Any] = {
         "id": i + 1, "batch_id": "pq", "line": i + 1, "custom_id": f"row-{i}", "url": "/v1/chat/completions",
         "body": orjson.dumps({"model": "m", "messages": [{"role": "user", "content": f"q{i} ✓"}]}).decode(),
@@ -52,6 +53,18 @@ def _rows(i: int) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str,
                   "audio_seconds": 1.5}  # fmt: skip
     elif kind == 5:
         req.update(status="queued", attempts=0, finished_at=None)
+    elif kind == 7:
+        req["url"] = "/v1/embeddings"
+        data = [{"object": "embedding", "index": k, "embedding": ""} for k in range(2)]  # base64, emptied
+        stored = vectors.pack([i / 7, -1.5, 1e-8] * 2)  # two vectors of 3
+        result = {"http_status": 200, "content_type": "application/json", "model": "text-embedding-3-small",
+                  "body": orjson.dumps({"object": "list", "data": data}).decode(), "prompt_tokens": 4,
+                  "total_tokens": 4, "dimensions": 3, "vectors": stored}  # fmt: skip
+    elif kind == 8:
+        req["url"] = "/v1/moderations"
+        body = {"id": f"modr-{i}", "results": [{"flagged": bool(i % 2), "categories": {}}]}
+        result = {"http_status": 200, "content_type": "application/json", "body": orjson.dumps(body).decode(),
+                  "flagged": bool(i % 2), "output": "violence" if i % 2 else None}  # fmt: skip
     else:
         req.update(status="cancelled", attempts=0, error_type="cancelled", error_message="cancelled")
     attempts = [
@@ -81,6 +94,11 @@ def _build(url: str) -> None:
             s.execute(insert(Attempt), attempts)
 
 
+def _stored(embeddings: list[list[float]] | None) -> bytes | None:
+    """The Parquet column's vectors as the database stores them (float32 little-endian)."""
+    return b"".join(vectors.pack(v) for v in embeddings) if embeddings is not None else None
+
+
 def _as_jsonl(row: dict[str, Any]) -> dict[str, Any]:
     """A Parquet row in the shape of the jsonl export's record."""
     body, ctype = row["response"], row["content_type"]
@@ -97,8 +115,15 @@ def _as_jsonl(row: dict[str, Any]) -> dict[str, Any]:
         error = {"type": row["error_type"], "message": row["error_message"]}
     response = None
     if row["http_status"] is not None:
-        response = {"status_code": row["http_status"], "request_id": row["x_request_id"], "body": parsed}
-    return {
+        endpoint = BY_URL[row["endpoint"]]
+        restored = endpoint.restore(parsed, _stored(row["embeddings"]), row["dimensions"])
+        response = {"status_code": row["http_status"], "request_id": row["x_request_id"], "body": restored}
+    extra: dict[str, Any] = {}
+    if row["endpoint"] == "/v1/embeddings":
+        extra["embeddings"] = row["embeddings"]
+    if row["endpoint"] == "/v1/moderations":
+        extra["flagged"] = row["flagged"]
+    return extra | {
         "custom_id": row["custom_id"], "status": row["status"], "endpoint": row["endpoint"],
         "attempts": row["attempts"], "request": orjson.loads(row["request"]), "response": response,
         "usage": usage, "finish_reasons": row["finish_reasons"], "output": row["output"], "error": error,
@@ -119,6 +144,7 @@ def test_parquet_of_100000_rows_equals_the_jsonl_export(database_url: str, tmp_p
     assert str(schema.field("attempts").type) == "int32" and str(schema.field("latency_ms").type) == "double"
     assert str(schema.field("finished_at").type) == "timestamp[us, tz=UTC]"
     assert str(schema.field("finish_reasons").type) == "list<element: string>"
+    assert str(schema.field("embeddings").type) == "list<element: list<element: float>>"
     table = parquet.read()
     jsonl = (tmp_path / "out.jsonl").read_bytes().splitlines()
     assert len(jsonl) == table.num_rows == ROWS

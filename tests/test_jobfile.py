@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.endpoints import AUDIO_EXTENSIONS, ENDPOINTS, MAX_AUDIO_BYTES
+from pipeline.endpoints import ENDPOINTS
+from pipeline.endpoints.audio import AUDIO_EXTENSIONS, MAX_AUDIO_BYTES
 from pipeline.errors import ConfigError, LineError
 from pipeline.ids import CustomIds
 from pipeline.jobs.reader import MAX_CUSTOM_ID_CHARS, JobLine, JobReader
@@ -150,9 +151,10 @@ def test_missing_url() -> None:
 
 
 def test_unknown_url() -> None:
-    assert only_error(line(url="/v1/embeddings")) == (
-        "jobs.jsonl:1: url: unknown endpoint '/v1/embeddings' (expected one of /v1/chat/completions, "
-        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations)"
+    assert only_error(line(url="/v1/images/generations")) == (
+        "jobs.jsonl:1: url: unknown endpoint '/v1/images/generations' (expected one of /v1/chat/completions, "
+        "/v1/completions, /v1/audio/transcriptions, /v1/audio/translations, /v1/embeddings, /v1/responses, "
+        "/v1/moderations)"
     )
 
 
@@ -448,8 +450,8 @@ def test_shorthand_bad_body() -> None:
 
 
 def test_unknown_endpoint_option() -> None:
-    with pytest.raises(ConfigError, match="unknown endpoint 'embeddings'"):
-        JobReader("jobs.jsonl", "embeddings")
+    with pytest.raises(ConfigError, match="unknown endpoint 'images'"):
+        JobReader("jobs.jsonl", "images")
 
 
 def test_many_errors_all_reported_in_order() -> None:
@@ -518,7 +520,15 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, clip: Path, tmp_path: Path) -> N
 
 
 def test_endpoints_cover_every_shorthand() -> None:
-    assert set(ENDPOINTS) == {"chat", "completions", "transcriptions", "translations"}
+    assert set(ENDPOINTS) == {
+        "chat",
+        "completions",
+        "transcriptions",
+        "translations",
+        "embeddings",
+        "responses",
+        "moderations",
+    }
 
 
 # --- what cannot work: refused at validation -----------------------------------------------------------

@@ -31,8 +31,10 @@ def test_the_public_api_is_pinned() -> None:
             "APIError",
             "AccessDenied",
             "BadResponse",
+            "Batch",
             "BatchBlocked",
             "BatchNotFound",
+            "BatchPaused",
             "BatchState",
             "ConfigError",
             "ConnectError",
@@ -50,9 +52,13 @@ def test_the_public_api_is_pinned() -> None:
             "RequestStatus",
             "RetryableError",
             "Settings",
+            "__version__",
             "arun",
+            "asubmit",
+            "batch",
             "results",
             "run",
+            "submit",
         ]
     )
     for name in pipeline.__all__:
@@ -67,7 +73,8 @@ def test_importing_pipeline_loads_neither_the_engine_nor_the_database() -> None:
 
 
 def test_the_minimum_versions_ci_installs_are_the_declared_floors() -> None:
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["tokens"]
     floors = {}
     for requirement in declared:
         match = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?>=([^;,\s]+)", requirement)
@@ -78,7 +85,8 @@ def test_the_minimum_versions_ci_installs_are_the_declared_floors() -> None:
         if line.strip() and not line.startswith("#"):
             name, version = line.split("==")
             pinned[name.strip().lower()] = version.strip()
-    assert {name: pinned.get(name) for name in floors} == floors
+    assert pinned == floors
+    assert "toktok-rs" not in {f.split(">=")[0] for f in project["dependencies"]}  # an extra
 
 
 def test_every_package_of_the_source_tree_is_in_the_wheel() -> None:
@@ -129,11 +137,11 @@ def test_reading_commands_never_create_a_database(tmp_path: Path, monkeypatch: p
 
 def test_run_from_python_twice_sends_once(fake: FakeServer, tmp_path: Path) -> None:
     rows = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(20)]
-    results = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    results = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
     assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(20)]
     assert all(r["status"] == "succeeded" and r["output"] == f"echo: q{i}" for i, r in enumerate(results))
     assert results[0]["usage"]["total_tokens"] > 0
-    again = pipeline.run(rows, endpoint="chat", base_url=fake.url)
+    again = list(pipeline.run(rows, endpoint="chat", base_url=fake.url))
     assert again == results
     assert fake.stats()["received"] == 20
 
@@ -142,21 +150,21 @@ def test_run_from_python_takes_batch_lines_or_a_path(fake: FakeServer, tmp_path:
     lines = [chat_line(f"id-{i}", f"hello {i}") for i in range(5)]
     assert [r["custom_id"] for r in pipeline.run(lines, base_url=fake.url)] == [f"id-{i}" for i in range(5)]
     path = chat_file(tmp_path / "jobs.jsonl", 3)
-    assert len(pipeline.run(path, base_url=fake.url)) == 3
+    assert len(list(pipeline.run(path, base_url=fake.url))) == 3
 
 
 def test_run_inside_a_running_event_loop_and_from_a_thread(fake: FakeServer, tmp_path: Path) -> None:
     rows = [chat_line(f"nb-{i}", f"notebook {i}") for i in range(5)]
 
     async def notebook_cell() -> list[dict[str, Any]]:
-        return pipeline.run(rows, base_url=fake.url)  # blocking call from inside a loop, as in Jupyter
+        return list(pipeline.run(rows, base_url=fake.url))  # blocking call from inside a loop, as in Jupyter
 
     assert len(asyncio.run(notebook_cell())) == 5
-    assert len(asyncio.run(pipeline.arun(rows, base_url=fake.url))) == 5  # the same batch: nothing sent
+    assert len(list(asyncio.run(pipeline.arun(rows, base_url=fake.url)))) == 5  # the same batch: nothing sent
 
     found: list[Any] = []
     thread_rows = [chat_line(f"th-{i}", f"thread {i}") for i in range(5)]
-    thread = threading.Thread(target=lambda: found.append(pipeline.run(thread_rows, base_url=fake.url)))
+    thread = threading.Thread(target=lambda: found.append(list(pipeline.run(thread_rows, base_url=fake.url))))
     thread.start()
     thread.join(timeout=60)
     assert len(found[0]) == 5 and all(r["status"] == "succeeded" for r in found[0])
@@ -192,15 +200,35 @@ def test_the_project_is_sent_as_openai_project_and_splits_the_limit_key(
 
 # --- the wheel, installed the way users install Python tools ------------------------------------------
 
+#: Every distribution a plain `pip install pipeline-bulk` may bring, vetted: the hard dependencies (all
+#: well-established, widely used packages) and what they pull in, on the platforms we run on. A new one
+#: must be looked at before it is added here.
+VETTED = {
+    # pipeline-bulk's own dependencies
+    *("celery", "kombu", "redis", "sqlalchemy", "alembic", "tenacity", "click", "aiohttp", "multidict"),
+    *("orjson", "rich", "platformdirs", "uvloop", "prometheus-client"),
+    # celery, kombu
+    *("billiard", "vine", "amqp", "click-didyoumean", "click-plugins", "click-repl", "prompt-toolkit"),
+    *("wcwidth", "python-dateutil", "six", "tzdata", "tzlocal", "packaging"),
+    # sqlalchemy, alembic
+    *("greenlet", "typing-extensions", "mako", "markupsafe"),
+    # aiohttp
+    *("aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "propcache", "yarl", "idna", "async-timeout"),
+    # rich
+    *("markdown-it-py", "mdurl", "pygments"),
+}
+
 
 @pytest.mark.integration
-def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_from_anywhere(tmp_path: Path) -> None:
+def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_and_the_demo_from_anywhere(
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
     source.mkdir()
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, source / part)
-    for part in ("pipeline", "migrations"):
-        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pipeline", "migrations", "jobs"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__", "clips"))
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
@@ -219,7 +247,31 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_from_anywhere(tm
         "XDG_DATA_HOME": str(tmp_path / "home" / "data"),
         "OPENAI_API_KEY": TEST_KEY,
     }
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.metadata as m; print(*(d.metadata['Name'] for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    names = {name.lower().replace("_", "-") for name in installed} - {"pip", "setuptools", "pipeline-bulk"}
+    assert names <= VETTED, sorted(names - VETTED)
+    shown = subprocess.run([venv / "bin" / "pip", "show", "pipeline-bulk"], capture_output=True, text=True)
+    requires = shown.stdout.split("Requires:")[1].splitlines()[0]
+    assert {r.strip().lower().replace("_", "-") for r in requires.split(",")} <= VETTED
+    assert "toktok" not in shown.stdout
+
     bin_ = venv / "bin" / "pipeline"
+    demo = subprocess.run([bin_, "demo"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    csvs = sorted(p.name for p in (elsewhere / "demo-out").glob("*.csv"))
+    assert csvs == sorted(f"{p.stem}.csv" for p in (ROOT / "jobs").glob("*.jsonl"))
+    assert all((elsewhere / "demo-out" / name).read_text().count("\n") > 1 for name in csvs)
+
     port = free_port()
     fake = subprocess.Popen([bin_, "fake-api", "--port", str(port)], env=env, cwd=elsewhere)
     try:
@@ -238,14 +290,27 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_from_anywhere(tm
         assert pipeline_cmd("export", "--format", "csv").stdout.count("\n") == 11
         pipeline_cmd("db", "upgrade")
         assert pipeline_cmd("db", "path").stdout.startswith(str(tmp_path / "home" / "data"))
-        code = "import pipeline, pipeline.store.db as d; print(d.migrations_dir())"
-        where = subprocess.run(
-            [venv / "bin" / "python", "-c", code], env=env, cwd=elsewhere, capture_output=True, text=True
-        )
+        code = "import pipeline, pipeline.store.db as d; print(d.migrations_dir(), pipeline.__version__)"
+        where = subprocess.run([python, "-c", code], env=env, cwd=elsewhere, capture_output=True, text=True)
         assert "site-packages/pipeline/migrations" in where.stdout, where.stderr
+        assert (
+            where.stdout.split()[-1]
+            == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+        )
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_the_demo_runs_from_the_checkout_anywhere(tmp_path: Path) -> None:
+    result = invoke(
+        "demo", "--out", str(tmp_path / "out")
+    )  # the working directory is tmp_path, not the checkout
+    assert result.exit_code == 0, result.stderr
+    made = sorted(Path(line).name for line in result.stdout.split())
+    assert made == sorted(f"{p.stem}.csv" for p in (ROOT / "jobs").glob("*.jsonl"))
+    assert sorted(p.name for p in (tmp_path / "out" / "jobs" / "clips").glob("*.wav"))  # written there
 
 
 def _listening(port: int) -> bool:

@@ -3,7 +3,7 @@
 Each line of the output and error files is matched to the row the part holds by custom_id and stored as
 the engine stores an answer: one attempt (status, request id, usage, marked `via` batch-api), the
 results row (`send.responses.result_row`), and the status: a 2xx whose body is the endpoint's answer
-(`parse_answer`) succeeds; any other 2xx fails with `bad_response`, an HTTP error fails with the API's
+(`parse_data`) succeeds; any other 2xx fails with `bad_response`, an HTTP error fails with the API's
 error (`classify`), a line with an `error` fails with its code. Everything goes through the writer
 (`send/writer.py`): fenced by the part's fence (a row no longer the part's is not written), batched,
 retried while the database fails, and no outcome that cannot be stored blocks the others.
@@ -27,10 +27,11 @@ import orjson
 
 from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.options import OnExpire
+from pipeline.endpoints import by_url
 from pipeline.errors import APIError, ErrorType
 from pipeline.send.classify import classify
 from pipeline.send.estimates import usage
-from pipeline.send.responses import Parsed, parse_answer, result_row
+from pipeline.send.responses import Parsed, parse_data, result_row
 from pipeline.send.writer import Writer
 from pipeline.store import parts
 from pipeline.store.claims import AttemptRecord, Outcome
@@ -188,15 +189,16 @@ def _answered(row: Held, fence: int, response: Mapping[str, Any], window: Window
     status = response.get("status_code")
     status = status if isinstance(status, int) else 0
     request_id = response.get("request_id") if isinstance(response.get("request_id"), str) else None
-    raw = orjson.dumps(response.get("body"))
+    body = response.get("body")
     parsed: Parsed | None = None
     error: APIError | None = None
     if 200 <= status < 300:
-        try:
-            parsed = parse_answer(row.url, None, status, raw, "application/json")
+        try:  # the line's body is parsed already: read it as it is (an embedding's vectors taken out)
+            parsed = parse_data(by_url(row.url), status, body)
         except APIError as bad:
             error = bad
-    else:
+    raw = parsed.body if parsed is not None and parsed.body is not None else orjson.dumps(body)
+    if not 200 <= status < 300:
         error = classify(status, {"x-request-id": request_id or ""}, raw)
     used = usage(parsed, raw)
     attempt = window.attempt(
@@ -210,6 +212,7 @@ def _answered(row: Held, fence: int, response: Mapping[str, Any], window: Window
         total_tokens=used.total_tokens,
         cached_tokens=used.cached_tokens,
         audio_seconds=used.audio_seconds,
+        reasoning_tokens=used.reasoning_tokens,
     )
     result = result_row(status, request_id, None, raw, parsed)
     if error is not None:

@@ -1,10 +1,11 @@
 """Cutting a batch's queued rows into parts the Batch API accepts, and writing a part's input file.
 
-A part has one endpoint and one model, at most `part_size` lines and `part_bytes` bytes of input file
-(a single line larger than that is a part of its own: the API judges it). Rows are read in id order a
+A part has one endpoint and one model, at most `part_size` lines and `part_bytes` bytes of input file, and
+at most its endpoint's `max_batch_inputs` (the API's 50,000 embedding inputs per batch); a single line
+larger than that is a part of its own: the API judges it. Rows are read in id order a
 page at a time, so memory holds the ids of one open part per (endpoint, model), never the bodies of the
-batch. Audio rows, which the Batch API does not take, are marked to be sent directly (intake refused
-them unless --audio-direct asked for that).
+batch. Rows of an endpoint the Batch API does not take (audio) are marked to be sent directly (intake
+refused them unless --audio-direct asked for that).
 
 The input file is the rows' Batch API lines in id order, each body exactly as stored: the same rows
 always make the same bytes, so its line numbers name rows when the API reports problems by line.
@@ -19,7 +20,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import AUDIO_URLS
+from pipeline.endpoints import BY_URL, Endpoint
 from pipeline.ids import new_part_id
 from pipeline.store import parts
 from pipeline.store.db import Database
@@ -33,8 +34,21 @@ PAGE = 10_000
 class _Open:
     """A part being filled."""
 
+    #: the model its rows are for
+    model: str
     ids: list[int] = field(default_factory=list)
     size: int = 0
+    #: what its rows count against their endpoint's `max_batch_inputs` (embedding inputs)
+    inputs: int = 0
+
+    def full(self, options: BatchApiOptions, endpoint: Endpoint, size: int, inputs: int) -> bool:
+        """Whether a row of `size` bytes and `inputs` inputs would take it over a limit."""
+        limit = endpoint.max_batch_inputs
+        return (
+            len(self.ids) >= options.part_size
+            or self.size + size > options.part_bytes
+            or (limit is not None and self.inputs + inputs > limit)
+        )
 
 
 def input_line(custom_id: str, url: str, body: str) -> bytes:
@@ -50,14 +64,18 @@ def input_line(custom_id: str, url: str, body: str) -> bytes:
     )
 
 
-def model_of(body: str) -> str:
-    """The model a stored body names ("" when it names none)."""
+def _read(endpoint: Endpoint, body: str) -> tuple[str, str, int]:
+    """Of a stored body: the `model` it names ("" for none: the Batch API compares the field itself, so a
+    body without one goes in a part of its own), the model it is for (`model_of`: its usage counters) and
+    its inputs against the endpoint's per-batch limit."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return ""
-    model = data.get("model") if isinstance(data, dict) else None
-    return model if isinstance(model, str) else ""
+        return "", "", 1
+    if not isinstance(data, dict):
+        return "", "", 1
+    named = data.get("model")
+    return named if isinstance(named, str) else "", endpoint.model_of(data), endpoint.batch_inputs(data)
 
 
 def plan_parts(db: Database, batch: Batch) -> list[Part]:
@@ -67,20 +85,22 @@ def plan_parts(db: Database, batch: Batch) -> list[Part]:
     made: list[Part] = []
     audio: list[int] = []
     for request_id, custom_id, url, body in _queued(db, batch.id):
-        if url in AUDIO_URLS:
+        endpoint = BY_URL[url]
+        if not endpoint.batch_api:
             audio.append(request_id)
             continue
-        key = (url, model_of(body))
+        named, model, inputs = _read(endpoint, body)
+        key = (url, named)
         size = len(input_line(custom_id, url, body))
-        current = filling.setdefault(key, _Open())
-        full = len(current.ids) >= options.part_size or current.size + size > options.part_bytes
-        if current.ids and full:
-            made += _make(db, batch.id, key, current)
-            current = filling[key] = _Open()
+        current = filling.setdefault(key, _Open(model))
+        if current.ids and current.full(options, endpoint, size, inputs):
+            made += _make(db, batch.id, url, current)
+            current = filling[key] = _Open(model)
         current.ids.append(request_id)
         current.size += size
-    for key, current in filling.items():
-        made += _make(db, batch.id, key, current)
+        current.inputs += inputs
+    for (url, _), current in filling.items():
+        made += _make(db, batch.id, url, current)
     if audio:
         parts.mark_direct(db, audio)
     return made
@@ -96,9 +116,8 @@ def _queued(db: Database, batch_id: str) -> Iterator[tuple[int, str, str, str]]:
         after = rows[-1][0]
 
 
-def _make(db: Database, batch_id: str, key: tuple[str, str], current: _Open) -> list[Part]:
-    url, model = key
-    part = parts.new_part(db, new_part_id(), batch_id, url, model, current.ids)
+def _make(db: Database, batch_id: str, url: str, current: _Open) -> list[Part]:
+    part = parts.new_part(db, new_part_id(), batch_id, url, current.model, current.ids)
     return [part] if part is not None else []
 
 

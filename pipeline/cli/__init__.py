@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": (
         "estimate_cmds",
         "Estimate FILE before sending it: requests, prompt tokens (counted offline), cost (low and high)"
-        " and time at the limits given (--rpm, --tpm, --limits-file) or last learned.",
+        " and time at the limits given (--rpm, --tpm, --limits-file) or last learned for this account"
+        " (--base-url, the key, --organization, --project).",
     ),
     "submit": (
         "fleet_cmds",
@@ -73,14 +74,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Continue a paused BATCH (after the quota was restored, the key fixed, or with a higher --max-cost).",
     ),
     "priority": ("priority_cmds", "Set BATCH's priority to N, also while it runs."),
+    "prices": (
+        "prices_cmds",
+        "The price table cost is computed with: shipped in the package (dated), refreshed into the data"
+        " directory by `pipeline prices update`, and --prices FILE over both.",
+    ),
     "db": ("db_cmds", "Database schema (a fresh SQLite database is migrated on first use anyway)."),
     "fake-api": (
         "fake_cmds",
-        "Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, the Batch API).",
+        "Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, embeddings,"
+        " responses, moderations, the Batch API).",
     ),
     "demo": (
         "fake_cmds",
-        "Run every example in jobs/ against a local fake API and export each batch to CSV in OUT.",
+        "Run every example job shipped with pipeline against a local fake API; CSVs of each batch in OUT.",
     ),
     "ui": (
         "ui_cmds",

@@ -10,6 +10,7 @@ import click
 
 from pipeline import dispatch
 from pipeline.cli.options import (
+    FiniteFloat,
     api_options,
     broker_options,
     database,
@@ -39,8 +40,10 @@ def export(batch_id: str | None, fmt: str, output: str, **params: Any) -> None:
 
     \b
     csv     one row per request: custom_id, endpoint, model, status, http_status, finish_reason,
-            prompt/completion/total_tokens, output, error_type, error_message, attempts, latency_ms
-    jsonl   one object per request: body, full response, usage, finish reasons, error
+            prompt/completion/total_tokens, output, error_type, error_message, attempts, latency_ms,
+            reasoning_tokens, flagged (moderations), dimensions (embeddings; vectors: jsonl, openai)
+    jsonl   one object per request: body, full response, usage, finish reasons, error; embeddings'
+            vectors as lists of floats, a moderation's flagged
     openai  OpenAI Batch API output lines (final requests only), for tools written for the Batch API
     """
     settings = pop_settings(params)
@@ -70,7 +73,11 @@ def _export_to_file(db: Database, batch_id: str, fmt: str, path: str, ticker: Ti
 @click.command()
 @click.argument("batch_id", metavar="BATCH")
 @click.option(
-    "--wait", type=float, default=60.0, show_default=True, help="Seconds to wait for in-flight requests"
+    "--wait",
+    type=FiniteFloat(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for in-flight requests",
 )
 @api_options
 @store_options

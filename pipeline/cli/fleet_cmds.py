@@ -25,7 +25,7 @@ from pipeline.cli.run_cmds import (
     force_option,
     note_way,
     reuse_option,
-    skip_invalid_option,
+    skip_invalid,
     store_from_params,
     way_options,
 )
@@ -41,7 +41,10 @@ from pipeline.store.models import Via
 @click.command()
 @click.argument("job_file", metavar="FILE", type=click.Path(allow_dash=True))
 @endpoint_option
-@skip_invalid_option
+@skip_invalid(
+    "Store and enqueue the valid lines; record the invalid ones as failed "
+    "(without it: exit 4, nothing stored)"
+)
 @force_option
 @way_options
 @reuse_option
@@ -63,7 +66,7 @@ def submit(**params: Any) -> None:
     """
     queue, priority = params.pop("queue"), params.pop("priority")
     settings = pop_settings(params)
-    load_prices(settings.prices_file)  # a bad prices file stores nothing
+    load_prices(settings)  # a bad prices file stores nothing
     db = database(settings)
     app = dispatch.connect_broker(settings)  # before intake: a batch nobody can receive is not stored
     asked = params.get("via")
@@ -105,7 +108,7 @@ def worker(concurrency: int, queues: str, loglevel: str, **params: Any) -> None:
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file stops the worker here, not in every task
-    load_prices(settings.prices_file)
+    load_prices(settings)
     database(settings)
     app = dispatch.connect_broker(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]

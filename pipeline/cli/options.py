@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,17 +39,35 @@ _FIELDS = {
 }
 
 
+class FiniteFloat(click.FloatRange):
+    """A number in a range that is a number: NaN and infinity are refused (every option taking seconds,
+    dollars or a share uses it)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+#: Seconds, strictly positive.
+SECONDS = FiniteFloat(min=0, min_open=True)
+
+
 def store_options(fn: F) -> F:
     """Where the data lives: every command takes these."""
     fn = click.option(
         "--database-url",
         metavar="URL",
-        help="SQLAlchemy URL [env PIPELINE_DATABASE_URL; default SQLite in the data dir]",
+        help="SQLAlchemy URL [env PIPELINE_DATABASE_URL; default: pipeline.db (SQLite) in the data dir]",
     )(fn)
     fn = click.option(
         "--data-dir",
         type=click.Path(file_okay=False),
-        help="Local state [env PIPELINE_DATA_DIR; default .pipeline]",
+        help="Local state: SQLite database, filesystem broker, refreshed prices [env PIPELINE_DATA_DIR; "
+        "default: a .pipeline/ here or in a parent, else the user data directory]",
     )(fn)
     return fn
 
@@ -63,12 +82,13 @@ def broker_options(fn: F) -> F:
     return click.option(
         "--broker-url",
         metavar="URL",
-        help="Celery broker, e.g. redis://host:6379/0 [env PIPELINE_BROKER_URL; default: files in .pipeline]",
+        help="Celery broker, e.g. redis://host:6379/0 [env PIPELINE_BROKER_URL; default: files in the data "
+        "dir]",
     )(fn)
 
 
-def api_options(fn: F) -> F:
-    """How to call the API: the commands that send requests take these."""
+def account_options(fn: F) -> F:
+    """Which API and account: the commands that send, and `estimate` (limits are learned per account)."""
     for decorator in reversed(
         [
             click.option(
@@ -85,17 +105,16 @@ def api_options(fn: F) -> F:
             click.option(
                 "--project", metavar="PROJECT", help="Sent as OpenAI-Project [env OPENAI_PROJECT_ID]"
             ),
-            click.option(
-                "--max-in-flight",
-                type=int,
-                help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 512]",
-            ),
-            click.option(
-                "--timeout", type=float, help="Seconds to wait for one answer [env PIPELINE_TIMEOUT; 600]"
-            ),
-            click.option(
-                "--max-attempts", type=int, help="Attempts per request [env PIPELINE_MAX_ATTEMPTS; 10]"
-            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def limit_options(fn: F) -> F:
+    """The rate limits to keep to: the commands that send, and `estimate` (time at these limits)."""
+    for decorator in reversed(
+        [
             click.option(
                 "--rpm", type=int, help="Requests per minute for every model [env PIPELINE_RPM; learned]"
             ),
@@ -113,12 +132,39 @@ def api_options(fn: F) -> F:
     return fn
 
 
+def engine_options(fn: F) -> F:
+    """How requests are sent: only the commands that send take these."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--max-in-flight",
+                type=int,
+                help="Concurrent requests per process [env PIPELINE_MAX_IN_FLIGHT; 512]",
+            ),
+            click.option(
+                "--timeout", type=SECONDS, help="Seconds to wait for one answer [env PIPELINE_TIMEOUT; 600]"
+            ),
+            click.option(
+                "--max-attempts", type=int, help="Attempts per request [env PIPELINE_MAX_ATTEMPTS; 10]"
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def api_options(fn: F) -> F:
+    """How to call the API: the commands that send requests take these (account, engine, limits)."""
+    return account_options(engine_options(limit_options(fn)))
+
+
 def prices_option(fn: F) -> F:
     """Which prices cost is computed with: the commands that send or report money take it."""
     return click.option(
         "--prices",
         type=click.Path(dir_okay=False),
-        help="JSON or TOML prices over the shipped table [env PIPELINE_PRICES_FILE]",
+        help="JSON or TOML prices over the table in force (shipped, or refreshed by `pipeline prices "
+        "update`) [env PIPELINE_PRICES_FILE]",
     )(fn)
 
 
@@ -136,7 +182,7 @@ def max_cost_option(fn: F) -> F:
     return click.option(
         "--max-cost",
         "max_cost",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         metavar="USD",
         help="Pause the batch before its cost (spent + reserved for requests in flight) would exceed USD",
     )(fn)

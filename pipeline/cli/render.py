@@ -98,7 +98,8 @@ def money_line(report: dict[str, Any]) -> str:
             line += f" ({usd(report['reserved_usd'])} reserved for requests in flight)"
     if report["unpriced_models"]:
         line += f"; no price for {', '.join(report['unpriced_models'])} (not counted: add them with --prices)"
-    return line + f"   [prices as of {report['prices']['as_of']}]"
+    prices = report["prices"]
+    return line + f"   [prices as of {prices['as_of']}, {prices.get('origin', 'shipped')} table]"
 
 
 def print_report(report: dict[str, Any]) -> None:

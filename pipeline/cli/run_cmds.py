@@ -38,8 +38,15 @@ endpoint_option = click.option(
     type=click.Choice(sorted(ENDPOINTS)),
     help="Lines are bare request bodies for this endpoint (custom ids become line-<n>)",
 )
-skip_invalid_option = click.option(
-    "--skip-invalid", is_flag=True, help="Store and run the valid lines; record invalid ones as failed"
+
+
+def skip_invalid(help: str) -> Callable[[F], F]:
+    """--skip-invalid, with what it does for the command at hand."""
+    return click.option("--skip-invalid", is_flag=True, help=help)
+
+
+skip_invalid_option = skip_invalid(
+    "Store and send the valid lines; record the invalid ones as failed (without it: exit 4, nothing stored)"
 )
 force_option = click.option(
     "--force", is_flag=True, help="Make a new batch even if this file was submitted before"
@@ -166,7 +173,7 @@ def run(**params: Any) -> None:
     settings = pop_settings(params)
     settings.require_api_key()
     limit_table(settings)  # a bad limits or prices file is reported before anything is stored
-    load_prices(settings.prices_file)
+    load_prices(settings)
     db = database(settings)
     asked = params.get("via")
     try:

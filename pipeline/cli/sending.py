@@ -42,7 +42,7 @@ def enqueue(settings: Settings, db: Database, batch_id: str, queue: str | None =
 def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     """Send the batch's queued rows in this process with live progress; summary to stderr, id to stdout."""
     settings.require_api_key()
-    prices = load_prices(settings.prices_file)  # a bad prices file is reported before anything is sent
+    prices = load_prices(settings)  # a bad prices file is reported before anything is sent
     batches.retarget(db, batch_id, settings.base_url, settings.organization, settings.key_fingerprint())
     counts = batches.status_counts(db, batch_id)
     stopped_by: int | None = signal.SIGINT
@@ -98,7 +98,7 @@ def report_intake(settings: Settings, db: Database, intake: Intake, verb: str) -
     same = reuse.identical(db, intake.batch_id)
     count = sum(n for _, n, *_ in same)
     if count:
-        prices = load_prices(settings.prices_file)
+        prices = load_prices(settings)
         saved = [prices.cost(m or "", "direct", p, 0, c, a) for m, _, p, c, a in same]
         usd = f"${sum(x for x in saved if x is not None):,.4f}" + (" or more" if None in saved else "")
         click.echo(

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from pipeline.cli.options import database, pop_settings, prices_option, store_options
+from pipeline.cli.options import FiniteFloat, database, pop_settings, prices_option, store_options
 from pipeline.prices import load_prices
 from pipeline.report import batch_report, batch_row
 from pipeline.store import overview
@@ -29,7 +29,7 @@ from pipeline.store.states import BatchState
 @click.option("--watch", is_flag=True, help="Refresh until the batch is completed or cancelled")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes",
@@ -47,7 +47,7 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
     """
     settings = pop_settings(params)
     db = database(settings, create=False)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings)
     batch = overview.find_batch(db, batch_id)
     if not watch:
         _show(batch_report(db, batch, prices), as_json)

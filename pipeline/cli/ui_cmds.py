@@ -43,7 +43,7 @@ def ui(host: str, port: int, token: str | None, no_token: bool, allow_actions: b
         raise click.UsageError(f"refusing to serve on {host} without a token: drop --no-token")
     settings = pop_settings(params)
     db = database(settings, create=False)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings)
     guard = Guard(None if no_token else token or secrets.token_urlsafe(24), allow_actions)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/"
@@ -70,7 +70,7 @@ def report(batch_id: str | None, output: str, **params: Any) -> None:
     db = database(settings, create=False)
     batch = batch_store.get_batch(db, batch_id)
     try:
-        size = write_report(db, batch, load_prices(settings.prices_file), Path(output))
+        size = write_report(db, batch, load_prices(settings), Path(output))
     except OSError as exc:
         raise PathError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"report on batch {batch.id} written to {output} ({size:,} bytes)", err=True)

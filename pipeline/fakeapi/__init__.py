@@ -6,6 +6,9 @@ Endpoints (OpenAI's protocol: bodies, error shapes and headers):
     POST /v1/completions             answers "echo: <prompt>", one choice per prompt x n
     POST /v1/audio/transcriptions    "transcript of <sha256(file)[:8]>"     (_audio.py)
     POST /v1/audio/translations      "translation of <sha256(file)[:8]>"
+    POST /v1/embeddings              float32 vectors seeded by model, dimensions and input (_embeddings.py)
+    POST /v1/responses               a response whose output_text is "echo: <last user text>" (_responses.py)
+    POST /v1/moderations             results flagged by keywords, scores from the text (_moderations.py)
 
 The Batch API (OpenAI's protocol, kept in memory; details in _files.py, _batches.py, _batch_lines.py):
 
@@ -43,8 +46,10 @@ seconds; `x-ratelimit-remaining-*` is what the current bucket has left scaled to
 Directives (_directives.py): a test picks the answer of each request from the job file. A prompt
 that starts with "fake:" is a directive, and the rest must be a JSON object, e.g.
 fake:{"body": "html", "times": 2}. The prompt is the last user message of a chat request when its
-content is a string, the `prompt` of a legacy completion when it is a string (not a list), or the
-`prompt` form field of an audio upload. Keys, all optional:
+content is a string, the `prompt` of a legacy completion when it is a string (not a list), the
+`prompt` form field of an audio upload, the last user message (or the string `input`) of a response,
+or the first input of embeddings or moderations when it is a string (no `content` or `pad` for them).
+Keys, all optional:
 
     "model": str          the answer's `model` field (chat, completions; refused for audio)
     "request_id": str     the answer's x-request-id header (no control characters)
@@ -94,6 +99,8 @@ Stats:
      "max_in_flight": n,       high-water mark of in_flight since start or reset
      "bodies": {fingerprint: {"received": n, "answered": n}},
      "projects": {openai_project_header: n},      requests that named an OpenAI-Project
+     "usage": {"prompt_tokens": n, "completion_tokens": n},   what the 2xx answers' usage reported
+                               (direct answers and Batch API lines; audio billed by the second: none)
      "batch_api": {
         "calls": {operation: n},   Batch API calls received, by operation (upload, list_files,
                                    retrieve_file, file_content, delete_file, create, list, retrieve, cancel)

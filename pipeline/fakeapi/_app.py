@@ -20,10 +20,13 @@ from ._audio import plan_audio
 from ._batches import BatchStore
 from ._chat import plan_chat, plan_completion
 from ._config import FakeConfig, config_view, update_config
+from ._embeddings import plan_embeddings
 from ._files import FileStore
 from ._limits import Quota, RateLimiter
+from ._moderations import plan_moderations
 from ._plan import Plan
 from ._protocol import NO_KEY_MESSAGE, ORGANIZATION, Answer, ApiError, fingerprint_bytes, mask_key
+from ._responses import plan_responses
 from ._stats import Stats
 
 #: Largest JSON body read (audio uploads are streamed and not bound by it).
@@ -68,6 +71,9 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
         "/v1/completions": _json_reader(plan_completion),
         "/v1/audio/transcriptions": lambda request, models: plan_audio(request, "transcribe", models),
         "/v1/audio/translations": lambda request, models: plan_audio(request, "translate", models),
+        "/v1/embeddings": _json_reader(plan_embeddings),
+        "/v1/responses": _json_reader(plan_responses),
+        "/v1/moderations": _json_reader(plan_moderations),
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
@@ -152,6 +158,7 @@ def _v1_handler(reader: Reader) -> Handler:
         try:
             plan = await reader(request, state.config.models)
             receipt = state.stats.receive(plan.fingerprint)
+            tokens = None
             try:
                 answer = await _pass_checks(state, request, plan, receipt)
                 charset = "utf-8" if answer.content_type.startswith("text/") else None
@@ -161,10 +168,11 @@ def _v1_handler(reader: Reader) -> Handler:
                     charset=charset,
                     headers=answer.headers,
                 )
+                tokens = answer.tokens
             except ApiError as error:
                 response = error.response()
             _stamp(response, state, started)
-            state.stats.answer(plan.fingerprint, response.status)
+            state.stats.answer(plan.fingerprint, response.status, tokens)
             return response
         finally:
             state.stats.leave()

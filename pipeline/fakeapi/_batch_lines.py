@@ -10,9 +10,11 @@ skipped but counted):
     duplicate_custom_id     the custom_id was used on an earlier line
     mismatched_model        the body's model differs from the first line's (one model per file)
     max_requests_exceeded   more lines than the batch line limit (no line number)
+    too_many_inputs         /v1/embeddings: more than `batch_max_inputs` inputs over all lines (50,000,
+                            as OpenAI documents; the code is the fake's, the API's is not documented)
     empty_file              no line at all
 
-Answering reuses the endpoints' own code (`plan_chat`, `plan_completion`) and the per-request
+Answering reuses the endpoints' own code (`plan_chat`, `plan_embeddings`, ...) and the per-request
 directives, so a line whose body says fake:{"status": 400} gets a 400 in the error file. A line is
 fingerprinted as a direct request with the same body bytes would be (sha256 of the body as orjson
 writes it, which is how pipeline stores bodies) and counts in `stats.bodies` like one.
@@ -28,15 +30,23 @@ from typing import Any
 import orjson
 
 from ._chat import plan_chat, plan_completion
+from ._embeddings import count_inputs, plan_embeddings
+from ._moderations import plan_moderations
 from ._plan import Plan
 from ._protocol import ApiError
+from ._responses import plan_responses
 from ._stats import Stats
 
 #: Endpoints a batch can name that the fake answers, and how a body for each is read.
 PLANNERS: dict[str, Callable[[bytes, Sequence[str] | None], Plan]] = {
     "/v1/chat/completions": plan_chat,
     "/v1/completions": plan_completion,
+    "/v1/embeddings": plan_embeddings,
+    "/v1/responses": plan_responses,
+    "/v1/moderations": plan_moderations,
 }
+#: Inputs one /v1/embeddings batch may hold over all its lines.
+MAX_EMBEDDING_INPUTS = 50_000
 #: Problems listed in errors.data at most.
 MAX_ERRORS = 1000
 #: What an expired line's error says.
@@ -68,7 +78,13 @@ class Checked:
             self.errors.append({"code": code, "message": message, "param": None, "line": line})
 
 
-def check_input(data: bytes, endpoint: str, max_lines: int, models: Sequence[str] | None) -> Checked:
+def check_input(
+    data: bytes,
+    endpoint: str,
+    max_lines: int,
+    models: Sequence[str] | None,
+    max_inputs: int = MAX_EMBEDDING_INPUTS,
+) -> Checked:
     """Validate a batch input file for `endpoint` (one of PLANNERS)."""
     checked = Checked()
     seen: dict[str, int] = {}
@@ -83,6 +99,11 @@ def check_input(data: bytes, endpoint: str, max_lines: int, models: Sequence[str
             f"The input file has {len(checked.lines)} requests; a batch takes at most {max_lines}.",
             None,
         )
+    if endpoint == "/v1/embeddings":
+        inputs = sum(count_inputs(line.body.get("input")) for line in checked.lines)
+        if inputs > max_inputs:
+            message = f"The input file has {inputs} embedding inputs; a batch takes at most {max_inputs}."
+            checked.problem("too_many_inputs", message, None)
     plan = PLANNERS[endpoint]
     checked.tokens = sum(plan(orjson.dumps(line.body), models).tokens for line in checked.lines)
     return checked
@@ -126,12 +147,14 @@ async def answer_line(
     """The output (or error) file line answering `line`, as a direct request with its body is answered."""
     plan = PLANNERS[endpoint](orjson.dumps(line.body), models)
     receipt = stats.receive(plan.fingerprint)
+    tokens = None
     try:
         answer = await respond(plan, receipt)
         status, body, request_id = 200, _body(answer.body), answer.headers.get("x-request-id")
+        tokens = answer.tokens
     except ApiError as error:
         status, body, request_id = error.status, error.body(), error.headers.get("x-request-id")
-    stats.answer_line(plan.fingerprint, status)
+    stats.answer_line(plan.fingerprint, status, tokens)
     return {
         "id": f"batch_req_{secrets.token_hex(12)}",
         "custom_id": line.custom_id,

@@ -11,8 +11,9 @@ keeps no order). `request_counts` counts lines: completed (2xx) and failed (the 
 A cancel while `validating` or `in_progress` makes it `cancelling`, then `cancelled` with no line
 answered; a cancel of a `cancelling` batch changes nothing; of any other status it is refused 400.
 Creating checks at once what OpenAI refuses at once: an unknown input file (404), a purpose other than
-batch, an input file over `batch_max_bytes` ("File is too large."), an endpoint other than chat or
-legacy completions, a completion window other than "24h", and metadata beyond 16 string pairs (keys up
+batch, an input file over `batch_max_bytes` ("File is too large."), an endpoint the fake does not answer
+in batches (it answers chat, legacy completions, embeddings, responses and moderations), a completion
+window other than "24h", and metadata beyond 16 string pairs (keys up
 to 64 characters, values up to 512).
 """
 
@@ -178,7 +179,9 @@ class BatchStore:
     async def _run(self, batch: FakeBatch, data: bytes) -> None:
         await asyncio.sleep(0)  # answer the create call first, as `validating`
         config = self.config
-        checked = check_input(data, batch.endpoint, config.batch_max_lines, config.models)
+        checked = check_input(
+            data, batch.endpoint, config.batch_max_lines, config.models, config.batch_max_inputs
+        )
         batch.model, batch.tokens = checked.model, checked.tokens
         if not checked.errors:
             self._check_enqueued(batch, checked)

@@ -70,7 +70,7 @@ class _Completion:
 def plan_chat(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
-        body = _load_object(raw)
+        body = load_object(raw)
         model = require_model(body.get("model"))
         prompt_tokens, last_user = _read_messages(body.get("messages"))
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
@@ -79,8 +79,8 @@ def plan_chat(raw: bytes, models: Sequence[str] | None) -> Plan:
         directive = directive_in(last_user)
         check_model_exists(model, models)
     except ApiError as error:
-        return Plan.failing(fingerprint, error, _model_of(raw))
-    completion = _complete(_text_of(last_user), _forced_call(body), limit)
+        return Plan.failing(fingerprint, error, model_of(raw))
+    completion = _complete(text_of(last_user), _forced_call(body), limit)
     estimate = prompt_tokens + n * (limit if limit is not None else completion.tokens)
 
     def respond(directed: Directive | None) -> Answer:
@@ -93,7 +93,7 @@ def plan_chat(raw: bytes, models: Sequence[str] | None) -> Plan:
 def plan_completion(raw: bytes, models: Sequence[str] | None) -> Plan:
     fingerprint = fingerprint_bytes(raw)
     try:
-        body = _load_object(raw)
+        body = load_object(raw)
         model = require_model(body.get("model"))
         prompts = _read_prompts(body.get("prompt"))
         n = int_param(body, "n", low=1, high=MAX_CHOICES) or 1
@@ -102,7 +102,7 @@ def plan_completion(raw: bytes, models: Sequence[str] | None) -> Plan:
         directive = directive_in(body.get("prompt"))
         check_model_exists(model, models)
     except ApiError as error:
-        return Plan.failing(fingerprint, error, _model_of(raw))
+        return Plan.failing(fingerprint, error, model_of(raw))
     completions = [_complete(prompt, None, limit) for prompt in prompts]
     prompt_tokens = sum(count_tokens(prompt) for prompt in prompts)
     estimate = prompt_tokens + n * sum(limit if limit is not None else c.tokens for c in completions)
@@ -114,7 +114,7 @@ def plan_completion(raw: bytes, models: Sequence[str] | None) -> Plan:
     return Plan(fingerprint, model, estimate, respond, directive=directive)
 
 
-def _load_object(raw: bytes) -> dict[str, Any]:
+def load_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -124,7 +124,7 @@ def _load_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _model_of(raw: bytes) -> str:
+def model_of(raw: bytes) -> str:
     """The model a request names, for rate-limit messages, however broken the rest of it is."""
     try:
         model = orjson.loads(raw).get("model")
@@ -155,13 +155,13 @@ def _read_messages(messages: Any) -> tuple[int, Any]:
         if not isinstance(role, str):
             raise missing_parameter(f"messages[{index}].role")
         content = message.get("content")
-        tokens += count_tokens(_text_of(content))
+        tokens += count_tokens(text_of(content))
         if role == "user":
             last_user = content
     return tokens, last_user
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     """The text of a message content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content

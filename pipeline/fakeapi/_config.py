@@ -24,6 +24,7 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "batch_expire_rate": (float, False),
     "batch_token_limit": (int, True),
     "batch_max_lines": (int, False),
+    "batch_max_inputs": (int, False),
     "batch_max_bytes": (int, False),
     "batch_delays": (dict, True),
 }
@@ -80,6 +81,8 @@ class FakeConfig:
     batch_token_limit: int | None = None
     #: Lines one batch input file may hold; more fails the batch's validation.
     batch_max_lines: int = 50_000
+    #: Embedding inputs one /v1/embeddings batch may hold over all its lines; more fails its validation.
+    batch_max_inputs: int = 50_000
     #: Bytes one batch input file may hold; a larger one is refused 400 when the batch is created.
     batch_max_bytes: int = 200 * 1024 * 1024
     #: Seconds the fake waits before answering a Batch API operation (BATCH_OPERATIONS), after doing it:
@@ -117,7 +120,7 @@ def _check_batch_config(config: FakeConfig) -> None:
         raise ValueError("batch_seconds must be >= 0")
     if not 0 <= config.batch_expire_rate <= 1:
         raise ValueError("batch_expire_rate must be between 0 and 1")
-    for name in ("batch_max_lines", "batch_max_bytes"):
+    for name in ("batch_max_lines", "batch_max_inputs", "batch_max_bytes"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1")
     if config.batch_token_limit is not None and config.batch_token_limit < 1:

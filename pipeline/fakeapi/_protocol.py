@@ -71,15 +71,23 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Answer:
-    """A successful answer: its body, and headers beyond those every answer gets."""
+    """A successful answer: its body, headers beyond those every answer gets, and the tokens its usage
+    reports (prompt, completion), counted in the stats when it is sent."""
 
     body: bytes
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
+    tokens: tuple[int, int] | None = None
 
     @classmethod
     def json(cls, data: Any) -> Answer:
-        return cls(orjson.dumps(data))
+        usage = data.get("usage") if isinstance(data, dict) else None
+        tokens = None
+        if isinstance(usage, dict) and usage.get("type") != "duration":
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+            completion = usage.get("completion_tokens", usage.get("output_tokens"))
+            tokens = (int(prompt or 0), int(completion or 0))
+        return cls(orjson.dumps(data), tokens=tokens)
 
 
 def fingerprint_bytes(raw: bytes) -> str:

@@ -27,6 +27,7 @@ class Stats:
         self._created: list[dict[str, Any]] = []  # {"id", "metadata"} of every batch created
         self._cancelled: list[str] = []  # id of every batch a cancel was accepted for
         self._lines = {"answered": 0, "expired": 0}  # batch lines processed
+        self._usage = {"prompt_tokens": 0, "completion_tokens": 0}  # reported by 2xx answers and lines
 
     def enter(self, project: str | None = None) -> None:
         """A request to /v1 starts being handled (`project`: its OpenAI-Project header)."""
@@ -49,20 +50,27 @@ class Stats:
             counts[0] += 1
             return counts[0]
 
-    def answer(self, fingerprint: str, status: int) -> None:
-        """It is being answered with `status`."""
+    def answer(self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None) -> None:
+        """It is being answered with `status`, reporting `tokens` (prompt, completion) in its usage."""
         with self._lock:
             self._by_status[status] += 1
             if 200 <= status < 300:
                 self._answered += 1
                 self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
+                self._count_usage(tokens)
 
-    def answer_line(self, fingerprint: str, status: int) -> None:
+    def answer_line(self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None) -> None:
         """A Batch API line was answered with `status` (it counts in `bodies`, not as an HTTP request)."""
         with self._lock:
             self._lines["answered"] += 1
             if 200 <= status < 300:
                 self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
+                self._count_usage(tokens)
+
+    def _count_usage(self, tokens: tuple[int, int] | None) -> None:
+        if tokens is not None:
+            self._usage["prompt_tokens"] += tokens[0]
+            self._usage["completion_tokens"] += tokens[1]
 
     def expire_line(self) -> None:
         with self._lock:
@@ -96,6 +104,7 @@ class Stats:
                 "max_in_flight": self._max_in_flight,
                 "bodies": {fp: {"received": r, "answered": a} for fp, (r, a) in self._bodies.items()},
                 "projects": dict(self._projects),
+                "usage": dict(self._usage),
                 "batch_api": {
                     "calls": dict(self._batch_calls),
                     "uploaded": list(self._uploaded),

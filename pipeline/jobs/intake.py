@@ -17,10 +17,11 @@ import orjson
 from sqlalchemy.orm import Session
 
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import AUDIO_URLS
-from pipeline.errors import DuplicateBatch, ErrorType, JobFileError, LineError
+from pipeline.endpoints import BY_URL
+from pipeline.errors import ConfigError, DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
+from pipeline.prices import load_prices
 from pipeline.settings import Settings
 from pipeline.store import batches
 from pipeline.store.blobs import BlobWriter, UnreadableAudio
@@ -69,7 +70,8 @@ def store_job_file(
     `base_dir` (default: the job file's folder). Under the Batch API an audio line is a bad line (the API
     does not take audio) unless the options say to send audio directly. With `reuse`, requests identical
     to answered ones are answered from the store (store/reuse.py). `on_progress(lines read)` is called
-    after every INSERT_CHUNK lines stored.
+    after every INSERT_CHUNK lines stored. A spend cap (`max_cost_usd`) with a model the price table in
+    force does not price is refused (ConfigError): it could not be kept.
     """
     api = batch_api or BatchApiOptions()
     refuse_audio = via == Via.BATCH_API and not api.audio_direct
@@ -86,6 +88,8 @@ def store_job_file(
         lines.store(count)
         if count.bad and (not skip_invalid or not count.good):
             raise JobFileError(count.shown, count.bad)
+        if max_cost_usd is not None:
+            refuse_unpriced(settings, lines.models)
         reused = _seal(s, batch_id, reader.content_hash, count, force=force, reuse=reuse, now=now)
     if reused:
         settle_states(db, [batch_id])  # every line may have been answered already
@@ -143,6 +147,8 @@ class _Lines:
     refuse_audio: bool
     skip_invalid: bool
     on_progress: Callable[[int], None] | None
+    #: the models the valid lines are priced by (free endpoints' left out)
+    models: set[str] = field(default_factory=set)
 
     def store(self, count: _Count) -> None:
         pending: list[dict[str, Any]] = []
@@ -162,6 +168,9 @@ class _Lines:
             else:
                 count.good += 1
                 custom_id = item.custom_id
+                endpoint = BY_URL[item.url]
+                if not endpoint.free:  # a free endpoint's model needs no price (moderations)
+                    self.models.add(endpoint.model_of(item.body))
             pending.append(_row(self.batch_id, item, custom_id, blob, self.now, self.settings))
             if len(pending) >= INSERT_CHUNK:
                 self._flush(pending)
@@ -172,6 +181,17 @@ class _Lines:
         pending.clear()
         if self.on_progress is not None:
             self.on_progress(self.reader.lines_read)
+
+
+def refuse_unpriced(settings: Settings, models: set[str]) -> None:
+    """ConfigError, in one line, when the price table in force has no price for some of `models`: a spend
+    cap cannot be kept on what cannot be priced."""
+    unpriced = load_prices(settings).unpriced(models)
+    if unpriced:
+        raise ConfigError(
+            f"--max-cost needs a price for every model of the batch: no price for {', '.join(unpriced)} "
+            "(add them with --prices FILE, or run `pipeline prices update`)"
+        )
 
 
 def _seal(
@@ -192,8 +212,8 @@ def _seal(
 
 
 def _refuse_audio(item: JobLine | LineError, source: str) -> JobLine | LineError:
-    """An audio line of a batch sent through the Batch API, which takes no audio, is a bad line."""
-    if isinstance(item, LineError) or item.url not in AUDIO_URLS:
+    """A line of a batch sent through the Batch API whose endpoint it does not take (audio) is a bad line."""
+    if isinstance(item, LineError) or BY_URL[item.url].batch_api:
         return item
     return LineError(
         source,

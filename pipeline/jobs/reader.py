@@ -1,8 +1,8 @@
 """Read and check a job file: one request per line, streamed, every bad line reported.
 
 A line is an OpenAI Batch API line, `{"custom_id", "method": "POST", "url", "body"}`, so a file made for the
-Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`chat`, `completions`,
-`transcriptions`, `translations`) a line may instead be a bare request body; its custom id is `line-<n>`
+Batch API (or vLLM's run-batch) runs unchanged. With an `endpoint` shorthand (`--endpoint chat`, ...: see
+pipeline/endpoints/) a line may instead be a bare request body; its custom id is `line-<n>`
 (minted by `ids.CustomIds`, which also names invalid lines and keeps generated ids clear of given ones).
 A line longer than `max_line_bytes` is reported without being read whole.
 
@@ -26,10 +26,10 @@ import orjson
 from sqlalchemy import String
 from sqlalchemy.types import TypeEngine
 
-from pipeline.endpoints import AUDIO_URLS, BY_URL, ENDPOINTS
-from pipeline.errors import ConfigError, LineError, PathError
+from pipeline.endpoints import BY_URL, Endpoint, by_name
+from pipeline.endpoints.checks import json_type
+from pipeline.errors import LineError, PathError
 from pipeline.ids import CustomIds
-from pipeline.jobs.validate import BODY_CHECKS, check_audio_file, check_audio_params, check_stream, json_type
 from pipeline.settings import Settings
 from pipeline.store.models import Request
 
@@ -64,11 +64,11 @@ class JobLine:
     #: 1-based line number in the file
     line: int
     custom_id: str
-    #: canonical url, e.g. "/v1/chat/completions"
+    #: canonical url: the endpoint's
     url: str
     #: the parsed request body, untouched: every parameter passes through
     body: dict[str, Any]
-    #: the resolved audio file for audio urls (`body["file"]` stays as written)
+    #: the resolved file an upload endpoint sends (`body["file"]` stays as written)
     audio_path: Path | None = None
 
 
@@ -89,9 +89,7 @@ class JobReader:
         max_line_bytes: int = Settings.max_line_bytes,
         base_dir: Path | None = None,
     ) -> None:
-        if endpoint is not None and endpoint not in ENDPOINTS:
-            expected = ", ".join(ENDPOINTS)
-            raise ConfigError(f"unknown endpoint {endpoint!r} (expected one of {expected})")
+        self._endpoint = by_name(endpoint) if endpoint is not None else None
         self.path = path
         self.endpoint = endpoint
         self.max_line_bytes = max_line_bytes
@@ -101,7 +99,6 @@ class JobReader:
         self._name = STDIN_NAME if self._stdin else str(path)
         # audio files are named relative to the job file; for stdin, to the working directory
         self._base_dir = base_dir or (Path.cwd() if self._stdin else Path(path).absolute().parent)
-        self._url = ENDPOINTS[endpoint].url if endpoint is not None else None
         self._hash: str | None = None
         self._started = False
 
@@ -166,17 +163,19 @@ class JobReader:
             return LineError(self._name, number, _decode_problem(raw, exc))
         if not isinstance(value, dict):
             return LineError(self._name, number, f"expected a JSON object, got {json_type(value)}")
-        if self._url is not None and not ("url" in value and "body" in value):
-            return self._check_body(number, self.ids.for_shorthand(number), self._url, value)
+        shorthand = self._endpoint
+        if shorthand is not None and not ("url" in value and "body" in value):
+            return self._check_body(number, self.ids.for_shorthand(number), shorthand, value)
         problem = self._check_batch_line(value, number)
         if problem is not None:
-            hint = _shorthand_hint(value) if self._url is None else None
+            hint = _shorthand_hint(value) if shorthand is None else None
             return LineError(self._name, number, problem, hint)
-        if self._url is not None and value["url"] != self._url:
+        endpoint = BY_URL[value["url"]]
+        if shorthand is not None and endpoint is not shorthand:
             # a Batch API line under --endpoint must name that endpoint: the flag is never silently ignored
             problem = f"url: {value['url']!r} contradicts --endpoint {self.endpoint}"
             return LineError(self._name, number, problem, _ENDPOINT_HINT)
-        return self._check_body(number, value["custom_id"], value["url"], value["body"])
+        return self._check_body(number, value["custom_id"], endpoint, value["body"])
 
     def _check_batch_line(self, value: dict[str, Any], number: int) -> str | None:
         """The envelope of a Batch API line; the first problem, or None when body checks may follow."""
@@ -197,19 +196,13 @@ class JobReader:
             return f"custom_id: duplicate {custom_id!r} ({origin} {holder})"
         return _check_request(value)
 
-    def _check_body(self, number: int, custom_id: str, url: str, body: dict[str, Any]) -> JobLine | LineError:
-        if url not in AUDIO_URLS:
-            problem = BODY_CHECKS[url](body) or check_stream(body)
-            if problem is not None:
-                return LineError(self._name, number, problem)
-            return JobLine(number, custom_id, url, body)
-        problem = check_audio_params(url, body) or check_stream(body)
+    def _check_body(
+        self, number: int, custom_id: str, endpoint: Endpoint, body: dict[str, Any]
+    ) -> JobLine | LineError:
+        problem = endpoint.validate(body, self._base_dir)
         if problem is not None:
             return LineError(self._name, number, problem)
-        audio = check_audio_file(body, self._base_dir)
-        if isinstance(audio, str):
-            return LineError(self._name, number, audio)
-        return JobLine(number, custom_id, url, body, audio)
+        return JobLine(number, custom_id, endpoint.url, body, endpoint.upload(body, self._base_dir))
 
 
 def _skip_line(fh: IO[bytes], digest: Any) -> int:
@@ -260,9 +253,19 @@ def _shorthand_hint(value: dict[str, Any]) -> str | None:
         endpoint, kind = "--endpoint transcriptions or --endpoint translations", "audio"
     elif "prompt" in value:
         endpoint, kind = "--endpoint completions", "completions"
+    elif "input" in value:
+        kind = _input_kind(str(value.get("model") or ""))
+        endpoint = f"--endpoint {kind}"
     else:
         return None
     return f"add {endpoint} (the lines look like bare {kind} request bodies)"
+
+
+def _input_kind(model: str) -> str:
+    """Which endpoint a bare body with an `input` is most likely for, from its model."""
+    if "embedding" in model:
+        return "embeddings"
+    return "moderations" if "moderation" in model or not model else "responses"
 
 
 def _check_request(value: dict[str, Any]) -> str | None:

@@ -67,7 +67,7 @@ class Accounting:
     async def reserve(self, job: Job, cap: float | None) -> Ticket:
         """Reserve the attempt's worst-case cost under the batch's cap; SpendCapReached when it cannot."""
         batch_id = job.row.batch_id
-        if cap is None:
+        if cap is None or job.endpoint.free:
             return Ticket(batch_id, 0.0, False)
         completion = job.estimate - job.prompt_tokens
         usd = self.prices.cost(job.key.model, DIRECT, job.prompt_tokens, 0, completion)
@@ -130,6 +130,7 @@ class Accounting:
         m.tokens.labels("prompt").inc(used.prompt_tokens or 0)
         m.tokens.labels("cached").inc(used.cached_tokens or 0)
         m.tokens.labels("completion").inc(used.completion_tokens or 0)
+        m.tokens.labels("reasoning").inc(used.reasoning_tokens or 0)
         m.audio_seconds.inc(used.audio_seconds or 0.0)
         if cost:
             m.cost.labels(model).inc(cost)

@@ -93,7 +93,7 @@ class Engine:
         self.settings = settings
         self.db = db
         self.limiter = limiter
-        self._acct = Accounting(load_prices(settings.prices_file), budget or LocalBudget(), metrics)
+        self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
         self._key = settings.require_api_key()
@@ -330,7 +330,7 @@ class Engine:
                 await self._check_owned(row)
                 started, t0 = utcnow(), time.perf_counter()
                 with self._acct.on_wire(row.batch_id):
-                    exchange = await self._http.post(row)
+                    exchange = await self._http.post(row, job.endpoint)
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
                 latency, sent = (time.perf_counter() - t0) * 1000.0, True
                 parsed, error = self._parse(job, status, headers, raw, error)
@@ -355,6 +355,7 @@ class Engine:
                 used.total_tokens,
                 used.cached_tokens,
                 used.audio_seconds,
+                reasoning_tokens=used.reasoning_tokens,
             )
         )
         if isinstance(error, RateLimited):
@@ -376,9 +377,7 @@ class Engine:
         if not 200 <= status < 300:
             return None, classify(status, headers, raw)
         try:
-            return parse_answer(
-                job.row.url, job.response_format, status, raw, headers.get("Content-Type")
-            ), None
+            return parse_answer(job.endpoint, job.plain_text, status, raw, headers.get("Content-Type")), None
         except APIError as bad:
             return None, bad
 

@@ -1,9 +1,9 @@
 """What a claimed request will cost against the rate limit: its key, its estimate, what it was charged.
 
-Estimates are made for a chunk at once, off the event loop: the prompt counted offline (tokens.py) plus
-max_tokens x n, or, when the body sets no max_tokens, the moving average of real completion lengths per
-choice this engine has seen for the model. After the answer, the limiter is settled with what the API
-counted (`charged`).
+Estimates are made for a chunk at once, off the event loop, each as its endpoint says: the prompt counted
+offline (tokens.py) plus the completion cap (max_tokens x n), or, when the body sets none and the endpoint
+answers with completion tokens, the moving average of real completion lengths per choice this engine has
+seen for the model. After the answer, the limiter is settled with what the API counted (`charged`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from pipeline.endpoints import AUDIO_URLS
+from pipeline.endpoints import Endpoint, by_url
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.responses import Parsed, Usage, usage_of
-from pipeline.send.tokens import completion_budget, completion_reserve, prompt_counts
+from pipeline.send.tokens import count_prompts, typical_completion
 from pipeline.settings import Settings
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.models import RequestStatus
@@ -30,6 +30,8 @@ class Job:
     """A claimed row ready to send: whose budget it spends and how many tokens to reserve."""
 
     row: Claimed
+    #: the endpoint of the row's url, looked up once
+    endpoint: Endpoint
     key: LimitKey
     #: tokens reserved against the TPM limit: the prompt plus the completion budget
     estimate: int
@@ -37,8 +39,8 @@ class Job:
     prompt_tokens: int
     #: max_tokens x n when the body sets max_tokens: what the API charges against the TPM limit
     completion_cap: int | None
-    #: the audio `response_format` (None: JSON)
-    response_format: str | None
+    #: the answer comes as plain text (audio's text, srt, vtt), not a JSON object
+    plain_text: bool
 
     def outcome(
         self,
@@ -75,29 +77,29 @@ class Estimator:
 
     def prepare(self, rows: list[Claimed]) -> list[Job]:
         """Parse the bodies and estimate their tokens, all at once and off the event loop."""
+        endpoints = [by_url(row.url) for row in rows]
         bodies: list[dict[str, Any]] = [orjson.loads(row.body) for row in rows]
-        # Audio reserves no tokens: whisper-1 is limited by requests alone, and token-billed transcription
-        # models are charged their real usage when the answer settles.
-        chat = [i for i, row in enumerate(rows) if row.url not in AUDIO_URLS]
-        prompts, completions = [0] * len(rows), [0] * len(rows)
-        chat_bodies = [bodies[i] for i in chat]
-        for i, prompt, body in zip(chat, prompt_counts(chat_bodies), chat_bodies, strict=True):
-            prompts[i] = prompt
-            completions[i] = completion_reserve(body, self._completion_avg)
-        fingerprint, org = self.key_fingerprint, self.settings.organization
-        return [
-            Job(
-                row,
-                LimitKey(
-                    self.settings.base_url, fingerprint, org, str(body.get("model")), self.settings.project
-                ),
-                prompt + completion,
-                prompt,
-                completion_budget(body) if row.url not in AUDIO_URLS else None,
-                body.get("response_format") if row.url in AUDIO_URLS else None,
+        settings = self.settings
+        jobs = []
+        for row, endpoint, body, prompt in zip(
+            rows, endpoints, bodies, count_prompts(endpoints, bodies), strict=True
+        ):
+            model = endpoint.model_of(body)
+            cap = endpoint.completion_cap(body)
+            completion = cap if cap is not None else self._guess(endpoint, body, model)
+            key = LimitKey(
+                settings.base_url, self.key_fingerprint, settings.organization, model, settings.project
             )
-            for row, body, prompt, completion in zip(rows, bodies, prompts, completions, strict=True)
-        ]
+            jobs.append(Job(row, endpoint, key, prompt + completion, prompt, cap, endpoint.plain_text(body)))
+        return jobs
+
+    def _guess(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
+        """Completion tokens to reserve for a body without a cap. Audio reserves none: whisper-1 is limited
+        by requests alone, and token-billed transcription models are charged their real usage when the
+        answer settles."""
+        if not endpoint.completes:
+            return 0
+        return typical_completion(model, self._completion_avg) * endpoint.choices(body)
 
     def learn(self, model: str, result: dict[str, Any]) -> None:
         """Average real completion length per choice, reserved for later requests that set no max_tokens."""
@@ -133,5 +135,6 @@ def usage(parsed: Parsed | None, raw: bytes) -> Usage:
             parsed.total_tokens,
             parsed.cached_tokens,
             parsed.audio_seconds,
+            parsed.reasoning_tokens,
         )
     return usage_of(raw) if raw else Usage()

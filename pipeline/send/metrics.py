@@ -6,7 +6,8 @@ http://host:N/metrics. Every name starts with `pipeline_`; counters count since 
     pipeline_requests_total{outcome}         requests done here: succeeded, failed, cancelled, released
     pipeline_attempts_total{status}          HTTP attempts by status code ("none": timeout, connection error)
     pipeline_rate_limited_total              attempts answered 429
-    pipeline_tokens_total{kind}              tokens reported: prompt, cached (part of prompt), completion
+    pipeline_tokens_total{kind}              tokens reported: prompt, cached (part of prompt), completion,
+                                             reasoning (part of completion)
     pipeline_audio_seconds_total             audio seconds the API reported (whisper-1)
     pipeline_cost_usd_total{model}           USD the API charged, at the price table in force
     pipeline_in_flight                       requests on the wire now

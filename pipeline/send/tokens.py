@@ -1,24 +1,34 @@
 """Offline token estimates, for reserving rate-limit budget before a request is sent.
 
-`count_tokens` is the seam: toktok's compiled-in BPE encodings when available (exact for OpenAI models),
-else ceil(len/4). Nothing here touches the network.
+`count_tokens` is the seam: toktok's compiled-in BPE encodings when installed (the `pipeline-bulk[tokens]`
+extra: exact for OpenAI models), else an estimate of ceil(characters / 4); `exact()` says which, and
+`pipeline estimate` shows it. Nothing here touches the network (tiktoken would download its encodings at
+first use).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.endpoints import Endpoint
 
 try:
     import toktok
-except ImportError:  # pragma: no cover - toktok is a dependency; the fallback keeps a broken wheel usable
+except ImportError:  # the [tokens] extra is not installed: counts are estimates
     toktok = None
 
 #: Tokens the API adds per chat message (role and separators), as OpenAI's cookbook counts them.
 TOKENS_PER_MESSAGE = 4
 #: Output tokens assumed when a request sets no max_tokens and nothing has been learned yet.
 DEFAULT_COMPLETION_TOKENS = 256
+
+
+def exact() -> bool:
+    """Are prompt counts exact BPE counts (toktok installed), or ceil(characters / 4) estimates?"""
+    return toktok is not None
 
 
 def encoding_for(model: str) -> str:
@@ -109,9 +119,32 @@ def prompt_counts(bodies: list[dict[str, Any]]) -> list[int]:
     ]
 
 
-def completion_reserve(body: dict[str, Any], learned: Mapping[str, float]) -> int:
-    """Completion tokens to reserve: max_tokens x n, else the learned (or default) length x n."""
-    return _completion_budget(body, _default_for(body, learned))
+def count_prompts(endpoints: Sequence[Endpoint], bodies: Sequence[dict[str, Any]]) -> list[int]:
+    """Prompt tokens of each body as its endpoint counts them: each of its texts with the model's encoding
+    (one tokenizer call per encoding for them all), plus the endpoint's overhead (framing, token ids)."""
+    counts = [endpoint.prompt_overhead(body) for endpoint, body in zip(endpoints, bodies, strict=True)]
+    by_encoding: dict[str, tuple[list[int], list[str]]] = {}
+    for i, (endpoint, body) in enumerate(zip(endpoints, bodies, strict=True)):
+        texts = [text for text in endpoint.prompt_texts(body) if text]
+        if texts:
+            owners, pending = by_encoding.setdefault(encoding_for(endpoint.model_of(body)), ([], []))
+            owners.extend([i] * len(texts))
+            pending.extend(texts)
+    for encoding, (owners, texts) in by_encoding.items():
+        if toktok is not None:
+            found = [int(n) for n in toktok.batch_count(texts, encoding)]
+        else:
+            found = [math.ceil(len(text) / 4) for text in texts]
+        for i, n in zip(owners, found, strict=True):
+            counts[i] += n
+    return counts
+
+
+def typical_completion(model: str, learned: Mapping[str, float]) -> int:
+    """Completion tokens assumed per choice of a request that sets no cap: the model's learned average,
+    else DEFAULT_COMPLETION_TOKENS."""
+    average = learned.get(model)
+    return math.ceil(average) if average else DEFAULT_COMPLETION_TOKENS
 
 
 def completion_budget(body: dict[str, Any]) -> int | None:

@@ -17,7 +17,8 @@ import aiohttp
 import orjson
 
 from pipeline.about import version
-from pipeline.endpoints import AUDIO_CONTENT_TYPES, AUDIO_URLS
+from pipeline.endpoints import Endpoint
+from pipeline.endpoints.audio import AUDIO_CONTENT_TYPES
 from pipeline.errors import APIError, ErrorType, PermanentError, RetryableError
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
@@ -63,12 +64,13 @@ class Transport:
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, row: Claimed) -> Exchange:
-        """Send the row's request once. Transport failures come back as a RetryableError, never raised."""
+    async def post(self, row: Claimed, endpoint: Endpoint) -> Exchange:
+        """Send the row's request to its endpoint once, as JSON or (an upload) as multipart. Transport
+        failures come back as a RetryableError, never raised."""
         assert self._session is not None, "use the transport as an async context manager"
         payload: bytes | aiohttp.FormData = row.body.encode()
         headers = {"Content-Type": "application/json"}
-        if row.url in AUDIO_URLS:
+        if endpoint.multipart:
             # Loaded for every attempt, from the database: a retry sends the same bytes, and only the clips
             # in flight are in memory. aiohttp sets the multipart Content-Type with its boundary.
             if row.blob_sha256 is None:
@@ -82,7 +84,7 @@ class Transport:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             async with self._session.post(
-                self.settings.base_url + row.url.removeprefix("/v1"), data=payload, headers=headers
+                self.settings.base_url + endpoint.path, data=payload, headers=headers
             ) as resp:
                 return Exchange(resp.status, resp.headers, *await self._read(resp))
         except TimeoutError:

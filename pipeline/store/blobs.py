@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.endpoints import MAX_AUDIO_BYTES
+from pipeline.endpoints.audio import MAX_AUDIO_BYTES
 from pipeline.store.db import Database
 from pipeline.store.models import Blob
 from pipeline.store.sql import upsert

@@ -93,6 +93,7 @@ class AttemptRecord:
     audio_seconds: float | None = None
     #: "batch-api" when the Batch API answered it; None when it was sent directly
     via: str | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -323,7 +324,13 @@ def _usage_of(outcomes: Sequence[Outcome]) -> list[tuple[str, usage.Usage]]:
             counter = counters.get(key)
             if counter is None:
                 counter = counters[key] = usage.Usage(o.model, tier)
-            tokens = (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.total_tokens)
+            tokens = (
+                a.prompt_tokens,
+                a.cached_tokens,
+                a.completion_tokens,
+                a.total_tokens,
+                a.reasoning_tokens,
+            )
             counter.add_attempt(a.started_at, a.http_status, tokens, a.audio_seconds)
     return [(batch_id, counter) for (batch_id, _, _), counter in counters.items()]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, cached_property
@@ -133,12 +134,20 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+#: A revision file's `revision = "..."` line.
+_REVISION = re.compile(r'^revision(?:: str)? = "([^"]+)"', re.MULTILINE)
+
+
 @cache
 def head_revision() -> str:
-    """The newest revision: revisions are named after their file's number (0007_...py has revision "0007"),
-    so the highest-numbered file is the head of the (linear) history. tests/test_migrations.py holds
-    Alembic to it."""
-    return max(p.name.split("_", 1)[0] for p in (migrations_dir() / "versions").glob("[0-9]*_*.py"))
+    """The newest revision: the one in the highest-numbered file, the head of the (linear) history. Its id
+    starts its file's name: the number alone (0007_...py has "0007") or the number and a topic (work done
+    beside other work: 0012_accounts_pool.py may have "0012_accounts"), as the file's `revision` says.
+    tests/test_migrations.py holds Alembic to it."""
+    files = (migrations_dir() / "versions").glob("[0-9]*_*.py")
+    newest = max(files, key=lambda p: (p.name.split("_", 1)[0], p.name))
+    found = _REVISION.search(newest.read_text())
+    return found.group(1) if found else newest.name.split("_", 1)[0]
 
 
 @cache

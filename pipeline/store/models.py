@@ -12,6 +12,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -103,7 +104,7 @@ class Request(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     line: Mapped[int] = mapped_column(Integer)  #: line number in the job file (1-based)
     custom_id: Mapped[str] = mapped_column(String(512))
-    url: Mapped[str] = mapped_column(String(64))  #: /v1/chat/completions, /v1/completions, ...
+    url: Mapped[str] = mapped_column(String(64))  #: its endpoint's url; "" for an invalid line
     body: Mapped[str] = mapped_column(Text)  #: JSON text, sent as given
     status: Mapped[RequestStatus] = mapped_column(_states(RequestStatus), default=RequestStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -180,6 +181,7 @@ class Attempt(Base):
     via: Mapped[Via | None] = mapped_column(_states(Via))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)  #: prompt tokens served from the cache
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
 
 
 class Part(Base):
@@ -196,7 +198,7 @@ class Part(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
-    endpoint: Mapped[str] = mapped_column(String(64))  #: the rows' url, e.g. /v1/chat/completions
+    endpoint: Mapped[str] = mapped_column(String(64))  #: the url of its rows' endpoint
     model: Mapped[str] = mapped_column(String(128))
     state: Mapped[PartState] = mapped_column(_states(PartState), default=PartState.PLANNED)
     fence: Mapped[int] = mapped_column(Integer)  #: the fence its claim gave every row it holds
@@ -241,6 +243,13 @@ class Result(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_seconds: Mapped[float | None] = mapped_column(Float)  #: whisper-1 usage, or verbose_json duration
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  #: part of completion_tokens
+    flagged: Mapped[bool | None] = mapped_column(Boolean)  #: a moderation: any input flagged
+    dimensions: Mapped[int | None] = mapped_column(Integer)  #: embeddings: each vector's length
+    #: embeddings: every vector as float32 little-endian, one after another in the answer's `data` order;
+    #: `body` keeps each item with its `embedding` emptied ([] where the API sent floats, "" for base64).
+    #: Last, so that reading the other columns of a row never reads through it.
+    vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class LimitState(Base):
@@ -287,6 +296,7 @@ class BatchUsage(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class BatchFailure(Base):

@@ -47,7 +47,7 @@ _COUNTERS = ("attempts", "charged", "rate_limited", "prompt_tokens", "cached_tok
 BATCH_USAGE = table(
     "batch_usage",
     *(column(c, String) for c in ("batch_id", "model", "tier")),
-    *(column(c, Integer) for c in (*_COUNTERS, "total_tokens")),
+    *(column(c, Integer) for c in (*_COUNTERS, "total_tokens", "reasoning_tokens")),
     column("audio_seconds", Float),
     column("first_sent_at", DateTime),
 )
@@ -187,24 +187,27 @@ class Usage:
     total_tokens: int = 0
     audio_seconds: float = 0.0
     first_sent_at: datetime | None = None
+    reasoning_tokens: int = 0
 
     def add_attempt(
         self,
         started_at: datetime,
         http_status: int | None,
-        tokens: tuple[int | None, int | None, int | None, int | None],
+        tokens: tuple[int | None, int | None, int | None, int | None, int | None],
         audio_seconds: float | None,
     ) -> None:
-        """Count one attempt; `tokens` is (prompt, cached, completion, total), None where not reported."""
+        """Count one attempt; `tokens` is (prompt, cached, completion, total, reasoning), None where not
+        reported."""
         self.attempts += 1
         self.rate_limited += http_status == 429
         if any(t is not None for t in tokens) or audio_seconds is not None:
             self.charged += 1
-        prompt, cached, completion, total = (t or 0 for t in tokens)
+        prompt, cached, completion, total, reasoning = (t or 0 for t in tokens)
         self.prompt_tokens += prompt
         self.cached_tokens += cached
         self.completion_tokens += completion
         self.total_tokens += total
+        self.reasoning_tokens += reasoning
         self.audio_seconds += audio_seconds or 0.0
         if self.first_sent_at is None or started_at < self.first_sent_at:
             self.first_sent_at = started_at

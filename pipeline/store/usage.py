@@ -33,6 +33,7 @@ _SUMMED = (
     "completion_tokens",
     "total_tokens",
     "audio_seconds",
+    "reasoning_tokens",
 )
 _ADD_USAGE = (
     "INSERT INTO batch_usage (batch_id, model, tier, "
