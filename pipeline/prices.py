@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -152,8 +151,8 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"prices file {path}: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        data = _toml(text) if path.suffix == ".toml" else json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is one
         raise ConfigError(f"prices file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"prices file {path}: expected an object with `models`")
@@ -186,3 +185,9 @@ def _models(raw: Any, where: str) -> dict[str, Price]:
             values[key] = float(value)
         models[str(name)] = Price(**values)
     return models
+
+
+def _toml(text: str) -> Any:
+    import tomllib  # only for a TOML prices file: `status` and the other short commands start faster
+
+    return tomllib.loads(text)

@@ -2,7 +2,9 @@
 
 Read from the database only, in a few cheap queries whatever the batch's size: counts by status from the
 (batch_id, status) index, money and tokens from the per-batch usage counters, failures from the failed
-rows alone. The keys of `batch_report` are the `status --json` contract (README, "--json contracts").
+rows alone. The keys of `batch_report` are the `status --json` contract (README, "--json contracts"). The
+queries are store/overview.py's, on SQLAlchemy Core: `status` never loads the ORM. A batch or a part may
+be a stored model (the web view's) or overview's plain record of it.
 """
 
 from __future__ import annotations
@@ -11,24 +13,25 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.prices import PriceTable
-from pipeline.store import batch_rates, batches, limit_states, parts, usage
+from pipeline.store import overview
 from pipeline.store.db import Database
-from pipeline.store.models import Batch, BatchState, Part, utcnow
+from pipeline.store.overview import BatchFields, BatchTotals, FailureGroup, PartFields
+from pipeline.store.states import BatchState, utcnow
 
 #: A saved limiter state older than this is not "current" (no engine is using the key now).
 FRESH_SECONDS = 30
 
 
 def batch_report(
-    db: Database, batch: Batch, prices: PriceTable, counts: dict[str, int] | None = None
+    db: Database, batch: BatchFields, prices: PriceTable, counts: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """Everything `status` shows, as plain JSON-ready values."""
-    counts = counts or batches.status_counts(db, batch.id)
-    totals = usage.usage_of(db, [batch.id])[batch.id]
+    counts = counts or overview.status_counts(db, batch.id)
+    totals = overview.usage_of(db, [batch.id])[batch.id]
     final = BatchState(batch.state).final
     end = batch.finished_at if final and batch.finished_at else utcnow()
-    on_wire, reserved = (0, 0.0) if final else batches.in_flight(db, batch.id)
-    failures = batches.failure_groups(db, batch.id)
+    on_wire, reserved = (0, 0.0) if final else overview.in_flight(db, batch.id)
+    failures = overview.failure_groups(db, batch.id)
     cost, unpriced, by_model = money(totals, prices)
     return {
         "batch": batch.id,
@@ -65,15 +68,15 @@ def batch_report(
         ],
         "limits": _limits(db, batch),
         "via": batch.via.value,
-        "parts": [part_report(part) for part in parts.parts_of(db, batch.id)],
+        "parts": [part_report(part) for part in overview.parts_of(db, batch.id)],
         **fair_share(db, batch, counts["queued"] + counts["running"]),
     }
 
 
-def fair_share(db: Database, batch: Batch, unfinished: int) -> dict[str, Any]:
+def fair_share(db: Database, batch: BatchFields, unfinished: int) -> dict[str, Any]:
     """The batch's priority, and while it runs its share of its key's recent send rate (0..1) and its own
     rate (requests/min); None when it is not sending."""
-    sending = batch_rates.shares(db, [batch.id]).get(batch.id) if unfinished else None
+    sending = overview.shares(db, [batch.id]).get(batch.id) if unfinished else None
     return {
         "priority": batch.priority,
         "share": sending["share"] if sending else None,
@@ -81,7 +84,7 @@ def fair_share(db: Database, batch: Batch, unfinished: int) -> dict[str, Any]:
     }
 
 
-def part_report(part: Part) -> dict[str, Any]:
+def part_report(part: PartFields) -> dict[str, Any]:
     """One Batch API part, as `status --json` shows it."""
     return {
         "part": part.id,
@@ -106,7 +109,7 @@ def part_report(part: Part) -> dict[str, Any]:
     }
 
 
-def part_line(part: Part) -> str:
+def part_line(part: PartFields) -> str:
     """One line on a part's progress, for `run` to print as it changes."""
     counts = ""
     if part.request_total is not None:
@@ -118,13 +121,13 @@ def part_line(part: Part) -> str:
     return f"part {part.id} ({part.model}, {part.lines} requests): {part.state.value}{remote}{why}"
 
 
-def _first_error(part: Part) -> str:
+def _first_error(part: PartFields) -> str:
     first = (part.errors or [{}])[0]
     line = f" (line {first['line']})" if first.get("line") is not None else ""
     return f"{first.get('code') or 'error'}: {first.get('message') or ''}{line}".strip()
 
 
-def money(totals: usage.BatchTotals, prices: PriceTable) -> tuple[float, list[str], dict[str, float]]:
+def money(totals: BatchTotals, prices: PriceTable) -> tuple[float, list[str], dict[str, float]]:
     """(USD charged, models without a price that were charged, USD per model) of a batch's counters."""
     cost, unpriced, by_model = 0.0, set(), dict[str, float]()
     for u in totals.models:
@@ -140,16 +143,16 @@ def money(totals: usage.BatchTotals, prices: PriceTable) -> tuple[float, list[st
     return cost, sorted(unpriced), by_model
 
 
-def _by_type(failures: list[batches.FailureGroup]) -> dict[str, int]:
+def _by_type(failures: list[FailureGroup]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for f in failures:
         counts[f.error_type] = counts.get(f.error_type, 0) + f.count
     return counts
 
 
-def _limits(db: Database, batch: Batch) -> list[dict[str, Any]]:
+def _limits(db: Database, batch: BatchFields) -> list[dict[str, Any]]:
     """The limits in force for the batch's API and key, with the recent send rate where it is fresh."""
-    states = limit_states.limit_states(db, batch.base_url, batch.key_fingerprint)
+    states = overview.limit_states(db, batch.base_url, batch.key_fingerprint)
     now = utcnow()
     return [
         {
@@ -169,7 +172,7 @@ def _limits(db: Database, batch: Batch) -> list[dict[str, Any]]:
     ]
 
 
-def batch_row(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+def batch_row(batch: BatchFields, counts: dict[str, int]) -> dict[str, Any]:
     """One batch as `batches --json` lists it."""
     return {
         "batch": batch.id,

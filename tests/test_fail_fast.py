@@ -390,11 +390,11 @@ def test_an_unexpected_error_is_one_line_and_a_saved_traceback(
 ) -> None:
     import tempfile
 
-    from pipeline.store import batches
+    from pipeline.store import overview
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert invoke("db", "upgrade").exit_code == 0
-    monkeypatch.setattr(batches, "get_batch", _boom)
+    monkeypatch.setattr(overview, "find_batch", _boom)  # status finds its batch there
     result = invoke("status")
     assert result.exit_code == EXIT_BUG
     line = one_line(result)
@@ -406,9 +406,9 @@ def test_an_unexpected_error_is_one_line_and_a_saved_traceback(
 
 
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.store import batches
+    from pipeline.store import overview
 
     assert invoke("db", "upgrade").exit_code == 0
-    monkeypatch.setattr(batches, "get_batch", _boom)
+    monkeypatch.setattr(overview, "find_batch", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         invoke("--debug", "status")

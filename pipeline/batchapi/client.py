@@ -1,9 +1,9 @@
 """The Batch API over HTTP: /v1/files and /v1/batches, with the engine's auth headers and error policy.
 
 Answers are classified as the engine classifies them (`send.classify.classify`). Calls that only read
-(lists, retrieve, file content) and the cancel (asking twice is harmless) are retried by tenacity on
-RetryableError with the engine's backoff. The two calls that make something, the upload and the create,
-are made once: after a failure nobody can tell whether the API made it, so the caller looks it up
+(lists, retrieve, file content) and the cancel (asking twice is harmless) are retried on RetryableError
+with the engine's backoff (pipeline/retrying.py). The two calls that make something, the upload and the
+create, are made once: after a failure nobody can tell whether the API made it, so the caller looks it up
 (`find_file`, `find_batch`) before making it again.
 """
 
@@ -14,9 +14,9 @@ from typing import IO, Any, TypeVar
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, RetryableError
+from pipeline.retrying import Policy, call_async
 from pipeline.send.bodies import ACCEPT_ENCODING, UndecodableBody, iter_decoded, read_capped
 from pipeline.send.classify import backoff_delay, classify
 from pipeline.send.transport import auth_headers
@@ -73,7 +73,7 @@ class BatchClient:
         """The newest batch file named `filename`, looking through the newest LOOKUP_PAGES pages."""
         params: dict[str, str] = {"purpose": "batch", "limit": str(FILES_PAGE), "order": "desc"}
         for _ in range(LOOKUP_PAGES):
-            page = await self._retrying(lambda: self._json("GET", "/files", params=params))
+            page = await self._retrying("listing files", lambda: self._json("GET", "/files", params=params))
             files = [f for f in page.get("data") or [] if isinstance(f, dict)]
             found = next((f for f in files if f.get("filename") == filename), None)
             if found is not None or not page.get("has_more") or not files:
@@ -96,7 +96,7 @@ class BatchClient:
                 except UndecodableBody as exc:
                     raise BadResponse(f"file {file_id}: {exc}") from None
 
-        await self._retrying(lambda: _transport(fetch()))
+        await self._retrying(f"downloading {file_id}", lambda: _transport(fetch()))
 
     # --- batches ---------------------------------------------------------------------------------------
 
@@ -114,7 +114,9 @@ class BatchClient:
         """The newest batch carrying every pair of `metadata`, looking through the newest LOOKUP_PAGES."""
         params = {"limit": str(BATCHES_PAGE)}
         for _ in range(LOOKUP_PAGES):
-            page = await self._retrying(lambda: self._json("GET", "/batches", params=params))
+            page = await self._retrying(
+                "listing batches", lambda: self._json("GET", "/batches", params=params)
+            )
             batches = [b for b in page.get("data") or [] if isinstance(b, dict)]
             found = next((b for b in batches if _carries(b, metadata)), None)
             if found is not None or not page.get("has_more") or not batches:
@@ -124,11 +126,12 @@ class BatchClient:
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         """GET /batches/{id}."""
-        return await self._retrying(lambda: self._json("GET", f"/batches/{batch_id}"))
+        return await self._retrying(f"reading {batch_id}", lambda: self._json("GET", f"/batches/{batch_id}"))
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         """POST /batches/{id}/cancel (harmless to repeat)."""
-        return await self._retrying(lambda: self._json("POST", f"/batches/{batch_id}/cancel"))
+        path = f"/batches/{batch_id}/cancel"
+        return await self._retrying(f"cancelling {batch_id}", lambda: self._json("POST", path))
 
     # --- HTTP ------------------------------------------------------------------------------------------
 
@@ -173,17 +176,15 @@ class BatchClient:
             )
         return self.scrub(raw)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.settings.max_attempts),
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call` tried again on RetryableError, up to max_attempts, with the engine's backoff."""
+        policy = Policy(
+            f"Batch API: {what}",
+            retry_on=lambda exc: isinstance(exc, RetryableError),
+            attempts=self.settings.max_attempts,
             wait=_wait,
-            reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await call()
-        raise AssertionError("tenacity ended without a result or an error")
+        return await call_async(call, policy)
 
 
 async def _transport(call: Awaitable[T]) -> T:
@@ -202,9 +203,8 @@ def _error(status: int, headers: Mapping[str, str], raw: bytes) -> APIError:
     return error
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    return backoff_delay(state.attempt_number, exc.retry_after if isinstance(exc, APIError) else None)
+def _wait(attempt: int, exc: BaseException | None) -> float:
+    return backoff_delay(attempt, exc.retry_after if isinstance(exc, APIError) else None)
 
 
 def _carries(batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:

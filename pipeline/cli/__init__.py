@@ -7,6 +7,7 @@ EXIT_* constants of exits.py. Never a traceback unless `pipeline --debug` asks f
 from __future__ import annotations
 
 import importlib
+import textwrap
 from typing import Any
 
 import click
@@ -18,28 +19,86 @@ from pipeline.errors import JobFileError, PipelineError
 
 __all__ = ["EXIT_BUG", "EXIT_INVALID_INPUT", "EXIT_PAUSED", "EXIT_SOME_FAILED", "EXIT_STALLED", "cli", "main"]
 
-#: Every command and the module that defines it: a command's module (and what it imports: the engine,
-#: aiohttp, Celery...) is imported only when that command runs, so `pipeline status` starts fast and
-#: `pipeline --version` or shell completion of command names import none of them.
-COMMAND_MODULES = {
-    "run": "run_cmds",
-    "estimate": "estimate_cmds",
-    "submit": "fleet_cmds",
-    "worker": "fleet_cmds",
-    "status": "status_cmds",
-    "batches": "status_cmds",
-    "errors": "status_cmds",
-    "export": "batch_cmds",
-    "cancel": "batch_cmds",
-    "retry": "batch_cmds",
-    "resume": "batch_cmds",
-    "priority": "priority_cmds",
-    "prices": "prices_cmds",
-    "db": "db_cmds",
-    "fake-api": "fake_cmds",
-    "demo": "fake_cmds",
-    "ui": "ui_cmds",
-    "report": "ui_cmds",
+#: Every command: the module that defines it, and the line `pipeline --help` shows for it (the first sentence
+#: of its docstring; tests/test_cli_startup.py holds them equal). A command's module, and what it imports (the
+#: engine, SQLAlchemy, aiohttp, Celery...), is imported only when that command runs, so `pipeline --help`,
+#: `--version` and shell completion of command names import none of them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": (
+        "run_cmds",
+        "Validate FILE, store it as a batch, send every request in this process, store every answer.",
+    ),
+    "estimate": (
+        "estimate_cmds",
+        "Estimate FILE before sending it: requests, prompt tokens (counted offline), cost (low and high)"
+        " and time at the limits given (--rpm, --tpm, --limits-file) or last learned for this account"
+        " (--base-url, the key, --organization, --project).",
+    ),
+    "submit": (
+        "fleet_cmds",
+        "Validate FILE, store it as a batch and enqueue it for `pipeline worker` processes; returns at once.",
+    ),
+    "worker": (
+        "fleet_cmds",
+        "Run a Celery worker in the foreground: consumes chunks, sends their requests with one engine.",
+    ),
+    "status": (
+        "status_cmds",
+        "Counts by status, requests in flight, cost, tokens, 429s, failures and limits of BATCH (default:"
+        " the latest).",
+    ),
+    "batches": (
+        "status_cmds",
+        "List the newest batches with their state, counts by status (ids in full), priority and, while"
+        " they send, their share of their key's recent requests.",
+    ),
+    "errors": (
+        "status_cmds",
+        "Every failed request of BATCH (default: the latest), streamed: custom_id, error type, HTTP"
+        " status, attempts and message (tab-separated, or JSON lines with --json).",
+    ),
+    "export": (
+        "batch_cmds",
+        "Write every request of BATCH (default: the latest) with its answer, streamed in constant memory.",
+    ),
+    "cancel": (
+        "batch_cmds",
+        "Cancel BATCH: queued requests become cancelled and are never sent; in-flight ones finish.",
+    ),
+    "retry": (
+        "batch_cmds",
+        "Send the failed requests of BATCH again (--status to choose); succeeded ones are never re-sent.",
+    ),
+    "resume": (
+        "batch_cmds",
+        "Continue a paused BATCH (after the quota was restored, the key fixed, or with a higher --max-cost).",
+    ),
+    "priority": ("priority_cmds", "Set BATCH's priority to N, also while it runs."),
+    "prices": (
+        "prices_cmds",
+        "The price table cost is computed with: shipped in the package (dated), refreshed into the data"
+        " directory by `pipeline prices update`, and --prices FILE over both.",
+    ),
+    "db": ("db_cmds", "Database schema (a fresh SQLite database is migrated on first use anyway)."),
+    "fake-api": (
+        "fake_cmds",
+        "Serve a fake OpenAI API over HTTP for tests and demos (chat, completions, audio, embeddings,"
+        " responses, moderations, the Batch API).",
+    ),
+    "demo": (
+        "fake_cmds",
+        "Run every example job shipped with pipeline against a local fake API; CSVs of each batch in OUT.",
+    ),
+    "ui": (
+        "ui_cmds",
+        "Serve a local web view of the batches: progress, cost, limits, charts, a row browser; JSON at"
+        " /api/.",
+    ),
+    "report": (
+        "ui_cmds",
+        "Write one self-contained HTML file on BATCH (default: the latest): its summary, charts and"
+        " failures.",
+    ),
 }
 
 
@@ -48,14 +107,21 @@ class _Group(click.Group):
     each command's module on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMAND_MODULES)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = COMMAND_MODULES.get(cmd_name)
-        if module is None:
+        if cmd_name not in COMMANDS:
             return None
-        commands: list[click.Command] = importlib.import_module(f"pipeline.cli.{module}").COMMANDS
+        module = importlib.import_module(f"pipeline.cli.{COMMANDS[cmd_name][0]}")
+        commands: list[click.Command] = module.COMMANDS
         return next(c for c in commands if c.name == cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `pipeline --help`, from the table: as click would show it, no module loaded."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, short_help(COMMANDS[name][1], limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -102,6 +168,13 @@ def cli(debug: bool) -> None:
       pipeline status                         # state, counts, cost, tokens, failures of the latest batch
       pipeline export --format csv -o out.csv
     """
+
+
+def short_help(summary: str, limit: int) -> str:
+    """`summary` cut to `limit` characters on a word boundary, as click shortens a command's help."""
+    if len(summary) <= limit:
+        return summary
+    return textwrap.shorten(summary, limit, placeholder="...", break_on_hyphens=False)
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""Commands that look at stored batches: status (once, or --watch), batches, errors."""
+"""Commands that look at stored batches: status (once, or --watch), batches, errors.
+
+`status` reads through store/overview.py (SQLAlchemy Core) and loads no ORM, and `status --json` no rich
+either: they start in 1.3-1.5x the time of `import sqlalchemy, click` (bench/bench_startup.py). `batches`
+and `errors` load the store's models when they run.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,12 @@ from typing import Any
 
 import click
 import orjson
-from rich.console import Console
-from rich.live import Live
 
 from pipeline.cli.options import FiniteFloat, database, pop_settings, prices_option, store_options
-from pipeline.cli.render import print_batches, print_report, report_view
 from pipeline.prices import load_prices
 from pipeline.report import batch_report, batch_row
-from pipeline.store import batch_rates
-from pipeline.store import batches as batch_store
-from pipeline.store.models import BatchState
+from pipeline.store import overview
+from pipeline.store.states import BatchState
 
 
 @click.command()
@@ -47,26 +48,38 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
     settings = pop_settings(params)
     db = database(settings, create=False)
     prices = load_prices(settings)
-    batch = batch_store.get_batch(db, batch_id)
+    batch = overview.find_batch(db, batch_id)
     if not watch:
-        report = batch_report(db, batch, prices)
-        click.echo(orjson.dumps(report).decode()) if as_json else print_report(report)
+        _show(batch_report(db, batch, prices), as_json)
         return
     if as_json or not sys.stdout.isatty():
         while True:
-            batch = batch_store.get_batch(db, batch.id)
-            report = batch_report(db, batch, prices)
-            click.echo(orjson.dumps(report).decode()) if as_json else print_report(report)
+            batch = overview.find_batch(db, batch.id)
+            _show(batch_report(db, batch, prices), as_json)
             if BatchState(batch.state).final:
                 return
             time.sleep(interval)
+    from rich.console import Console
+    from rich.live import Live
+
+    from pipeline.cli.render import report_view
+
     with Live(console=Console(highlight=False), auto_refresh=False) as live:
         while True:
-            batch = batch_store.get_batch(db, batch.id)
+            batch = overview.find_batch(db, batch.id)
             live.update(report_view(batch_report(db, batch, prices)), refresh=True)
             if BatchState(batch.state).final:
                 return
             time.sleep(interval)
+
+
+def _show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+        return
+    from pipeline.cli.render import print_report  # rich loads for the terminal's view only
+
+    print_report(report)
 
 
 @click.command()
@@ -76,9 +89,12 @@ def status(batch_id: str | None, as_json: bool, watch: bool, interval: float, **
 def batches(as_json: bool, limit: int, **params: Any) -> None:
     """List the newest batches with their state, counts by status (ids in full), priority and, while they
     send, their share of their key's recent requests."""
+    from pipeline.cli.render import print_batches
+    from pipeline.store import batches as batch_store
+
     db = database(pop_settings(params), create=False)
     rows = batch_store.list_batches(db, limit)
-    shares = batch_rates.shares(db, [b.id for b, c in rows if c["queued"] + c["running"]])
+    shares = overview.shares(db, [b.id for b, c in rows if c["queued"] + c["running"]])
     if as_json:
         for batch, counts in rows:
             share = shares.get(batch.id, {}).get("share")
@@ -94,6 +110,8 @@ def batches(as_json: bool, limit: int, **params: Any) -> None:
 def errors(batch_id: str | None, as_json: bool, **params: Any) -> None:
     """Every failed request of BATCH (default: the latest), streamed: custom_id, error type, HTTP status,
     attempts and message (tab-separated, or JSON lines with --json)."""
+    from pipeline.store import batches as batch_store
+
     db = database(pop_settings(params), create=False)
     batch = batch_store.get_batch(db, batch_id)
     count = 0

@@ -25,6 +25,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline import retrying
 from pipeline.batchapi import plan
 from pipeline.batchapi.driver import PartDriver
 from pipeline.dispatch import serve_metrics
@@ -36,7 +37,7 @@ from pipeline.settings import Settings
 from pipeline.spend import make_budget
 from pipeline.store import batches, fair, parts, recovery
 from pipeline.store.claims import Outcome
-from pipeline.store.db import Database, first_line, is_transient, open_database
+from pipeline.store.db import Database, is_transient, open_database
 from pipeline.store.models import RequestStatus
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class WorkerRuntime:
             try:
                 await asyncio.to_thread(self._recover, reaper, frozenset({self.engine.worker}), period)
             except Exception as exc:  # the broker or database is restarting: try again next period
-                log.warning("recovery pass failed (%s)", first_line(exc), exc_info=not _outage(exc))
+                retrying.report(log, "recovery pass", exc)
 
     def _recover(self, reaper: recovery.Reaper, spare: frozenset[str], period: float) -> None:
         rows = reaper.sweep(spare)
@@ -193,11 +194,7 @@ class WorkerRuntime:
                 try:
                     await self._tick_parts(driver)
                 except Exception as exc:  # the database or the API is failing: try again next tick
-                    log.warning(
-                        "advancing Batch API parts failed (%s)",
-                        first_line(exc),
-                        exc_info=not _outage(exc),
-                    )
+                    retrying.report(log, "advancing Batch API parts", exc)
 
     async def _tick_parts(self, driver: PartDriver) -> None:
         for batch_id in await asyncio.to_thread(parts.batches_to_plan, self.db):
@@ -206,8 +203,8 @@ class WorkerRuntime:
         for part_id in await asyncio.to_thread(parts.due_parts, self.db):
             try:
                 await driver.advance(part_id)
-            except Exception:  # one part's trouble (a bad key, a refused call) must not stop the others
-                log.warning("advancing Batch API part %s failed", part_id, exc_info=True)
+            except Exception as exc:  # one part's trouble (a bad key, a refused call) stops no other
+                retrying.report(log, f"advancing Batch API part {part_id}", exc)
 
     async def _publish_direct(self, batch_id: str, ids: list[int]) -> None:
         """Rows of a part to be sent directly now (expired under --on-expire direct): to the broker."""

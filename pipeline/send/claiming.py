@@ -4,12 +4,15 @@ refused because the engine was declared dead registers it anew first (send/owner
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
+from pipeline.retrying import Policy, call_async, transient
 from pipeline.send.health import CLAIMING, WriteHealth
 from pipeline.send.ownership import Ownership
 from pipeline.store.claims import Claimed, WorkerGone
-from pipeline.store.db import is_transient
+
+log = logging.getLogger(__name__)
 
 #: Longest pause between two tries of a claim that failed (database busy, restarting, disk full).
 MAX_CLAIM_RETRY_SECONDS = 10.0
@@ -27,21 +30,29 @@ async def retrying(
 
     Errors another try cannot cure, and any error once the engine drains, are raised.
     """
-    delay = 0.5
-    while True:
+
+    async def claim() -> list[Claimed]:
         try:
-            rows = await asyncio.to_thread(take)
-        except WorkerGone:  # buried: one beat finds out, the next registers anew
+            return await asyncio.to_thread(take)
+        except WorkerGone:  # buried: one beat finds out, the next registers anew, and the claim goes again
             await own.beat(force=True)
             if not await own.beat(force=True):
-                await sleep(delay)
-            continue
-        except Exception as exc:
-            if not is_transient(exc) or draining():
                 raise
-            health.failed(CLAIMING, exc, delay)
-            await sleep(delay)
-            delay = min(delay * 2, MAX_CLAIM_RETRY_SECONDS)
-            continue
-        health.worked(CLAIMING)
-        return rows
+            return await asyncio.to_thread(take)
+
+    def failed(attempt: int, exc: BaseException | None, seconds: float) -> None:
+        if isinstance(exc, WorkerGone):
+            log.warning("claiming rows: this engine was declared dead; registering again in %.1fs", seconds)
+        elif exc is not None:
+            health.failed(CLAIMING, exc, seconds)
+
+    policy = Policy(
+        "claiming rows", retry_on=_curable, cap=MAX_CLAIM_RETRY_SECONDS, give_up=draining, on_retry=failed
+    )
+    rows = await call_async(claim, policy, sleep=sleep)
+    health.worked(CLAIMING)
+    return rows
+
+
+def _curable(exc: BaseException) -> bool:
+    return isinstance(exc, WorkerGone) or transient(exc)

@@ -37,6 +37,7 @@ from pipeline.errors import (
     RetryableError,
 )
 from pipeline.ratelimit.rules import RateHeaders
+from pipeline.retrying import backoff
 
 #: First backoff when the server gives no hint, as the official client does.
 INITIAL_BACKOFF = 0.5
@@ -137,12 +138,12 @@ def backoff_delay(
     """Seconds to wait after failed attempt number `attempt` (1-based).
 
     A server hint wins (capped at MAX_SERVER_WAIT, plus up to 10% so that senders do not return in lockstep);
-    otherwise exponential from INITIAL_BACKOFF to MAX_BACKOFF with the official client's 0.75-1.0 jitter.
+    otherwise exponential from INITIAL_BACKOFF to MAX_BACKOFF with the official client's 0.75-1.0 jitter
+    (`retrying.backoff`, the database's and Redis's too).
     """
     if server_wait is not None:
         return min(server_wait, MAX_SERVER_WAIT) * (1.0 + 0.1 * rand())
-    base: float = min(INITIAL_BACKOFF * 2.0 ** (attempt - 1), MAX_BACKOFF)
-    return base * (0.75 + 0.25 * rand())
+    return backoff(attempt, INITIAL_BACKOFF, MAX_BACKOFF, rand)
 
 
 #: Our error type for an HTTP error status whose body names no code.

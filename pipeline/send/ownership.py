@@ -20,6 +20,7 @@ import socket
 import time
 
 from pipeline.ids import new_worker_id
+from pipeline.retrying import Policy, call_async, quiet
 from pipeline.store import claims
 from pipeline.store.claims import Claimed
 from pipeline.store.db import Database
@@ -81,15 +82,29 @@ class Ownership:
         Beats at once when the last beat is too old; a failing database is retried, and nothing is sent
         meanwhile.
         """
-        delay = 0.25
-        while not self.fresh:
-            if stop.is_set():
-                return False
-            if not await self.beat():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
-        return True
+        if self.fresh:
+            return True
+
+        async def proven() -> bool:
+            if not self.fresh and not stop.is_set():
+                await self.beat()
+            return self.fresh
+
+        async def pause(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+        # beat() logs its own failures, once per streak
+        policy = Policy(
+            "heartbeat",
+            again=lambda fresh: not fresh,
+            first=0.25,
+            cap=MAX_RETRY_SECONDS,
+            give_up=stop.is_set,
+            on_retry=quiet,
+        )
+        fresh: bool = await call_async(proven, policy, sleep=pause)
+        return fresh
 
     async def beat(self, force: bool = False) -> bool:
         """One beat, shared by everyone waiting for it. True when it proved the engine alive."""

@@ -22,10 +22,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline.retrying import Policy, call_async, report
 from pipeline.spend import Refusal
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,13 @@ TTL = 86400
 REDIS_TIMEOUT = 5.0
 #: Seconds between tries while Redis cannot be reached (sending without the shared budget could overrun it).
 RETRY_SECONDS = 1.0
+#: How a reservation is tried again: as long as Redis cannot be reached, about once a second.
+_UNREACHABLE = Policy(
+    "spend budget: reserving in Redis",
+    retry_on=lambda exc: isinstance(exc, RedisError | OSError),
+    first=RETRY_SECONDS,
+    cap=RETRY_SECONDS,
+)
 
 _COMMON = """
 local t = redis.call('TIME')
@@ -127,17 +133,15 @@ class RedisBudget:
             repr(self._recorded.get(batch_id, 0.0)),
             repr(STALE_SECONDS),
         ]
-        while True:
-            try:
-                reply = str(await self._reserve(keys=[budget_key(batch_id)], args=[*args, str(TTL)]))
-            except (RedisError, OSError) as exc:
-                log.warning("spend budget: Redis unavailable (%r); retrying in %gs", exc, RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
-                continue
-            if not reply:
-                return None
-            spent, reserved = (float(x) for x in reply.split())
-            return Refusal(spent, reserved, cap)
+
+        async def reserve() -> str:
+            return str(await self._reserve(keys=[budget_key(batch_id)], args=[*args, str(TTL)]))
+
+        reply = await call_async(reserve, _UNREACHABLE)
+        if not reply:
+            return None
+        spent, reserved = (float(x) for x in reply.split())
+        return Refusal(spent, reserved, cap)
 
     def settle(self, batch_id: str, reserved: float, spent: float) -> None:
         seed = repr(self._recorded.get(batch_id, 0.0))
@@ -152,12 +156,7 @@ class RedisBudget:
         try:
             await script(keys=[budget_key(batch_id)], args=args)
         except Exception as exc:  # a lost settle costs accuracy only: the database keeps the true spend
-            unreachable = isinstance(
-                exc, ConnectionError | TimeoutError | RedisConnectionError | RedisTimeoutError
-            )
-            log.warning(
-                "spend budget: could not update %s in Redis (%r)", batch_id, exc, exc_info=not unreachable
-            )
+            report(log, f"spend budget: updating {batch_id} in Redis", exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

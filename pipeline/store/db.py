@@ -12,18 +12,19 @@ import importlib.util
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.errors import BatchNotFound, ConnectError
 from pipeline.settings import mask_url
-from pipeline.store.models import Base
+
+if TYPE_CHECKING:  # the ORM loads with the first session: `status` reads through Core alone (overview.py)
+    from sqlalchemy.orm import Session, sessionmaker
 
 #: Seconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_SECONDS = 60
@@ -57,24 +58,28 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _make_engine(url)
-        self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(
-            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
-        )
 
     def __repr__(self) -> str:
         return f"Database({mask_url(self.url)!r})"
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:
+        with self._sessions[0]() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A short write transaction, committed on success."""
-        with self._write.begin() as session:
+        with self._sessions[1].begin() as session:
             yield session
+
+    @cached_property
+    def _sessions(self) -> tuple[sessionmaker[Session], sessionmaker[Session]]:
+        """(read, write) session makers, made on first use (two threads racing make equal ones)."""
+        from sqlalchemy.orm import sessionmaker
+
+        write = self.engine.execution_options(sqlite_immediate=True)
+        return sessionmaker(self.engine, expire_on_commit=False), sessionmaker(write, expire_on_commit=False)
 
     def upgrade(self) -> None:
         """Bring the schema to the newest revision (idempotent; serialised between local processes)."""
@@ -155,6 +160,8 @@ def open_database(url: str, *, create: bool = True) -> Database:
         raise BatchNotFound(f"no batches yet: no database at {path} (run or submit a job file first)")
     db = Database(url)
     if db.is_sqlite and path is None:  # in memory: Alembic's own connection would migrate another one
+        from pipeline.store.models import Base
+
         Base.metadata.create_all(db.engine)
     else:
         db.ensure_schema()

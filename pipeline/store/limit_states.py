@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.store.db import Database
 from pipeline.store.models import LimitState, utcnow
+from pipeline.store.overview import limit_states as limit_states
 from pipeline.store.sql import upsert
 
 
@@ -38,18 +37,6 @@ def save_limit_states(db: Database, snapshots: Sequence[tuple[LimitKey, dict[str
     ]
     with db.write() as s:
         upsert(s, LimitState, "key", rows)
-
-
-def limit_states(db: Database, base_url: str, key_fingerprint: str) -> list[LimitState]:
-    """The saved limit states of every model used with this base URL and API key."""
-    with db.read() as s:
-        return list(
-            s.scalars(
-                select(LimitState)
-                .where(LimitState.base_url == base_url, LimitState.key_fingerprint == key_fingerprint)
-                .order_by(LimitState.model)
-            )
-        )
 
 
 def _from_unix(value: Any) -> datetime | None:

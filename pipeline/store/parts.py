@@ -206,14 +206,6 @@ def get_part(db: Database, part_id: str) -> Part | None:
         return s.get(Part, part_id)
 
 
-def parts_of(db: Database, batch_id: str) -> list[Part]:
-    """Every part of the batch, oldest first."""
-    with db.read() as s:
-        return list(
-            s.scalars(select(Part).where(Part.batch_id == batch_id).order_by(Part.created_at, Part.id))
-        )
-
-
 def due_parts(db: Database, batch_id: str | None = None) -> list[str]:
     """Open parts nobody holds whose time has come (of `batch_id`, or of every broker batch when None)."""
     with db.read() as s:

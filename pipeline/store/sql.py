@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, func, select
+from sqlalchemy import String, Table
 from sqlalchemy.orm import DeclarativeBase, Session
+
+from pipeline.store.overview import database_now
 
 #: Ids per IN (...) clause: under SQLite's default limit of host parameters.
 IDS_PER_STATEMENT = 900
@@ -118,17 +120,8 @@ def fitter(model: type[DeclarativeBase]) -> Callable[[dict[str, Any]], dict[str,
 
 
 def db_clock(session: Session) -> datetime:
-    """Now on the database's clock, as the naive UTC datetime every time column holds.
-
-    PostgreSQL has a clock of its own, shared by every worker; SQLite runs inside the calling process and
-    reads that process's clock (one machine, so one clock, unless a test fakes it).
-    """
-    if is_sqlite(session):
-        text = session.scalar(select(func.strftime("%Y-%m-%d %H:%M:%f", "now")))
-        return datetime.fromisoformat(str(text))
-    value = session.scalar(select(func.timezone("UTC", func.now())))
-    assert isinstance(value, datetime)
-    return value
+    """Now on the database's clock, as the naive UTC datetime every time column holds (overview.py)."""
+    return database_now(session)
 
 
 def parts(ids: Sequence[int]) -> Iterable[Sequence[int]]:

@@ -10,9 +10,7 @@ batch's failure counters from its rows (`rebuild_failures`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
@@ -20,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from pipeline.store.db import Database
 from pipeline.store.models import BatchFailure, BatchUsage, Result
+from pipeline.store.overview import DIRECT as DIRECT
+from pipeline.store.overview import BatchTotals as BatchTotals
+from pipeline.store.overview import Usage as Usage
+from pipeline.store.overview import usage_of as usage_of
 from pipeline.store.sql import db_time_for, executemany, fitter
-
-#: How attempts sent one by one to the API are priced; the Batch API's are "batch-api" (half price).
-DIRECT = "direct"
 
 _SUMMED = (
     "attempts",
@@ -65,62 +64,6 @@ _REBUILD_FAILURES = (
 )
 
 
-@dataclass(slots=True)
-class Usage:
-    """Counters of one (batch, model, tier): what a transaction adds, or what `usage_of` reads."""
-
-    model: str
-    tier: str = DIRECT
-    attempts: int = 0
-    charged: int = 0
-    rate_limited: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    audio_seconds: float = 0.0
-    first_sent_at: datetime | None = None
-    reasoning_tokens: int = 0
-
-    def add_attempt(
-        self,
-        started_at: datetime,
-        http_status: int | None,
-        tokens: tuple[int | None, int | None, int | None, int | None, int | None],
-        audio_seconds: float | None,
-    ) -> None:
-        """Count one attempt; `tokens` is (prompt, cached, completion, total, reasoning), None where not
-        reported."""
-        self.attempts += 1
-        self.rate_limited += http_status == 429
-        if any(t is not None for t in tokens) or audio_seconds is not None:
-            self.charged += 1
-        prompt, cached, completion, total, reasoning = (t or 0 for t in tokens)
-        self.prompt_tokens += prompt
-        self.cached_tokens += cached
-        self.completion_tokens += completion
-        self.total_tokens += total
-        self.reasoning_tokens += reasoning
-        self.audio_seconds += audio_seconds or 0.0
-        if self.first_sent_at is None or started_at < self.first_sent_at:
-            self.first_sent_at = started_at
-
-
-@dataclass(slots=True)
-class BatchTotals:
-    """A batch's counters over every model, and per model."""
-
-    models: list[Usage] = field(default_factory=list)
-
-    def total(self, name: str) -> int:
-        return int(sum(getattr(u, name) for u in self.models))
-
-    @property
-    def first_sent_at(self) -> datetime | None:
-        times = [u.first_sent_at for u in self.models if u.first_sent_at is not None]
-        return min(times) if times else None
-
-
 def add_usage(s: Session, sqlite: bool, usages: Iterable[tuple[str, Usage]]) -> None:
     """Add (batch id, counters) to the batches' counters, in `s`'s transaction."""
     rows: list[dict[str, Any]] = []
@@ -132,32 +75,6 @@ def add_usage(s: Session, sqlite: bool, usages: Iterable[tuple[str, Usage]]) -> 
     # Sorted, so two transactions adding to the same counters lock them in one order (no deadlock).
     rows.sort(key=lambda r: (r["batch_id"], r["model"], r["tier"]))
     executemany(s, _ADD_USAGE, rows)
-
-
-def usage_of(db: Database, batch_ids: Sequence[str]) -> dict[str, BatchTotals]:
-    """The counters of each batch (an empty BatchTotals for one with no attempt yet)."""
-    totals = {batch_id: BatchTotals() for batch_id in batch_ids}
-    if not batch_ids:
-        return totals
-    with db.read() as s:
-        for row in s.scalars(select(BatchUsage).where(BatchUsage.batch_id.in_(list(batch_ids)))):
-            totals[row.batch_id].models.append(
-                Usage(
-                    row.model,
-                    row.tier,
-                    row.attempts,
-                    row.charged,
-                    row.rate_limited,
-                    row.prompt_tokens,
-                    row.cached_tokens,
-                    row.completion_tokens,
-                    row.total_tokens,
-                    row.audio_seconds,
-                    row.first_sent_at,
-                    row.reasoning_tokens,
-                )
-            )
-    return totals
 
 
 def completion_totals(db: Database) -> list[tuple[str, int, int]]:
@@ -205,16 +122,3 @@ def rebuild_failures(s: Session, batch_id: str) -> None:
     """The batch's failure counters, counted again from its failed rows (after `retry` re-queued some)."""
     s.execute(delete(BatchFailure).where(BatchFailure.batch_id == batch_id))
     s.execute(text(_REBUILD_FAILURES), {"batch_id": batch_id})
-
-
-def failures_of(db: Database, batch_id: str, limit: int) -> list[BatchFailure]:
-    """The batch's failure counters, the most common first."""
-    with db.read() as s:
-        return list(
-            s.scalars(
-                select(BatchFailure)
-                .where(BatchFailure.batch_id == batch_id, BatchFailure.count > 0)
-                .order_by(BatchFailure.count.desc(), BatchFailure.error_type)
-                .limit(limit)
-            )
-        )
