@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
+from pipeline.accounts import batch_columns, pool_from_settings
 from pipeline.background import Background
 from pipeline.display import ProgressLine, in_notebook, progress_text
 from pipeline.errors import BatchPaused, ConfigError, PipelineError
@@ -270,7 +271,7 @@ class Batch:
 
 def start_here(settings: Settings, db: Database, batch_id: str) -> Background:
     """Send the batch on a thread of this process (see pipeline/background.py)."""
-    batches.retarget(db, batch_id, settings.base_url, settings.organization, settings.key_fingerprint())
+    batches.retarget(db, batch_id, **batch_columns(pool_from_settings(settings)))
     return Background(settings, db, batch_id).start()
 
 

@@ -1,8 +1,11 @@
 """One frozen Settings, built once from command-line flags and environment variables, passed explicitly.
 
 Environment: every `PIPELINE_*` variable must be one of ENV_FIELDS (a misspelling is an error, never dropped);
-`OPENAI_BASE_URL`, `OPENAI_ORG_ID` and the API key variable (default `OPENAI_API_KEY`) follow OpenAI's names.
-Flags win over the environment, the environment over defaults.
+`OPENAI_BASE_URL`, `OPENAI_ORG_ID` and the API key variable (default `OPENAI_API_KEY`) follow OpenAI's names;
+`AZURE_OPENAI_ENDPOINT`, `OPENAI_API_VERSION` and `AZURE_OPENAI_API_KEY` the Azure SDK's. Flags win over the
+environment, the environment over defaults. The keys of an accounts file (`--accounts`) are read from the
+variables it names: every set variable whose name holds KEY or TOKEN is kept as a `Secret` in `secrets`, so a
+pool built later (a worker building a batch's pool) reads the environment as it was loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -105,6 +109,16 @@ class Settings:
     progress_seconds: float = 10.0
     #: serve Prometheus metrics on this port (worker, run); None: not served
     metrics_port: int | None = None
+    #: Azure OpenAI: the resource's endpoint (https://NAME.openai.azure.com); set, requests go to Azure
+    azure_endpoint: str | None = None
+    #: Azure's api-version: set, the deployments API; None, Azure's v1 API
+    api_version: str | None = None
+    #: Azure deployments as NAME=MODEL: a line's model names its deployment, priced as MODEL
+    deployments: tuple[str, ...] = ()
+    #: a TOML file of accounts ([[account]] tables) to send one batch through (pipeline/accounts.py)
+    accounts_file: Path | None = None
+    #: the environment's key variables (names holding KEY or TOKEN), for accounts that name them
+    secrets: Mapping[str, Secret] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def db_url(self) -> str:
@@ -144,7 +158,8 @@ class Settings:
             values["data_dir"], source = find_data_dir(Path.cwd())
         settings = replace(cls(**_coerce(values)), data_dir_source=source)
         key = env.get(settings.api_key_env)
-        return replace(settings, api_key=Secret(key) if key else None)
+        secrets = {name: Secret(value) for name, value in env.items() if value and _SECRET_NAME.search(name)}
+        return replace(settings, api_key=Secret(key) if key else None, secrets=secrets)
 
 
 #: PIPELINE_* variables and the field each sets.
@@ -174,10 +189,20 @@ ENV_FIELDS = {
     "PIPELINE_PRICES_FILE": "prices_file",
     "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
     "PIPELINE_METRICS_PORT": "metrics_port",
+    "PIPELINE_ACCOUNTS_FILE": "accounts_file",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.
-OPENAI_ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_ORG_ID": "organization", "OPENAI_PROJECT_ID": "project"}
+OPENAI_ENV = {
+    "OPENAI_BASE_URL": "base_url",
+    "OPENAI_ORG_ID": "organization",
+    "OPENAI_PROJECT_ID": "project",
+    "AZURE_OPENAI_ENDPOINT": "azure_endpoint",
+    "OPENAI_API_VERSION": "api_version",
+}
+
+#: Environment variables kept in `Settings.secrets`: the names API keys go by.
+_SECRET_NAME = re.compile(r"KEY|TOKEN")
 
 #: The folder that marks a project's own data, found in the working directory or a parent (as git finds .git).
 PROJECT_DATA_DIR = ".pipeline"
@@ -200,9 +225,12 @@ _TYPES = {f.name: f.type for f in fields(Settings)}
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in values.items():
-        if name not in _TYPES or name in ("api_key", "data_dir_source"):
+        if name not in _TYPES or name in ("api_key", "data_dir_source", "secrets"):
             raise ConfigError(f"unknown setting {name!r}")
         kind = str(_TYPES[name])
+        if name == "deployments":
+            out[name] = tuple(raw) if isinstance(raw, list | tuple) else tuple(str(raw).split(","))
+            continue
         try:
             if "int" in kind:
                 value: Any = int(raw)
@@ -219,8 +247,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"{name}: must be positive, got {raw!r}")
         out[name] = value
-    if "base_url" in out:
-        out["base_url"] = check_base_url(out["base_url"])
+    for name in ("base_url", "azure_endpoint"):
+        if name in out:
+            out[name] = check_base_url(out[name])
     return out
 
 

@@ -36,6 +36,10 @@ _FIELDS = {
     "part_bytes": "part_bytes",
     "prices": "prices_file",
     "metrics_port": "metrics_port",
+    "accounts": "accounts_file",
+    "azure_endpoint": "azure_endpoint",
+    "api_version": "api_version",
+    "deployment": "deployments",
 }
 
 
@@ -104,6 +108,30 @@ def account_options(fn: F) -> F:
             ),
             click.option(
                 "--project", metavar="PROJECT", help="Sent as OpenAI-Project [env OPENAI_PROJECT_ID]"
+            ),
+            click.option(
+                "--accounts",
+                type=click.Path(dir_okay=False),
+                help="TOML of [[account]] tables to send the batch through (a pool: keys, projects, base "
+                "URLs, Azure deployments) [env PIPELINE_ACCOUNTS_FILE]",
+            ),
+            click.option(
+                "--azure-endpoint",
+                metavar="URL",
+                help="Azure OpenAI resource, e.g. https://NAME.openai.azure.com; the key from "
+                "AZURE_OPENAI_API_KEY [env AZURE_OPENAI_ENDPOINT]",
+            ),
+            click.option(
+                "--api-version",
+                metavar="VERSION",
+                help="Azure's api-version: the deployments API (without it, Azure's v1 API) "
+                "[env OPENAI_API_VERSION]",
+            ),
+            click.option(
+                "--deployment",
+                metavar="NAME=MODEL",
+                multiple=True,
+                help="An Azure deployment and the model it serves (prices, token counts); repeatable",
             ),
         ]
     ):
@@ -190,7 +218,10 @@ def max_cost_option(fn: F) -> F:
 
 def settings_from(params: dict[str, Any]) -> Settings:
     """Settings from the environment and the flags given (a flag left out is None and changes nothing)."""
-    return Settings.load({_FIELDS[k]: v for k, v in params.items() if k in _FIELDS})
+    fields = {_FIELDS[k]: v for k, v in params.items() if k in _FIELDS}
+    if not fields.get("deployments"):  # a repeatable flag given no time is (), not "not given"
+        fields.pop("deployments", None)
+    return Settings.load(fields)
 
 
 def database(settings: Settings, *, create: bool = True) -> Database:

@@ -23,10 +23,13 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from pipeline.errors import (
+    AccessDenied,
     APIError,
     BatchBlocked,
     EndpointDown,
     ErrorType,
+    NotFound,
+    QuotaExhausted,
     RateLimited,
     RetryableError,
 )
@@ -35,13 +38,13 @@ from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting, EngineStats, Ticket
 from pipeline.send.backlog import Backlog
-from pipeline.send.breaker import Breaker
 from pipeline.send.claiming import retrying
 from pipeline.send.classify import backoff_delay, classify, wait_after_first
 from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
 from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, Usage, parse_answer, result_row
+from pipeline.send.routing import Route, Routes
 from pipeline.send.slots import Slots
 from pipeline.send.transport import Transport
 from pipeline.send.watch import Watch
@@ -49,7 +52,7 @@ from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.spend.local import LocalBudget
-from pipeline.store import batches, blobs, claims, fair
+from pipeline.store import account_states, batches, blobs, claims, fair
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
@@ -67,6 +70,16 @@ class _Answer:
     headers: Mapping[str, str]
     raw: bytes
     parsed: Parsed
+
+
+#: What an account answers when it, not the row, is the problem: in a pool the account is benched for the
+#: batch and the row goes to another account.
+ACCOUNT_ERRORS = (AccessDenied, QuotaExhausted, NotFound, EndpointDown)
+
+
+class _Rerouted(Exception):
+    """The attempt's account was benched and another account of the pool is left: send the row again
+    (its attempt recorded; no attempt of its budget spent)."""
 
 
 class _Stop(Exception):
@@ -96,8 +109,7 @@ class Engine:
         self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
-        self._key = settings.require_api_key()
-        self._estimates = Estimator(settings, self._key.fingerprint())
+        self._estimates = Estimator()
         self._held: dict[int, Claimed] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
@@ -107,7 +119,7 @@ class Engine:
         self._slots = Slots(settings.max_in_flight)
         self._background: list[asyncio.Task[None]] = []
         self._own = Ownership(db, settings.lease_seconds)
-        self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
+        self._http = Transport(settings, functools.partial(blobs.load_blob, db))
         self._writer = Writer(db, self._stored)
         self._watch = Watch(
             db,
@@ -116,10 +128,11 @@ class Engine:
             lambda: {row.batch_id for row in self._held.values()},
             lambda: self.worker,
         )
-        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds)
+        self._routes = Routes(settings, limiter, self._watch.keys.add)
+        self._watch.routes = self._routes
 
     def __repr__(self) -> str:
-        return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
+        return f"Engine(worker={self.worker!r})"
 
     @property
     def worker(self) -> str:
@@ -197,8 +210,8 @@ class Engine:
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
-        await self._watch.learn({row.batch_id for row in rows})
-        for job in await asyncio.to_thread(self._estimates.prepare, rows):
+        await self._learn({row.batch_id for row in rows})
+        for job in await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -206,12 +219,21 @@ class Engine:
 
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
-        await self._watch.learn({row.batch_id for row in rows})
-        jobs = await asyncio.to_thread(self._estimates.prepare, rows)
+        await self._learn({row.batch_id for row in rows})
+        jobs = await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
         return [o for o in outcomes if o is not None]
+
+    async def _learn(self, batch_ids: set[str]) -> None:
+        """The state and cap of batches about to be sent, and the route (pool of accounts) of new ones."""
+        await self._watch.learn(batch_ids)
+        new = batch_ids - self._routes.by_batch.keys()
+        if new:
+            specs = await asyncio.to_thread(batches.pool_specs, self.db, new)
+            for batch_id in new:
+                self._routes.add(batch_id, specs.get(batch_id))
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
@@ -274,10 +296,7 @@ class Engine:
         row = job.row
         records: list[AttemptRecord] = []
         try:
-            try:
-                answer = await self._attempt(job, records)
-            except RetryableError as first:
-                answer = await self._retry(job, records, first)
+            answer = await self._attempts(job, records)
         except _Stop as stop:
             if stop.status is None:
                 return None
@@ -292,6 +311,17 @@ class Engine:
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
         self._estimates.learn(job.key.model, result)
         return job.outcome(RequestStatus.SUCCEEDED, records, result=result)
+
+    async def _attempts(self, job: Job, records: list[AttemptRecord]) -> _Answer:
+        """The first attempt, then tenacity's; again on another account each time one is benched."""
+        while True:
+            try:
+                try:
+                    return await self._attempt(job, records)
+                except RetryableError as first:
+                    return await self._retry(job, records, first)
+            except _Rerouted:
+                continue
 
     async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
@@ -312,25 +342,27 @@ class Engine:
         raise AssertionError("tenacity ended without a result or an error")
 
     async def _attempt(self, job: Job, records: list[AttemptRecord]) -> _Answer:
-        row, key, estimate = job.row, job.key, job.estimate
+        row, route, estimate = job.row, job.route, job.estimate
         weight = self._watch.priority(row.batch_id)  # the batch's share of the slots and of the key
         async with self._slots.take(row.batch_id, weight):  # max in flight; checks right before sending
             self._check_stop(row)
             waited = time.perf_counter()
-            await self.limiter.acquire(key, estimate, row.batch_id, weight)
+            target = await route.acquire(job.targets, estimate, row.batch_id, weight)  # account and budget
             waited = time.perf_counter() - waited
+            lane, key = route.lanes[target.index], target.key
             self.backlog.passed(row.id)
             charged: int | None = 0  # what settles the reservation if nothing else does (refunds it)
             headers: Mapping[str, str] = {}
             ticket: Ticket | None = None
-            status, used, sent = None, Usage(), False
+            status, used, sent, latency = None, Usage(), False, 0.0
+            error: APIError | None = None
             try:
                 self._check_stop(row)  # the wait for budget may have outlasted the batch (paused, cancelled)
                 ticket = await self._acct.reserve(job, self._watch.cap(row.batch_id))
                 await self._check_owned(row)
                 started, t0 = utcnow(), time.perf_counter()
                 with self._acct.on_wire(row.batch_id):
-                    exchange = await self._http.post(row, job.endpoint)
+                    exchange = await self._http.post(row, job.endpoint, target, lane)
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
                 latency, sent = (time.perf_counter() - t0) * 1000.0, True
                 parsed, error = self._parse(job, status, headers, raw, error)
@@ -338,8 +370,10 @@ class Engine:
                 charged = charged_tokens(job, status, used.prompt_tokens, used.total_tokens)
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
+                lane.learn(headers)
+                lane.gate.leave(latency / 1000.0 if status is not None else None, _overloaded(status, error))
                 if ticket is not None:
-                    self._acct.settle(ticket, key.model, sent, status, used)
+                    self._acct.settle(ticket, target.model, sent, status, used)
         self._acct.observe_latency(latency, waited)
         records.append(
             AttemptRecord(
@@ -360,13 +394,27 @@ class Engine:
         )
         if isinstance(error, RateLimited):
             self.limiter.cooldown(key, error.retry_after or 1.0)
-        if self._breaker.observe(status, error):
-            why = self._breaker.describe(self.settings.base_url)
-            raise EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
+        if lane.breaker.observe(status, error):
+            why = lane.breaker.describe(lane.account.azure_endpoint or lane.account.base_url)
+            error = EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
+            if isinstance(error, ACCOUNT_ERRORS) and route.pooled:
+                await self._bench(route, target.index, row.batch_id, error)
             raise error
         assert status is not None and parsed is not None
         return _Answer(status, headers, raw, parsed)
+
+    async def _bench(self, route: Route, index: int, batch_id: str, error: APIError) -> None:
+        """Bench the account for the batch (every engine sees it through the database) and send the row
+        through another; with none left, the batch pauses (the error, or NoAccount, propagates)."""
+        name = route.lanes[index].account.name
+        left = route.bench(index, error.message)
+        log.warning("batch %s: account %s benched: %s", batch_id, name, error.message)
+        with contextlib.suppress(Exception):  # the engine's own bench holds; the watch retries nothing
+            await asyncio.to_thread(account_states.bench, self.db, batch_id, name, error.message)
+        if left:
+            raise _Rerouted()
+        raise BatchBlocked(route.reasons(), status=error.status, error_type=ErrorType.NO_ACCOUNT)
 
     def _parse(
         self, job: Job, status: int | None, headers: Mapping[str, str], raw: bytes, error: APIError | None
@@ -405,3 +453,8 @@ class Engine:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
             await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
+
+
+def _overloaded(status: int | None, error: APIError | None) -> bool:
+    """An answer that says the server is saturated: 429, 503, or no answer in time (adaptive.py)."""
+    return status in (429, 503) or (error is not None and error.error_type == ErrorType.TIMEOUT)
