@@ -250,7 +250,10 @@ def retarget(
             update(Batch)
             .where(Batch.id == batch_id)
             .values(
-                base_url=base_url, organization=organization, key_fingerprint=key_fingerprint, accounts=accounts
+                base_url=base_url,
+                organization=organization,
+                key_fingerprint=key_fingerprint,
+                accounts=accounts,
             )
         )
         s.execute(delete(AccountState).where(AccountState.batch_id == batch_id))
