@@ -19,6 +19,7 @@ class Stats:
         self._received = 0
         self._answered = 0
         self._by_status: Counter[int] = Counter()
+        self._by_key: dict[str, Counter[int]] = {}  # key label -> answers by status (with `keys` set)
         self._max_in_flight = self._in_flight
         self._bodies: dict[str, list[int]] = {}  # fingerprint -> [received, answered]
         self._projects: Counter[str] = Counter()  # OpenAI-Project header -> requests
@@ -50,10 +51,19 @@ class Stats:
             counts[0] += 1
             return counts[0]
 
-    def answer(self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None) -> None:
-        """It is being answered with `status`, reporting `tokens` (prompt, completion) in its usage."""
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def answer(
+        self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None, key: str | None = None
+    ) -> None:
+        """It is being answered with `status`, reporting `tokens` (prompt, completion) in its usage; `key`
+        names the key it came with when the fake has several."""
         with self._lock:
             self._by_status[status] += 1
+            if key is not None:
+                self._by_key.setdefault(key, Counter())[status] += 1
             if 200 <= status < 300:
                 self._answered += 1
                 self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
@@ -100,6 +110,10 @@ class Stats:
                 "received": self._received,
                 "answered": self._answered,
                 "by_status": {str(status): n for status, n in sorted(self._by_status.items())},
+                "by_key": {
+                    key: {str(status): n for status, n in sorted(counts.items())}
+                    for key, counts in self._by_key.items()
+                },
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
                 "bodies": {fp: {"received": r, "answered": a} for fp, (r, a) in self._bodies.items()},
