@@ -23,7 +23,7 @@ VERSION = "2024-10-21"
 
 @pytest.fixture
 def azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
-    """The fake in Azure mode with two deployments, accepting only AZURE_KEY; the key in the SDK's variable."""
+    """The fake in Azure mode with three deployments, accepting only AZURE_KEY, set in the SDK's variable."""
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", AZURE_KEY)
     monkeypatch.delenv("OPENAI_API_KEY")
     config = FakeConfig(

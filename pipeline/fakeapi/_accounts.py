@@ -5,7 +5,8 @@ routes, headers and error bodies, and a server whose latency rises with load (a 
   keys of 3,000 and 6,000 RPM add up to 9,000. A revoked key gets 401 invalid_api_key.
 - `azure`: the Azure routes answer (`/openai/deployments/{name}/...?api-version=`, `/openai/v1/...`,
   `/openai/responses?api-version=`); the key may come in `api-key` (as Azure's SDK sends it) or as a Bearer
-  token. A deployment route without api-version (or with one `api_versions` does not list) is 404 `{"code": "404", "message": "Resource not found"}`;
+  token. A deployment route without api-version (or with one `api_versions` does not list) is 404
+  `{"code": "404", "message": "Resource not found"}`;
   a deployment `deployments` does not list (None: every name but "does-not-exist") is 404
   DeploymentNotFound; on the v1 and resource routes the deployment is the body's `model`. Azure answers
   carry `x-ratelimit-remaining-*` but no limit or reset headers, and its 429 says "Please retry after N

@@ -178,9 +178,9 @@ def _v1_handler(reader: Reader, azure: str | None = None) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         started = time.monotonic()
-        state.stats.enter(request.headers.get("OpenAI-Project"))
         key, _ = request_key(request.headers, azure is not None)
         label = key_label(state.config, key) if state.config.keys else None
+        state.stats.enter(request.headers.get("OpenAI-Project"), label)
         try:
             if azure is not None:
                 try:
@@ -213,7 +213,7 @@ def _v1_handler(reader: Reader, azure: str | None = None) -> Handler:
             state.log.add(time.monotonic(), label or "-", response.status)
             return response
         finally:
-            state.stats.leave()
+            state.stats.leave(label)
 
     return handle
 

@@ -56,7 +56,8 @@ def retry_after(headers: Mapping[str, str], message: str = "", kind: str | None 
     """The wait the server asked for, in seconds, from the most precise hint present.
 
     Order: `retry-after-ms`, `Retry-After` (seconds or an HTTP date), "try again in 644ms" (OpenAI) or
-    "Please retry after 33 seconds" (Azure) in the message, then `x-ratelimit-reset-<kind>` (kind `requests` or `tokens`; both, the longer, when unknown).
+    "Please retry after 33 seconds" (Azure) in the message, then `x-ratelimit-reset-<kind>` (kind
+    `requests` or `tokens`; both, the longer, when unknown).
     """
     lower = {k.lower(): v for k, v in headers.items()}
     if (ms := lower.get("retry-after-ms")) is not None:
@@ -150,7 +151,7 @@ _BASE_URL_HINT = " (is the base URL right? OpenAI's is https://api.openai.com/v1
 #: What a 404 probably means, by its code (or message): Azure's two.
 _NOT_FOUND_HINTS = {
     "DeploymentNotFound": " (a line's model names its Azure deployment: is there one of that name?)",
-    "Resource not found": " (Azure: is the api-version one it serves? without --api-version its v1 API is used)",
+    "Resource not found": " (Azure: is the api-version one it serves? Without --api-version: its v1 API)",
 }
 
 #: Our error type for an HTTP error status whose body names no code.
