@@ -1,9 +1,12 @@
 """The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
 
 The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
-take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs, its spend
-cap covers the attempt (accounting.py) and the row is still ours (ownership.py) -> HTTP (transport.py) ->
-classify and parse (responses.py) -> limiter.settle and accounting.settle -> record the attempt. Every
+take a slot (max in flight) -> the batch still runs -> the account and its budget (routing.py: the first
+account of the batch's pool whose limiter grants now, `limiter.acquire` for a lone account) -> the batch
+still runs, its spend cap covers the attempt (accounting.py) and the row is still ours (ownership.py) ->
+HTTP through that account (transport.py) -> classify and parse (responses.py) -> limiter.settle, the
+account's gate and breaker, accounting.settle -> record the attempt. An account that answers 401/403,
+insufficient_quota, 404 or trips its breaker is benched for the batch and the row goes to another. Every
 acquire and reservation is settled on every path, exceptions included. tenacity owns retries
 (RetryableError only, `backoff_delay` waits). Outcomes go to the writer (writer.py), which stores them
 promptly in batched, fenced transactions; the watcher (watch.py) notices batches paused, cancelled or
@@ -23,13 +26,10 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from pipeline.errors import (
-    AccessDenied,
     APIError,
     BatchBlocked,
     EndpointDown,
     ErrorType,
-    NotFound,
-    QuotaExhausted,
     RateLimited,
     RetryableError,
 )
@@ -39,12 +39,12 @@ from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting, EngineStats, Ticket
 from pipeline.send.backlog import Backlog
 from pipeline.send.claiming import retrying
-from pipeline.send.classify import backoff_delay, classify, wait_after_first
-from pipeline.send.estimates import Estimator, Job, charged_tokens, usage
+from pipeline.send.classify import backoff_delay, wait_after_first
+from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
 from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
-from pipeline.send.responses import Parsed, Usage, parse_answer, result_row
-from pipeline.send.routing import Route, Routes
+from pipeline.send.responses import Parsed, Usage, answer_of, result_row
+from pipeline.send.routing import ACCOUNT_ERRORS, Rerouted, Routes, bench_account, overloaded
 from pipeline.send.slots import Slots
 from pipeline.send.transport import Transport
 from pipeline.send.watch import Watch
@@ -52,7 +52,7 @@ from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.spend.local import LocalBudget
-from pipeline.store import account_states, batches, blobs, claims, fair
+from pipeline.store import batches, blobs, claims, fair
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
@@ -70,16 +70,6 @@ class _Answer:
     headers: Mapping[str, str]
     raw: bytes
     parsed: Parsed
-
-
-#: What an account answers when it, not the row, is the problem: in a pool the account is benched for the
-#: batch and the row goes to another account.
-ACCOUNT_ERRORS = (AccessDenied, QuotaExhausted, NotFound, EndpointDown)
-
-
-class _Rerouted(Exception):
-    """The attempt's account was benched and another account of the pool is left: send the row again
-    (its attempt recorded; no attempt of its budget spent)."""
 
 
 class _Stop(Exception):
@@ -320,7 +310,7 @@ class Engine:
                     return await self._attempt(job, records)
                 except RetryableError as first:
                     return await self._retry(job, records, first)
-            except _Rerouted:
+            except Rerouted:
                 continue
 
     async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
@@ -365,33 +355,17 @@ class Engine:
                     exchange = await self._http.post(row, job.endpoint, target, lane)
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
                 latency, sent = (time.perf_counter() - t0) * 1000.0, True
-                parsed, error = self._parse(job, status, headers, raw, error)
+                parsed, error = answer_of(job.endpoint, job.plain_text, status, headers, raw, error)
                 used = usage(parsed, raw)
                 charged = charged_tokens(job, status, used.prompt_tokens, used.total_tokens)
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
                 lane.learn(headers)
-                lane.gate.leave(latency / 1000.0 if status is not None else None, _overloaded(status, error))
+                lane.gate.leave(latency / 1000.0 if status is not None else None, overloaded(status, error))
                 if ticket is not None:
                     self._acct.settle(ticket, target.model, sent, status, used)
         self._acct.observe_latency(latency, waited)
-        records.append(
-            AttemptRecord(
-                len(records) + 1,
-                started,
-                latency,
-                status,
-                error.error_type if error else None,
-                error.message if error else None,
-                headers.get("x-request-id"),
-                used.prompt_tokens,
-                used.completion_tokens,
-                used.total_tokens,
-                used.cached_tokens,
-                used.audio_seconds,
-                reasoning_tokens=used.reasoning_tokens,
-            )
-        )
+        records.append(attempt_record(len(records) + 1, started, latency, status, error, headers, used))
         if isinstance(error, RateLimited):
             self.limiter.cooldown(key, error.retry_after or 1.0)
         if lane.breaker.observe(status, error):
@@ -399,35 +373,10 @@ class Engine:
             error = EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
             if isinstance(error, ACCOUNT_ERRORS) and route.pooled:
-                await self._bench(route, target.index, row.batch_id, error)
+                await bench_account(self.db, route, target.index, row.batch_id, error)
             raise error
         assert status is not None and parsed is not None
         return _Answer(status, headers, raw, parsed)
-
-    async def _bench(self, route: Route, index: int, batch_id: str, error: APIError) -> None:
-        """Bench the account for the batch (every engine sees it through the database) and send the row
-        through another; with none left, the batch pauses (the error, or NoAccount, propagates)."""
-        name = route.lanes[index].account.name
-        left = route.bench(index, error.message)
-        log.warning("batch %s: account %s benched: %s", batch_id, name, error.message)
-        with contextlib.suppress(Exception):  # the engine's own bench holds; the watch retries nothing
-            await asyncio.to_thread(account_states.bench, self.db, batch_id, name, error.message)
-        if left:
-            raise _Rerouted()
-        raise BatchBlocked(route.reasons(), status=error.status, error_type=ErrorType.NO_ACCOUNT)
-
-    def _parse(
-        self, job: Job, status: int | None, headers: Mapping[str, str], raw: bytes, error: APIError | None
-    ) -> tuple[Parsed | None, APIError | None]:
-        """The answer parsed (a 2xx) or the error it means (anything else, or a 2xx that is no answer)."""
-        if error is not None or status is None:
-            return None, error
-        if not 200 <= status < 300:
-            return None, classify(status, headers, raw)
-        try:
-            return parse_answer(job.endpoint, job.plain_text, status, raw, headers.get("Content-Type")), None
-        except APIError as bad:
-            return None, bad
 
     async def _check_owned(self, row: Claimed) -> None:
         """Send only while this engine provably holds the row (its heartbeat is recent, its claim current)."""
@@ -453,8 +402,3 @@ class Engine:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)
             await asyncio.to_thread(batches.pause_batch, self.db, batch_id, reason)
-
-
-def _overloaded(status: int | None, error: APIError | None) -> bool:
-    """An answer that says the server is saturated: 429, 503, or no answer in time (adaptive.py)."""
-    return status in (429, 503) or (error is not None and error.error_type == ErrorType.TIMEOUT)

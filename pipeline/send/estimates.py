@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pipeline.endpoints import Endpoint, by_url
+from pipeline.errors import APIError
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.responses import Parsed, Usage, usage_of
 from pipeline.send.tokens import count_prompts, typical_completion
@@ -149,3 +151,30 @@ def usage(parsed: Parsed | None, raw: bytes) -> Usage:
             parsed.reasoning_tokens,
         )
     return usage_of(raw) if raw else Usage()
+
+
+def attempt_record(
+    number: int,
+    started: datetime,
+    latency: float,
+    status: int | None,
+    error: APIError | None,
+    headers: Mapping[str, str],
+    used: Usage,
+) -> AttemptRecord:
+    """One attempt as the `attempts` table keeps it."""
+    return AttemptRecord(
+        number,
+        started,
+        latency,
+        status,
+        error.error_type if error else None,
+        error.message if error else None,
+        headers.get("x-request-id"),
+        used.prompt_tokens,
+        used.completion_tokens,
+        used.total_tokens,
+        used.cached_tokens,
+        used.audio_seconds,
+        reasoning_tokens=used.reasoning_tokens,
+    )

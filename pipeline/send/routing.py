@@ -21,6 +21,7 @@ HTTP through the chosen lane -> settle (limiter, gate, breaker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -29,13 +30,23 @@ from dataclasses import dataclass
 
 from pipeline.accounts import Account, Pool, pool_from_settings
 from pipeline.endpoints import Endpoint
-from pipeline.errors import BatchBlocked, ErrorType
+from pipeline.errors import (
+    AccessDenied,
+    APIError,
+    BatchBlocked,
+    EndpointDown,
+    ErrorType,
+    NotFound,
+    QuotaExhausted,
+)
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import MIN_SLEEP, LimitKey, Limits
 from pipeline.send.adaptive import Gate
 from pipeline.send.breaker import Breaker
 from pipeline.send.transport import USER_AGENT
 from pipeline.settings import Settings
+from pipeline.store import account_states
+from pipeline.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,34 @@ LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
 
 class NoAccount(BatchBlocked):
     """Every account of the batch's pool is benched: the batch pauses."""
+
+
+class Rerouted(Exception):
+    """The attempt's account was benched and another account of the pool is left: send the row again
+    (its attempt recorded; no attempt of its budget spent)."""
+
+
+#: What an account answers when it, not the row, is the problem: in a pool the account is benched for the
+#: batch and the row goes to another account.
+ACCOUNT_ERRORS = (AccessDenied, QuotaExhausted, NotFound, EndpointDown)
+
+
+def overloaded(status: int | None, error: APIError | None) -> bool:
+    """An answer that says the server is saturated: 429, 503, or no answer in time (adaptive.py)."""
+    return status in (429, 503) or (error is not None and error.error_type == ErrorType.TIMEOUT)
+
+
+async def bench_account(db: Database, route: Route, index: int, batch_id: str, error: APIError) -> None:
+    """Bench the account for the batch (every engine sees it through the database): raises Rerouted to
+    send the row through another, or, with none left, BatchBlocked (the batch pauses)."""
+    name = route.lanes[index].account.name
+    left = route.bench(index, error.message)
+    log.warning("batch %s: account %s benched: %s", batch_id, name, error.message)
+    with contextlib.suppress(Exception):  # this engine's own bench holds meanwhile
+        await asyncio.to_thread(account_states.bench, db, batch_id, name, error.message)
+    if left:
+        raise Rerouted()
+    raise BatchBlocked(route.reasons(), status=error.status, error_type=ErrorType.NO_ACCOUNT)
 
 
 class Lane:
