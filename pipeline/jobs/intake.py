@@ -83,6 +83,8 @@ def store_job_file(
     pool = pool_from_settings(settings)
     if endpoint is not None:
         refuse_unserved(pool, by_name(endpoint).azure, endpoint)
+    if via == Via.BATCH_API and not pool.default:
+        raise ConfigError("--via batch-api sends through one OpenAI account: not with --accounts or Azure")
     row = _batch_row(batch_id, pool, source or str(path), options, via, max_cost_usd)
     count = _Count()
     with db.write() as s:
