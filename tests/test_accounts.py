@@ -205,3 +205,21 @@ def test_an_account_whose_key_is_not_set_here_is_benched_here_only(tmp_path: Pat
     other = Routes(_settings(tmp_path, TWO_KEYS, A_KEY="ka", B_KEY="another"), LocalLimiter(), set().add)
     assert other.add("c", spec).lanes[1].down == "B_KEY holds another key than the batch was submitted with"
     assert math.isfinite(route.lanes[0].gate.limit)
+
+
+def test_estimate_times_a_file_at_the_pool_s_summed_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orjson
+
+    from tests.conftest import invoke
+    from tests.helpers import chat_file
+
+    monkeypatch.setenv("A_KEY", "ka")
+    monkeypatch.setenv("B_KEY", "kb")
+    (tmp_path / "pool.toml").write_text(TWO_KEYS)
+    jobs = chat_file(tmp_path / "jobs.jsonl", 900)
+    result = invoke("estimate", str(jobs), "--accounts", str(tmp_path / "pool.toml"), "--json")
+    assert result.exit_code == 0, result.stderr
+    (model,) = orjson.loads(result.stdout)["models"]
+    assert model["rpm"] == 1800 and model["seconds"] == 30.0  # 600 + 1,200 RPM
