@@ -13,8 +13,9 @@ pure function, `next_limit` (a gradient rule, as Netflix's concurrency-limits `G
 - a 429, a 503 or a timeout (`overloaded`) cuts it by BACKOFF at once, at most once per round trip;
 - always within [1, ceiling] (`--max-in-flight`).
 
-The shortest latency is forgotten slowly (MIN_DRIFT per answer) so that a server that became slower for good
-is not taken for a queue forever.
+The shortest latency is that of successful answers over the last one to two MIN_WINDOW periods (an error
+answers fast and says nothing of the queue), so that a server that became slower for good is not taken for a
+queue forever.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import math
 import time
 
 #: How much slower than the fastest answer an answer may be before it counts as queueing.
-TOLERANCE = 1.2
+TOLERANCE = 1.5
 #: The factor the limit is cut by on an overloaded answer (429, 503, timeout).
 BACKOFF = 0.7
 #: The first limit: as many as the limiter's probe (rules.PROBE_IN_FLIGHT).
 START = 4.0
-#: The shortest latency grows by this fraction per answer, so an old minimum fades.
-MIN_DRIFT = 0.001
+#: Seconds after which the shortest latency seen is forgotten (it is the least of this window and the last).
+MIN_WINDOW = 30.0
 
 
 def next_limit(limit: float, latency: float, fastest: float, overloaded: bool, ceiling: int) -> float:
@@ -50,15 +51,26 @@ class Gate:
     tolerate (each backs off when the server says so).
     """
 
-    __slots__ = ("active", "limit", "in_flight", "fastest", "ceiling", "_cut_at", "_freed")
+    __slots__ = (
+        "active",
+        "limit",
+        "in_flight",
+        "ceiling",
+        "_cut_at",
+        "_freed",
+        "_window",
+        "_earlier",
+        "_now",
+    )
 
     def __init__(self, ceiling: int, freed: asyncio.Event, active: bool = True) -> None:
         self.active = active
         self.ceiling = ceiling
         self.limit = min(START, float(ceiling))
         self.in_flight = 0
-        self.fastest = math.inf
         self._cut_at = -math.inf
+        #: the shortest latency of successes in this window (since `_window`) and in the one before
+        self._window, self._now, self._earlier = -math.inf, math.inf, math.inf
         #: set whenever a request leaves: senders waiting for room look again
         self._freed = freed
 
@@ -68,8 +80,14 @@ class Gate:
     def enter(self) -> None:
         self.in_flight += 1
 
+    @property
+    def fastest(self) -> float:
+        """The shortest latency of a success lately (inf before any)."""
+        return min(self._now, self._earlier)
+
     def leave(self, latency: float | None, overloaded: bool) -> None:
-        """One request is done: `latency` seconds (None: no answer), `overloaded` (429, 503, timeout)."""
+        """One request is done: a success that took `latency` seconds (None: no success), `overloaded`
+        (429, 503, timeout)."""
         self.in_flight -= 1
         if self.active and (latency is not None or overloaded):
             self._observe(latency, overloaded)
@@ -78,9 +96,12 @@ class Gate:
     def _observe(self, latency: float | None, overloaded: bool) -> None:
         now = time.monotonic()
         if latency is not None and latency > 0:
-            self.fastest = min(self.fastest * (1.0 + MIN_DRIFT), latency)
+            if now - self._window > MIN_WINDOW:
+                self._window, self._earlier, self._now = now, self._now, latency
+            else:
+                self._now = min(self._now, latency)
         if overloaded:
-            if now - self._cut_at < self.fastest:
+            if now - self._cut_at < min(self.fastest, 1.0):
                 return  # one cut per round trip: the answers of one burst say the same thing
             self._cut_at = now
         fastest = self.fastest if math.isfinite(self.fastest) else (latency or 0.0)

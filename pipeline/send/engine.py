@@ -361,7 +361,9 @@ class Engine:
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
                 lane.learn(headers)
-                lane.gate.leave(latency / 1000.0 if status is not None else None, overloaded(status, error))
+                lane.gate.leave(
+                    latency / 1000.0 if sent and error is None else None, overloaded(status, error)
+                )
                 if ticket is not None:
                     self._acct.settle(ticket, target.model, sent, status, used)
         self._acct.observe_latency(latency, waited)

@@ -293,6 +293,10 @@ class Routes:
             lane = self._lanes[account] = Lane(account, breaker, gate)
         return lane
 
+    def keys_in_use(self) -> list[str]:
+        """Every key this engine sends with (for scrubbing them out of messages read from the APIs)."""
+        return [lane.account.key.reveal() for lane in self._lanes.values() if lane.account.key is not None]
+
     def pooled(self) -> dict[str, Route]:
         """The routes of batches sent through more than one account."""
         return {batch: route for batch, route in self.by_batch.items() if route.pooled}
