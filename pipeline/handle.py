@@ -203,7 +203,7 @@ class Batch:
                 dispatch.plan_parts(self._db, self.id)
             dispatch.enqueue(app, self.settings, self._db, self.id)
             return self
-        self.settings.require_api_key()
+        pool_from_settings(self.settings).require_keys()
         if self._background is not None:
             self._background.join()  # the run that paused stops once its requests in flight are stored
         batches.requeue_final(self._db, self.id, [])

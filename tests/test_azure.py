@@ -147,3 +147,11 @@ def test_the_azure_key_is_stored_logged_and_exported_nowhere(
     for key in (AZURE_KEY, wrong):
         for text in outputs:
             assert key not in text and key[8:] not in text
+
+
+def test_the_python_api_takes_azure_settings(azure: FakeServer) -> None:
+    import pipeline
+
+    rows = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"py{i}"}]} for i in range(3)]
+    results = list(pipeline.run(rows, endpoint="chat", azure_endpoint=_endpoint(azure), api_version=VERSION))
+    assert [r["status"] for r in results] == ["succeeded"] * 3
