@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.accounts import pool_from_settings
 from pipeline.batchapi.options import BatchApiOptions, OnExpire
 from pipeline.errors import DuplicateBatch
 from pipeline.handle import Batch, start_here
@@ -80,7 +81,7 @@ def submit(
     """
     settings = settings or Settings.load(options)
     if not workers:
-        settings.require_api_key()
+        pool_from_settings(settings).require_keys()
     limit_table(settings)  # a bad limits or prices file stores nothing
     load_prices(settings)
     db = open_database(settings.db_url)

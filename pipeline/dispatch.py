@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from pipeline.accounts import pool_from_settings
 from pipeline.batchapi import plan
 from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.driver import OnChange
@@ -71,7 +72,7 @@ def run_here(
     The rate limit and the spend cap are this process's own unless PIPELINE_REDIS_URL shares them; with
     `settings.metrics_port` the engine's metrics are served while it runs.
     """
-    settings.require_api_key()
+    pool_from_settings(settings).require_keys()
     metrics = serve_metrics(settings)
 
     async def run() -> EngineStats:

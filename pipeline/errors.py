@@ -58,6 +58,7 @@ class ErrorType(StrEnum):
     MISSING_AUDIO = "missing_audio"  #: the stored clip of an audio request is gone
     UNSTORABLE = "unstorable"  #: the outcome could not be stored even on its own; the row failed
     ENDPOINT_DOWN = "endpoint_down"  #: the circuit breaker tripped on this attempt; the batch paused
+    NO_ACCOUNT = "no_account"  #: every account of the batch's pool is benched; the batch paused
     SPEND_CAP = "spend_cap"  #: the batch's spend cap cannot cover the attempt; the batch paused
     INVALID_LINE = "invalid_line"  #: the job file's line was invalid (stored with --skip-invalid)
     CANCELLED = "cancelled"  #: cancelled before it was sent

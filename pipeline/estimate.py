@@ -36,12 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.accounts import Pool, pool_from_settings
 from pipeline.endpoints import BY_URL, Endpoint
 from pipeline.errors import JobFileError, LineError
 from pipeline.jobs.reader import JobLine, JobReader
 from pipeline.prices import PriceTable, base_model
 from pipeline.ratelimit import limit_table
-from pipeline.ratelimit.rules import in_force
+from pipeline.ratelimit.rules import Limits, in_force
 from pipeline.send.tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, count_prompts, exact
 from pipeline.settings import Settings
 from pipeline.store import limit_states, usage
@@ -165,10 +166,12 @@ def estimate_file(
         raise JobFileError(shown, result.invalid)
     result.models = sorted(by_model.values(), key=lambda m: m.model)
     result.requests = sum(m.requests for m in result.models)
+    pool = pool_from_settings(settings)
+    prices = prices.with_aliases(pool.aliases())  # Azure deployments priced as the models they serve
     for m in result.models:
         _price(m, prices, via)
         if via == Via.DIRECT:
-            _time(m, db, settings)
+            _time(m, db, settings, pool)
     return result
 
 
@@ -220,13 +223,21 @@ def _price(m: ModelEstimate, prices: PriceTable, via: Via) -> None:
     m.cost_high = None if high is None else round(high, 6)
 
 
-def _time(m: ModelEstimate, db: Database, settings: Settings) -> None:
-    given = limit_table(settings).for_model(m.model)
-    known = {
-        st.model: st for st in limit_states.limit_states(db, settings.base_url, settings.key_fingerprint())
-    }.get(m.model)
-    m.rpm = in_force(given.rpm, known.rpm if known else None)[0]
-    m.tpm = in_force(given.tpm, known.tpm if known else None)[0]
+def _time(m: ModelEstimate, db: Database, settings: Settings, pool: Pool) -> None:
+    """Time at the limits given or learned, summed over the pool's accounts that have one (a pool's rows
+    flow to every account with budget)."""
+    table = limit_table(settings)
+    m.rpm = m.tpm = None
+    for account in pool.accounts:
+        name = account.deployment_for(m.model) if account.azure else m.model
+        given = table.for_model(name)
+        given = Limits(account.rpm or given.rpm, account.tpm or given.tpm)
+        states = limit_states.limit_states(db, account.base_url, account.fingerprint())
+        known = {st.model: st for st in states}.get(name)
+        rpm = in_force(given.rpm, known.rpm if known else None)[0]
+        tpm = in_force(given.tpm, known.tpm if known else None)[0]
+        m.rpm = (m.rpm or 0) + rpm if rpm else m.rpm
+        m.tpm = (m.tpm or 0) + tpm if tpm else m.tpm
     spans = []
     if m.rpm:
         spans.append(m.requests / m.rpm * 60)

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
+from pipeline.accounts import batch_columns, pool_from_settings
 from pipeline.background import Background
 from pipeline.display import ProgressLine, in_notebook, progress_text
 from pipeline.errors import BatchPaused, ConfigError, PipelineError
@@ -202,7 +203,7 @@ class Batch:
                 dispatch.plan_parts(self._db, self.id)
             dispatch.enqueue(app, self.settings, self._db, self.id)
             return self
-        self.settings.require_api_key()
+        pool_from_settings(self.settings).require_keys()
         if self._background is not None:
             self._background.join()  # the run that paused stops once its requests in flight are stored
         batches.requeue_final(self._db, self.id, [])
@@ -270,7 +271,7 @@ class Batch:
 
 def start_here(settings: Settings, db: Database, batch_id: str) -> Background:
     """Send the batch on a thread of this process (see pipeline/background.py)."""
-    batches.retarget(db, batch_id, settings.base_url, settings.organization, settings.key_fingerprint())
+    batches.retarget(db, batch_id, **batch_columns(pool_from_settings(settings)))
     return Background(settings, db, batch_id).start()
 
 

@@ -67,6 +67,7 @@ def batch_report(
             for f in failures
         ],
         "limits": _limits(db, batch),
+        "accounts": accounts_report(db, batch),
         "via": batch.via.value,
         "parts": [part_report(part) for part in overview.parts_of(db, batch.id)],
         **fair_share(db, batch, counts["queued"] + counts["running"]),
@@ -150,9 +151,60 @@ def _by_type(failures: list[FailureGroup]) -> dict[str, int]:
     return counts
 
 
-def _limits(db: Database, batch: BatchFields) -> list[dict[str, Any]]:
-    """The limits in force for the batch's API and key, with the recent send rate where it is fresh."""
-    states = overview.limit_states(db, batch.base_url, batch.key_fingerprint)
+def accounts_report(db: Database, batch: BatchFields) -> list[dict[str, Any]]:
+    """Each account the batch is sent through (its own, outside pools): what it is (no key), active or
+    benched and why, and its limits in force with the recent send rate (summed over its models)."""
+    spec = batch.accounts or [
+        {
+            "name": "default",
+            "api_key_env": None,
+            "key_fingerprint": batch.key_fingerprint,
+            "base_url": batch.base_url,
+            "organization": batch.organization,
+        }
+    ]
+    benched = overview.benched(db, [batch.id]).get(batch.id, {})
+    accounts = []
+    for item in spec:
+        name = str(item["name"])
+        limits = _limits(db, batch, str(item["base_url"]), str(item["key_fingerprint"]))
+        first = limits[0] if limits else {}
+        accounts.append(
+            {
+                **{k: item.get(k) for k in ACCOUNT_KEYS},
+                "state": "benched" if name in benched else "active",
+                "reason": benched.get(name),
+                "rpm": first.get("rpm"),
+                "rpm_source": first.get("rpm_source"),
+                "tpm": first.get("tpm"),
+                "tpm_source": first.get("tpm_source"),
+                "sent_rpm": round(sum(x["sent_rpm"] or 0.0 for x in limits), 1),
+                "limits": limits,
+            }
+        )
+    return accounts
+
+
+#: What `status --json` shows of each account's spec.
+ACCOUNT_KEYS = (
+    "name",
+    "base_url",
+    "azure_endpoint",
+    "api_version",
+    "organization",
+    "project",
+    "api_key_env",
+    "key_fingerprint",
+    "deployments",
+)
+
+
+def _limits(
+    db: Database, batch: BatchFields, base_url: str | None = None, fingerprint: str | None = None
+) -> list[dict[str, Any]]:
+    """The limits in force for the batch's API and key (or another account's), with the recent send rate
+    where it is fresh."""
+    states = overview.limit_states(db, base_url or batch.base_url, fingerprint or batch.key_fingerprint)
     now = utcnow()
     return [
         {

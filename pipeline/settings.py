@@ -1,8 +1,11 @@
 """One frozen Settings, built once from command-line flags and environment variables, passed explicitly.
 
 Environment: every `PIPELINE_*` variable must be one of ENV_FIELDS (a misspelling is an error, never dropped);
-`OPENAI_BASE_URL`, `OPENAI_ORG_ID` and the API key variable (default `OPENAI_API_KEY`) follow OpenAI's names.
-Flags win over the environment, the environment over defaults.
+`OPENAI_BASE_URL`, `OPENAI_ORG_ID` and the API key variable (default `OPENAI_API_KEY`) follow OpenAI's names;
+`AZURE_OPENAI_ENDPOINT`, `OPENAI_API_VERSION` and `AZURE_OPENAI_API_KEY` the Azure SDK's. Flags win over the
+environment, the environment over defaults. The keys of an accounts file (`--accounts`) are read from the
+variables it names: every set variable whose name holds KEY or TOKEN is kept as a `Secret` in `secrets`, so a
+pool built later (a worker building a batch's pool) reads the environment as it was loaded.
 """
 
 from __future__ import annotations
@@ -145,6 +148,16 @@ class Settings:
     metrics_port: int | None = None
     #: the address metrics are served on: loopback unless another is asked for (they name models and cost)
     metrics_host: str = "127.0.0.1"
+    #: Azure OpenAI: the resource's endpoint (https://NAME.openai.azure.com); set, requests go to Azure
+    azure_endpoint: str | None = None
+    #: Azure's api-version: set, the deployments API; None, Azure's v1 API
+    api_version: str | None = None
+    #: Azure deployments as NAME=MODEL: a line's model names its deployment, priced as MODEL
+    deployments: tuple[str, ...] = ()
+    #: a TOML file of accounts ([[account]] tables) to send one batch through (pipeline/accounts.py)
+    accounts_file: Path | None = None
+    #: the environment's key variables (names holding KEY or TOKEN), for accounts that name them
+    secrets: Mapping[str, Secret] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def db_url(self) -> str:
@@ -184,7 +197,8 @@ class Settings:
             values["data_dir"], source = find_data_dir(Path.cwd())
         settings = replace(cls(**_coerce(values)), data_dir_source=source)
         key = env.get(settings.api_key_env)
-        return replace(settings, api_key=Secret(key) if key else None)
+        secrets = {name: Secret(value) for name, value in env.items() if value and _SECRET_NAME.search(name)}
+        return replace(settings, api_key=Secret(key) if key else None, secrets=secrets)
 
 
 #: PIPELINE_* variables and the field each sets.
@@ -217,10 +231,20 @@ ENV_FIELDS = {
     "PIPELINE_PROGRESS_SECONDS": "progress_seconds",
     "PIPELINE_METRICS_PORT": "metrics_port",
     "PIPELINE_METRICS_HOST": "metrics_host",
+    "PIPELINE_ACCOUNTS_FILE": "accounts_file",
 }
 
 #: OpenAI's own variable names, read when the PIPELINE_ form is not set.
-OPENAI_ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_ORG_ID": "organization", "OPENAI_PROJECT_ID": "project"}
+OPENAI_ENV = {
+    "OPENAI_BASE_URL": "base_url",
+    "OPENAI_ORG_ID": "organization",
+    "OPENAI_PROJECT_ID": "project",
+    "AZURE_OPENAI_ENDPOINT": "azure_endpoint",
+    "OPENAI_API_VERSION": "api_version",
+}
+
+#: Environment variables kept in `Settings.secrets`: the names API keys go by.
+_SECRET_NAME = re.compile(r"KEY|TOKEN")
 
 #: The folder that marks a project's own data, found in the working directory or a parent (as git finds .git).
 PROJECT_DATA_DIR = ".pipeline"
@@ -243,31 +267,37 @@ _TYPES = {f.name: f.type for f in fields(Settings)}
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in values.items():
-        if name not in _TYPES or name in ("api_key", "data_dir_source"):
+        if name not in _TYPES or name in ("api_key", "data_dir_source", "secrets"):
             raise ConfigError(f"unknown setting {name!r}")
-        kind = str(_TYPES[name])
-        try:
-            if "tuple" in kind:  # folders: os.pathsep-separated in the environment, a sequence from flags
-                parts = raw.split(os.pathsep) if isinstance(raw, str) else raw
-                value: Any = tuple(Path(p) for p in parts if str(p))
-            elif "int" in kind:
-                value = int(raw)
-            elif "float" in kind:
-                value = float(raw)
-            elif "Path" in kind:
-                value = Path(raw)
-            else:
-                value = str(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected {kind.split(' |')[0]}, got {raw!r}") from None
+        value = _parse(name, str(_TYPES[name]), raw)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}: must be a finite number, got {raw!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"{name}: must be positive, got {raw!r}")
         out[name] = value
-    if "base_url" in out:
-        out["base_url"] = check_base_url(out["base_url"])
+    for name in ("base_url", "azure_endpoint"):
+        if name in out:
+            out[name] = check_base_url(out[name])
     return out
+
+
+def _parse(name: str, kind: str, raw: Any) -> Any:
+    """One setting's value from the environment's text or from what a flag gave."""
+    if name == "deployments":  # NAME=MODEL pairs, comma-separated in the environment
+        return tuple(raw) if isinstance(raw, list | tuple) else tuple(str(raw).split(","))
+    try:
+        if "tuple" in kind:  # folders: os.pathsep-separated in the environment, a sequence from flags
+            parts = raw.split(os.pathsep) if isinstance(raw, str) else raw
+            return tuple(Path(p) for p in parts if str(p))
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.split(' |')[0]}, got {raw!r}") from None
 
 
 def check_base_url(url: str) -> str:

@@ -254,12 +254,15 @@ def test_invalid_rows_from_python_raise_with_their_line_numbers(fake: FakeServer
 def test_the_project_is_sent_as_openai_project_and_splits_the_limit_key(
     fake: FakeServer, tmp_path: Path
 ) -> None:
-    from pipeline.send.estimates import Estimator
+    from pipeline.endpoints import by_url
+    from pipeline.ratelimit.local import LocalLimiter
+    from pipeline.send.routing import Routes
     from pipeline.store.claims import Claimed
 
     settings = Settings.load({"project": "proj_123", "base_url": fake.url})
     row = Claimed(1, "b", "c", "/v1/chat/completions", '{"model": "m", "messages": []}', 0, 1)
-    key = Estimator(settings, "fp").prepare([row])[0].key
+    route = Routes(settings, LocalLimiter(), set().add).add("b", None)
+    key = route.targets(by_url(row.url), "m")[0].key
     assert key.project == "proj_123" and "proj_123" in str(key)
     result = invoke(
         "run", str(chat_file(tmp_path / "p.jsonl", 2)), "--base-url", fake.url, "--project", "proj_123"

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import COMMAND_MODULES, cli
+from pipeline.cli import COMMANDS, cli
 from pipeline.cli.options import FiniteFloat
 from pipeline.cli.render import usd
 from pipeline.errors import ConfigError
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def every_command() -> Iterator[tuple[str, click.Command]]:
-    for name in sorted(set(COMMAND_MODULES)):
+    for name in sorted(COMMANDS):
         command = cli.get_command(click.Context(cli), name)
         assert command is not None
         if isinstance(command, click.Group):

@@ -22,10 +22,12 @@ import pytest
 
 import pipeline
 from pipeline.cli import EXIT_BUG, EXIT_PAUSED
+from pipeline.endpoints import by_url
 from pipeline.fakeapi import FakeConfig, FakeServer
 from pipeline.ratelimit.local import LocalLimiter
 from pipeline.send.classify import classify
 from pipeline.send.engine import Engine
+from pipeline.send.routing import Routes
 from pipeline.send.transport import Transport
 from pipeline.settings import Settings
 from pipeline.store.claims import Claimed
@@ -207,8 +209,12 @@ def test_errors_from_real_failures_hold_no_key(
 
 
 async def post(settings: Settings, row: Claimed) -> Any:
-    async with Transport(settings, settings.api_key, lambda sha: b"") as http:
-        return await http.post(row)
+    """One exchange of `row` through the account of `settings`, as the engine sends it."""
+    endpoint = by_url(row.url)
+    route = Routes(settings, LocalLimiter(), set().add).add(row.batch_id, None)
+    target = route.targets(endpoint, str(orjson.loads(row.body)["model"]))[0]
+    async with Transport(settings, lambda sha: b"") as http:
+        return await http.post(row, endpoint, target, route.lanes[target.index])
 
 
 def chain(error: BaseException) -> Iterator[BaseException]:

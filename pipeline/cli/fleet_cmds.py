@@ -10,6 +10,7 @@ import click
 
 from pipeline import dispatch
 from pipeline.cli.options import (
+    account_options,
     api_options,
     broker_options,
     database,
@@ -55,6 +56,7 @@ from pipeline.store.models import Via
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Broker queue for this batch")
 @click.option("--chunk-size", type=int, help="Requests per message [env PIPELINE_CHUNK_SIZE; 500]")
 @priority_option
+@account_options
 @broker_options
 @store_options
 def submit(**params: Any) -> None:

@@ -38,6 +38,10 @@ _FIELDS = {
     "metrics_port": "metrics_port",
     "metrics_host": "metrics_host",
     "audio_roots": "audio_roots",
+    "accounts": "accounts_file",
+    "azure_endpoint": "azure_endpoint",
+    "api_version": "api_version",
+    "deployment": "deployments",
 }
 
 
@@ -106,6 +110,30 @@ def account_options(fn: F) -> F:
             ),
             click.option(
                 "--project", metavar="PROJECT", help="Sent as OpenAI-Project [env OPENAI_PROJECT_ID]"
+            ),
+            click.option(
+                "--accounts",
+                type=click.Path(dir_okay=False),
+                help="TOML of [[account]] tables to send the batch through (a pool: keys, projects, base "
+                "URLs, Azure deployments) [env PIPELINE_ACCOUNTS_FILE]",
+            ),
+            click.option(
+                "--azure-endpoint",
+                metavar="URL",
+                help="Azure OpenAI resource, e.g. https://NAME.openai.azure.com; the key from "
+                "AZURE_OPENAI_API_KEY [env AZURE_OPENAI_ENDPOINT]",
+            ),
+            click.option(
+                "--api-version",
+                metavar="VERSION",
+                help="Azure's api-version: the deployments API (without it, Azure's v1 API) "
+                "[env OPENAI_API_VERSION]",
+            ),
+            click.option(
+                "--deployment",
+                metavar="NAME=MODEL",
+                multiple=True,
+                help="An Azure deployment and the model it serves (prices, token counts); repeatable",
             ),
         ]
     ):

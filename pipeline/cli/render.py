@@ -46,6 +46,10 @@ def report_view(report: dict[str, Any]) -> Group:
     if report["parts"]:
         lines.append(Text(f"via the Batch API: {len(report['parts'])} parts"))
         lines.append(_parts_table(report["parts"]))
+    accounts = report["accounts"]
+    if len(accounts) > 1 or any(a["state"] != "active" for a in accounts):
+        lines.extend(Text(_account_line(a)) for a in accounts)
+        return Group(*lines)
     for lim in report["limits"]:
         lines.append(
             Text(
@@ -134,6 +138,16 @@ def print_summary(report: dict[str, Any]) -> None:
         click.echo(f"  {f['count']:,} failed: {f['error_type']} ({status}), e.g. {f['sample']!r}", err=True)
     if report["failed"]:
         click.echo(f"  every failed request: pipeline errors {report['batch']}", err=True)
+
+
+def _account_line(account: dict[str, Any]) -> str:
+    """One account of a pool: where, active or benched (why), its limits and send rate."""
+    where = account["azure_endpoint"] or account["base_url"]
+    state = account["state"] + (f" ({account['reason']})" if account["reason"] else "")
+    return (
+        f"account {account['name']} ({where}): {state}; rpm {_limit(account['rpm'], account['rpm_source'])}, "
+        f"tpm {_limit(account['tpm'], account['tpm_source'])}; sending {account['sent_rpm']:,.0f} req/min"
+    )
 
 
 def _limit(value: int | None, source: str | None) -> str:

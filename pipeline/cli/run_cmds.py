@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from pipeline.accounts import pool_from_settings
 from pipeline.batchapi.options import BatchApiOptions, OnExpire
 from pipeline.cli.options import (
     api_options,
@@ -181,7 +182,7 @@ def run(**params: Any) -> None:
     """
     priority = params.pop("priority")
     settings = pop_settings(params)
-    settings.require_api_key()
+    pool_from_settings(settings).require_keys()
     limit_table(settings)  # a bad limits or prices file is reported before anything is stored
     load_prices(settings)
     db = database(settings)

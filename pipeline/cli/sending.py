@@ -7,6 +7,7 @@ import signal
 import click
 
 from pipeline import dispatch
+from pipeline.accounts import batch_columns, pool_from_settings
 from pipeline.cli.exits import (
     EXIT_INTERRUPTED,
     EXIT_PAUSED,
@@ -47,9 +48,10 @@ def enqueue(settings: Settings, db: Database, batch_id: str, queue: str | None =
 
 def run_here(settings: Settings, db: Database, batch_id: str) -> int:
     """Send the batch's queued rows in this process with live progress; summary to stderr, id to stdout."""
-    settings.require_api_key()
+    pool = pool_from_settings(settings)
+    pool.require_keys()
     prices = load_prices(settings)  # a bad prices file is reported before anything is sent
-    batches.retarget(db, batch_id, settings.base_url, settings.organization, settings.key_fingerprint())
+    batches.retarget(db, batch_id, **batch_columns(pool))
     counts = batches.status_counts(db, batch_id)
     stopped_by: int | None = signal.SIGINT
     try:

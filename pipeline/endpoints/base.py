@@ -70,6 +70,9 @@ class Endpoint(ABC):
     free: ClassVar[bool] = False
     #: most inputs (`batch_inputs`) one Batch API batch may hold over all its lines; None: no such limit
     max_batch_inputs: ClassVar[int | None] = None
+    #: how Azure OpenAI's deployments API serves it: under a deployment (`/openai/deployments/{name}`+path),
+    #: by the resource with the deployment named in `model` (`/openai`+path), or not at all ("none")
+    azure: ClassVar[str] = "deployment"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", self.url.removeprefix("/v1"))

@@ -12,7 +12,7 @@ usage: nothing is charged, and the rate limiter keeps what it reserved for the i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.endpoints.base import Body, Endpoint, Parsed, as_str, lacks
 from pipeline.endpoints.checks import check_stream, json_type
@@ -25,6 +25,9 @@ _INPUT_TYPES = "a string, a list of strings or a list of content parts"
 
 class Moderations(Endpoint):
     """Moderations: flagged or not, per category."""
+
+    #: Azure OpenAI has no moderations endpoint (its content filter runs on every request)
+    azure: ClassVar[str] = "none"
 
     completes = False
     free = True

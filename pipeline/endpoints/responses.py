@@ -17,7 +17,7 @@ function calls as JSON. Usage: `input_tokens` (with `input_tokens_details.cached
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -37,6 +37,9 @@ _STATEFUL = {
 
 class Responses(Endpoint):
     """The Responses API."""
+
+    #: Azure serves responses at /openai/responses?api-version=, the deployment in `model`
+    azure: ClassVar[str] = "resource"
 
     def validate(self, body: Body, base_dir: Path) -> str | None:
         return (

@@ -1,6 +1,7 @@
 """make_app: the routes, and the checks every /v1 request passes in order.
 
-auth -> hang / 5xx injection -> quota -> rate limit -> validation -> directive -> latency -> answer.
+(Azure routes: api-version, deployment) -> auth -> full queue (503) -> hang / 5xx injection -> quota ->
+rate limit (the key's own, with `keys`) -> validation -> directive -> latency (x load / capacity) -> answer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
+from ._accounts import (
+    KeyMeters,
+    RequestLog,
+    azure_answer,
+    check_azure_route,
+    check_deployment,
+    check_key,
+    key_config,
+    key_label,
+    request_key,
+)
 from ._audio import plan_audio
 from ._batches import BatchStore
 from ._chat import plan_chat, plan_completion
@@ -51,12 +63,16 @@ class FakeState:
         self.random = random.Random(config.seed)
         self.files = FileStore(self.stats)
         self.batches = BatchStore(config, self.stats, self.random, self.files, _respond)
+        self.meters = KeyMeters()
+        self.log = RequestLog()
 
     def reset(self) -> None:
-        """Zero the stats, the quota count and the rate-limit meters."""
+        """Zero the stats, the quota count, the rate-limit meters and the request log."""
         self.stats.reset()
         self.quota.reset()
         self.limiter.reset()
+        self.meters.reset()
+        self.log.reset()
 
 
 STATE = web.AppKey("fakeapi_state", FakeState)
@@ -77,9 +93,15 @@ def make_app(config: FakeConfig | None = None) -> web.Application:
     }
     for path, reader in routes.items():
         app.router.add_post(path, _v1_handler(reader))
+        tail = path.removeprefix("/v1")
+        app.router.add_post("/openai/v1" + tail, _v1_handler(reader, "v1"))
+        app.router.add_post("/openai/deployments/{deployment}" + tail, _v1_handler(reader, "deployment"))
+        if tail == "/responses":  # Azure serves it by the resource, the deployment in `model`
+            app.router.add_post("/openai" + tail, _v1_handler(reader, "resource"))
     _add_batch_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", _v1_handler(_read_unknown))
     app.router.add_get("/_fake/stats", _get_stats)
+    app.router.add_get("/_fake/log", _get_log)
     app.router.add_get("/_fake/config", _get_config)
     app.router.add_post("/_fake/config", _post_config)
     app.router.add_post("/_fake/reset", _post_reset)
@@ -150,17 +172,30 @@ async def _read_unknown(request: web.Request, models: Sequence[str] | None) -> P
     return Plan.failing(fingerprint_bytes(raw), error, metered=False)
 
 
-def _v1_handler(reader: Reader) -> Handler:
+def _v1_handler(reader: Reader, azure: str | None = None) -> Handler:
+    """The handler of one route; `azure` names an Azure route's kind (deployment, v1, resource)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         started = time.monotonic()
-        state.stats.enter(request.headers.get("OpenAI-Project"))
+        key, _ = request_key(request.headers, azure is not None)
+        label = key_label(state.config, key) if state.config.keys else None
+        state.stats.enter(request.headers.get("OpenAI-Project"), label)
         try:
-            plan = await reader(request, state.config.models)
+            if azure is not None:
+                try:
+                    check_azure_route(state.config, request, azure)
+                except ApiError as error:
+                    response = error.response()
+                    state.log.add(time.monotonic(), label or "-", response.status)
+                    return response
+            plan = await reader(request, None if azure else state.config.models)
             receipt = state.stats.receive(plan.fingerprint)
             tokens = None
             try:
-                answer = await _pass_checks(state, request, plan, receipt)
+                if azure in ("v1", "resource"):
+                    check_deployment(state.config, plan.model)
+                answer = await _pass_checks(state, request, plan, receipt, key)
                 charset = "utf-8" if answer.content_type.startswith("text/") else None
                 response = web.Response(
                     body=answer.body,
@@ -173,30 +208,42 @@ def _v1_handler(reader: Reader) -> Handler:
                 if state.config.quote_key:
                     _quote_key(error, request.headers.get(hdrs.AUTHORIZATION))
                 response = error.response()
-            _stamp(response, state, started)
-            state.stats.answer(plan.fingerprint, response.status, tokens)
+            _stamp(response, state, started, key)
+            if azure is not None:
+                azure_answer(response, request.query.get("api-version"))
+            state.stats.answer(plan.fingerprint, response.status, tokens, label)
+            state.log.add(time.monotonic(), label or "-", response.status)
             return response
         finally:
-            state.stats.leave()
+            state.stats.leave(label)
 
     return handle
 
 
-async def _pass_checks(state: FakeState, request: web.Request, plan: Plan, receipt: int) -> Answer:
+async def _pass_checks(
+    state: FakeState, request: web.Request, plan: Plan, receipt: int, key: str | None
+) -> Answer:
     """The answer to the `receipt`-th receipt (from 1) of the plan's body, or the ApiError it gets."""
     config = state.config
-    _check_auth(config, request.headers.get(hdrs.AUTHORIZATION))
+    _check_key(config, key)
     if not plan.metered:
         return plan.respond(None)
+    if config.queue_limit is not None and state.stats.in_flight > config.queue_limit:
+        raise ApiError(503, _SERVER_ERRORS[503], type="server_error")
     await _inject_faults(state)
     state.quota.take(config)
     succeeded = False
     try:
-        state.limiter.admit(config, plan.model, plan.tokens)
+        if config.keys and key is not None:
+            state.meters.limiter(key).admit(key_config(config, key), plan.model, plan.tokens)
+        else:
+            state.limiter.admit(config, plan.model, plan.tokens)
         answer = await _respond(plan, receipt)
         delay = config.latency
         if config.latency_jitter:
             delay += state.random.uniform(-config.latency_jitter, config.latency_jitter)
+        if config.capacity is not None:  # a server whose latency rises with load
+            delay *= max(1.0, state.stats.in_flight / config.capacity)
         if delay > 0:
             await asyncio.sleep(delay)
         succeeded = True
@@ -214,10 +261,17 @@ async def _respond(plan: Plan, receipt: int) -> Answer:
 
 
 def _check_auth(config: FakeConfig, header: str | None) -> None:
-    scheme, _, key = (header or "").partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    """The Batch API's auth: a Bearer key (the configured one when set)."""
+    key, _ = request_key({hdrs.AUTHORIZATION: header or ""}, False)
+    _check_key(config, key)
+
+
+def _check_key(config: FakeConfig, key: str | None) -> None:
+    if key is None:
         raise ApiError(401, NO_KEY_MESSAGE)
+    if config.keys is not None:
+        check_key(config, key)
+        return
     if config.api_key is not None and not hmac.compare_digest(key.encode(), config.api_key.encode()):
         raise ApiError(
             401,
@@ -255,7 +309,7 @@ async def _inject_faults(state: FakeState) -> None:
         raise ApiError(status, message, type="server_error", headers=headers)
 
 
-def _stamp(response: web.Response, state: FakeState, started: float) -> None:
+def _stamp(response: web.Response, state: FakeState, started: float, key: str | None = None) -> None:
     """Headers every /v1 answer carries.
 
     A 429 keeps the rate-limit headers it was refused with, and a directed answer its x-request-id.
@@ -264,7 +318,12 @@ def _stamp(response: web.Response, state: FakeState, started: float) -> None:
     response.headers["openai-organization"] = ORGANIZATION
     response.headers["openai-version"] = "2020-10-01"
     response.headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
-    for name, value in state.limiter.headers(state.config).items():
+    config = state.config
+    if config.keys and key is not None and key in config.keys:
+        headers = state.meters.limiter(key).headers(key_config(config, key))
+    else:
+        headers = state.limiter.headers(config)
+    for name, value in headers.items():
         response.headers.setdefault(name, value)
 
 
@@ -274,6 +333,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def _get_stats(request: web.Request) -> web.Response:
     return _json(request.app[STATE].stats.snapshot())
+
+
+async def _get_log(request: web.Request) -> web.Response:
+    """Every answered request: [monotonic seconds, key label, status], oldest first."""
+    return _json(request.app[STATE].log.snapshot())
 
 
 async def _get_config(request: web.Request) -> web.Response:

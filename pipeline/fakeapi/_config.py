@@ -30,6 +30,12 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "batch_max_bytes": (int, False),
     "batch_delays": (dict, True),
     "quote_key": (bool, False),
+    "keys": (dict, True),
+    "azure": (bool, False),
+    "deployments": (list, True),
+    "api_versions": (list, True),
+    "capacity": (int, True),
+    "queue_limit": (int, True),
 }
 
 #: The Batch API operations `batch_delays` may slow down (files, then batches).
@@ -98,6 +104,19 @@ class FakeConfig:
     #: Every /v1 error answer quotes the key the request carried, whole and masked, as some servers do
     #: (OpenAI quotes a masked form in its 401): for tests that the key never reaches storage or logs.
     quote_key: bool = False
+    #: Several keys, each with limits of its own: {key: {"name", "rpm", "tpm", "revoked"}} (_accounts.py).
+    #: Set, only these keys are accepted and `api_key`, `rpm` and `tpm` are not used. Kept out of repr.
+    keys: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
+    #: Serve Azure OpenAI's routes (deployments and v1), its `api-key` header, error bodies and headers.
+    azure: bool = False
+    #: Azure deployments that exist; None: every name but "does-not-exist".
+    deployments: list[str] | None = None
+    #: Azure api-versions served on the deployment routes; None: any.
+    api_versions: list[str] | None = None
+    #: A server whose latency rises with load: answers take latency x max(1, in flight / capacity).
+    capacity: int | None = None
+    #: With more than this many requests in flight, a new one gets 503 at once (a full queue).
+    queue_limit: int | None = None
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -123,10 +142,32 @@ def check_config(config: FakeConfig) -> None:
         raise ValueError("quota must be >= 0 or null")
     if config.window <= 0:
         raise ValueError("window must be > 0")
+    _check_accounts(config)
     models = config.models
     if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
         raise ValueError("models must be a list of strings or null")
     _check_batch_config(config)
+
+
+def _check_accounts(config: FakeConfig) -> None:
+    """Keys, Azure deployments and the load model (_accounts.py)."""
+    for name in ("capacity", "queue_limit"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or null")
+    deployments = config.deployments
+    if deployments is not None and not all(isinstance(d, str) for d in deployments):
+        raise ValueError("deployments must be a list of strings or null")
+    keys = config.keys
+    if keys is None:
+        return
+    for spec in keys.values():
+        if not isinstance(spec, dict) or not set(spec) <= {"name", "rpm", "tpm", "revoked"}:
+            raise ValueError('keys must map each key to {"name", "rpm", "tpm", "revoked"}')
+        for name in ("rpm", "tpm"):
+            value = spec.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"keys: {name} must be an integer >= 1 or null")
 
 
 def _check_batch_config(config: FakeConfig) -> None:
@@ -166,6 +207,8 @@ def config_view(config: FakeConfig) -> dict[str, Any]:
     view = dataclasses.asdict(config)
     if config.api_key is not None:
         view["api_key"] = "****"
+    if config.keys is not None:
+        view["keys"] = {f"key-{i}": dict(spec) for i, spec in enumerate(config.keys.values())}
     return view
 
 
@@ -174,6 +217,10 @@ def _check_type(name: str, value: Any) -> None:
     if value is None:
         if not nullable:
             raise ValueError(f"{name} cannot be null")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be of type bool")
         return
     accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, accepted):

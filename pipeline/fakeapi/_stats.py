@@ -13,12 +13,15 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._key_flights: Counter[str] = Counter()  # key label -> in flight now
         self._clear()
 
     def _clear(self) -> None:
         self._received = 0
         self._answered = 0
         self._by_status: Counter[int] = Counter()
+        self._by_key: dict[str, Counter[int]] = {}  # key label -> answers by status (with `keys` set)
+        self._key_max: Counter[str] = Counter(self._key_flights)  # key label -> most in flight at once
         self._max_in_flight = self._in_flight
         self._bodies: dict[str, list[int]] = {}  # fingerprint -> [received, answered]
         self._projects: Counter[str] = Counter()  # OpenAI-Project header -> requests
@@ -29,19 +32,25 @@ class Stats:
         self._lines = {"answered": 0, "expired": 0}  # batch lines processed
         self._usage = {"prompt_tokens": 0, "completion_tokens": 0}  # reported by 2xx answers and lines
 
-    def enter(self, project: str | None = None) -> None:
-        """A request to /v1 starts being handled (`project`: its OpenAI-Project header)."""
+    def enter(self, project: str | None = None, key: str | None = None) -> None:
+        """A request to /v1 starts being handled (`project`: its OpenAI-Project header; `key`: the label
+        of its key, when the fake has several)."""
         with self._lock:
+            if key is not None:
+                self._key_flights[key] += 1
+                self._key_max[key] = max(self._key_max[key], self._key_flights[key])
             if project is not None:
                 self._projects[project] += 1
             self._received += 1
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def leave(self) -> None:
+    def leave(self, key: str | None = None) -> None:
         """The request is done: answered, failed or cancelled because the client went away."""
         with self._lock:
             self._in_flight -= 1
+            if key is not None:
+                self._key_flights[key] -= 1
 
     def receive(self, fingerprint: str) -> int:
         """Its body has been read. Returns how many times this body has been received, this time included."""
@@ -50,10 +59,19 @@ class Stats:
             counts[0] += 1
             return counts[0]
 
-    def answer(self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None) -> None:
-        """It is being answered with `status`, reporting `tokens` (prompt, completion) in its usage."""
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def answer(
+        self, fingerprint: str, status: int, tokens: tuple[int, int] | None = None, key: str | None = None
+    ) -> None:
+        """It is being answered with `status`, reporting `tokens` (prompt, completion) in its usage; `key`
+        names the key it came with when the fake has several."""
         with self._lock:
             self._by_status[status] += 1
+            if key is not None:
+                self._by_key.setdefault(key, Counter())[status] += 1
             if 200 <= status < 300:
                 self._answered += 1
                 self._bodies.setdefault(fingerprint, [0, 0])[1] += 1
@@ -100,6 +118,11 @@ class Stats:
                 "received": self._received,
                 "answered": self._answered,
                 "by_status": {str(status): n for status, n in sorted(self._by_status.items())},
+                "max_in_flight_by_key": dict(self._key_max),
+                "by_key": {
+                    key: {str(status): n for status, n in sorted(counts.items())}
+                    for key, counts in self._by_key.items()
+                },
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
                 "bodies": {fp: {"received": r, "answered": a} for fp, (r, a) in self._bodies.items()},

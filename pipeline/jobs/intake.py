@@ -8,7 +8,7 @@ that same transaction (`store.blobs`), so workers on other machines can send the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 from sqlalchemy.orm import Session
 
+from pipeline.accounts import Pool, batch_columns, pool_from_settings, refuse_unserved
 from pipeline.batchapi.options import BatchApiOptions
-from pipeline.endpoints import BY_URL
+from pipeline.endpoints import BY_URL, by_name
 from pipeline.errors import ConfigError, DuplicateBatch, ErrorType, JobFileError, LineError
 from pipeline.ids import new_batch_id
 from pipeline.jobs.reader import STDIN_NAME, JobLine, JobReader
@@ -85,7 +86,12 @@ def store_job_file(
     batch_id = new_batch_id()
     options = {"endpoint": endpoint, "max_attempts": settings.max_attempts, "reuse": reuse}
     options |= api.to_options() if via == Via.BATCH_API else {}
-    row = _batch_row(batch_id, settings, source or str(path), options, via, max_cost_usd)
+    pool = pool_from_settings(settings)
+    if endpoint is not None:
+        refuse_unserved(pool, by_name(endpoint).azure, endpoint)
+    if via == Via.BATCH_API and not pool.default:
+        raise ConfigError("--via batch-api sends through one OpenAI account: not with --accounts or Azure")
+    row = _batch_row(batch_id, pool, source or str(path), options, via, max_cost_usd)
     count = _Count()
     with db.write() as s:
         batches.new_batch(s, row)
@@ -95,7 +101,7 @@ def store_job_file(
         if count.bad and (not skip_invalid or not count.good):
             raise JobFileError(count.shown, count.bad)
         if max_cost_usd is not None:
-            refuse_unpriced(settings, lines.models)
+            refuse_unpriced(settings, lines.models, pool.aliases())
         reused = _seal(s, batch_id, reader.content_hash, count, force=force, reuse=reuse, now=now)
     if reused:
         settle_states(db, [batch_id])  # every line may have been answered already
@@ -104,7 +110,7 @@ def store_job_file(
 
 def _batch_row(
     batch_id: str,
-    settings: Settings,
+    pool: Pool,
     source: str,
     options: dict[str, Any],
     via: Via,
@@ -115,9 +121,7 @@ def _batch_row(
         source=source,
         content_hash="",
         state=BatchState.IN_PROGRESS,
-        base_url=settings.base_url,
-        organization=settings.organization,
-        key_fingerprint=settings.key_fingerprint(),
+        **batch_columns(pool),
         options=options,
         via=via,
         max_cost_usd=max_cost_usd,
@@ -189,10 +193,11 @@ class _Lines:
             self.on_progress(self.reader.lines_read)
 
 
-def refuse_unpriced(settings: Settings, models: set[str]) -> None:
-    """ConfigError, in one line, when the price table in force has no price for some of `models`: a spend
-    cap cannot be kept on what cannot be priced."""
-    unpriced = load_prices(settings).unpriced(models)
+def refuse_unpriced(settings: Settings, models: set[str], aliases: Mapping[str, str] | None = None) -> None:
+    """ConfigError, in one line, when the price table in force has no price for some of `models` (Azure
+    deployments priced as the models they serve, `aliases`): a spend cap cannot be kept on what cannot be
+    priced."""
+    unpriced = load_prices(settings).with_aliases(aliases or {}).unpriced(models)
     if unpriced:
         raise ConfigError(
             f"--max-cost needs a price for every model of the batch: no price for {', '.join(unpriced)} "

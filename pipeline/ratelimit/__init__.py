@@ -24,6 +24,15 @@ class Limiter(Protocol):
         budget in proportion to their `weight` (fair.py).
         """
 
+    async def try_acquire(
+        self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
+    ) -> float:
+        """Reserve one request costing `tokens` now and return 0, or return the seconds until it may be
+        asked again (reserving nothing): the non-blocking `acquire` a pool of accounts polls (pool.py)."""
+
+    def give(self, key: LimitKey, limits: Limits) -> None:
+        """Given limits for this one key (an account's rpm/tpm), over the table's for its model."""
+
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
         """After an answer: refund or charge the difference, and learn from the x-ratelimit-* headers."""
 

@@ -60,6 +60,8 @@ class KeyState:
     sent_at: float = 0.0
     #: the batches asking for this key, and their turns
     fair: FairShare = field(default_factory=FairShare)
+    #: limits given for this key alone (an account's), over the table's
+    given: Limits | None = None
 
     def take(
         self,
@@ -194,10 +196,24 @@ class LocalLimiter:
             lock = self._locks[(key, batch)] = asyncio.Lock()
         return lock
 
+    def give(self, key: LimitKey, limits: Limits) -> None:
+        self._state(key).given = limits
+
+    def _given(self, key: LimitKey, state: KeyState) -> Limits:
+        return state.given or self.limits.for_model(key.model)
+
+    async def try_acquire(
+        self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
+    ) -> float:
+        state = self._state(key)
+        given = self._given(key, state)
+        return state.take(time.monotonic(), max(0, tokens), given, self.pace, batch, weight)
+
     async def acquire(
         self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
     ) -> None:
-        state, given = self._state(key), self.limits.for_model(key.model)
+        state = self._state(key)
+        given = self._given(key, state)
         tokens = max(0, tokens)
         # Senders of one batch queue in line; the head of each batch's line asks for the fair share.
         lock = self._lock(key, batch)
@@ -210,9 +226,9 @@ class LocalLimiter:
                 await asyncio.sleep(max(wait, MIN_SLEEP))
 
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
-        given = self.limits.for_model(key.model)
+        state = self._state(key)
         rh = RateHeaders.parse(headers)
-        self._state(key).settle(time.monotonic(), max(0, reserved), used, rh, given, self.pace)
+        state.settle(time.monotonic(), max(0, reserved), used, rh, self._given(key, state), self.pace)
 
     def cooldown(self, key: LimitKey, seconds: float) -> None:
         self._state(key).cooldown(time.monotonic(), max(0.0, seconds), self.pace)
@@ -220,7 +236,7 @@ class LocalLimiter:
     def snapshot(self, key: LimitKey) -> dict[str, Any]:
         """Limits in force, their source, cooldown end (Unix time) and send rates (per minute)."""
         state, now = self._state(key), time.monotonic()
-        given = self.limits.for_model(key.model)
+        given = self._given(key, state)
         rpm, _ = in_force(given.rpm, state.learned.rpm)
         tpm, _ = in_force(given.tpm, state.learned.tpm)
         cooling = state.cool_until > now

@@ -121,6 +121,7 @@ class RedisLimiter:
         self._snapshot = self._redis.register_script(SNAPSHOT)
         self._locks: dict[tuple[LimitKey, str | None], asyncio.Lock] = {}
         self._holds: dict[LimitKey, float] = {}  #: local cooldown ends, time.monotonic()
+        self._given: dict[LimitKey, Limits] = {}  #: limits given for one key (an account's)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> RedisLimiter:
@@ -139,8 +140,14 @@ class RedisLimiter:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def give(self, key: LimitKey, limits: Limits) -> None:
+        self._given[key] = limits
+
+    def _given_for(self, key: LimitKey) -> Limits:
+        return self._given.get(key) or self.limits.for_model(key.model)
+
     def _pacing(self, key: LimitKey) -> list[str]:
-        given = self.limits.for_model(key.model)
+        given = self._given_for(key)
         pace = self.pace
         return [
             _arg(given.rpm),
@@ -178,6 +185,21 @@ class RedisLimiter:
                         return
                 await asyncio.sleep(max(wait, MIN_SLEEP))
 
+    async def try_acquire(
+        self, key: LimitKey, tokens: int, batch: str | None = None, weight: float = 1.0
+    ) -> float:
+        """One ACQUIRE: 0 when reserved, else the wait it says (REDIS_RETRY_SECONDS while Redis fails)."""
+        held = self._holds.get(key, 0.0) - time.monotonic()
+        if held > 0:
+            return held
+        args = [*self._pacing(key), str(max(0, tokens)), repr(PROBE_TIMEOUT), repr(PROBE_POLL)]
+        args += [batch or "", repr(float(weight)), *_FAIR_ARGS]
+        try:
+            return max(0.0, float(await self._acquire(keys=_keys(key), args=args)))
+        except (RedisError, OSError) as exc:
+            log.warning("rate limiter: Redis unavailable (%r); retrying in %gs", exc, REDIS_RETRY_SECONDS)
+            return REDIS_RETRY_SECONDS
+
     def settle(self, key: LimitKey, reserved: int, used: int | None, headers: Mapping[str, str]) -> None:
         rh = RateHeaders.parse(headers)
         args = [
@@ -212,7 +234,7 @@ class RedisLimiter:
         shares = reply[10]
         now, rpm, tpm, seen, cool, sent_r, sent_t, sent_at, tat_r, tat_t = values
         assert now is not None
-        given = self.limits.for_model(key.model)
+        given = self._given_for(key)
         learned = Limits(int(rpm) if rpm else None, int(tpm) if tpm else None)
         decay = math.exp(-max(0.0, now - (sent_at or now)) / RATE_WINDOW)
         rpm_now, tpm_now = in_force(given.rpm, learned.rpm)[0], in_force(given.tpm, learned.tpm)[0]

@@ -72,10 +72,10 @@ class Accounting:
         if cap is None or job.endpoint.free:
             return Ticket(batch_id, 0.0, False)
         completion = job.estimate - job.prompt_tokens
-        usd = self.prices.cost(job.key.model, DIRECT, job.prompt_tokens, 0, completion)
+        usd = self.prices.cost(job.model, DIRECT, job.prompt_tokens, 0, completion)
         if usd is None:
             raise SpendCapReached(
-                f"spend cap: no price for model {job.key.model!r} (add it with --prices FILE)",
+                f"spend cap: no price for model {job.model!r} (add it with --prices FILE)",
                 error_type=ErrorType.SPEND_CAP,
             )
         refusal = await self.budget.reserve(batch_id, cap, usd)

@@ -20,13 +20,15 @@ MAX_CLAIM_RETRY_SECONDS = 10.0
 
 async def retrying(
     take: Callable[[], list[Claimed]],
+    what: str,
     own: Ownership,
     sleep: Callable[[float], Awaitable[None]],
     draining: Callable[[], bool],
     health: WriteHealth,
 ) -> list[Claimed]:
-    """Run the claim `take` (blocking: in a thread) until it succeeds; each failure is one line in the log
-    (`health`, which also tells when they have lasted long enough to stall the engine).
+    """Run the claim `take` (blocking: in a thread) until it succeeds; `what` names it in the log, where
+    each failure is one line (`health`, which also tells when they have lasted long enough to stall the
+    engine).
 
     Errors another try cannot cure, and any error once the engine drains, are raised.
     """
@@ -42,12 +44,12 @@ async def retrying(
 
     def failed(attempt: int, exc: BaseException | None, seconds: float) -> None:
         if isinstance(exc, WorkerGone):
-            log.warning("claiming rows: this engine was declared dead; registering again in %.1fs", seconds)
+            log.warning("claiming %s: this engine was declared dead; registering in %.1fs", what, seconds)
         elif exc is not None:
             health.failed(CLAIMING, exc, seconds)
 
     policy = Policy(
-        "claiming rows", retry_on=_curable, cap=MAX_CLAIM_RETRY_SECONDS, give_up=draining, on_retry=failed
+        f"claiming {what}", retry_on=_curable, cap=MAX_CLAIM_RETRY_SECONDS, give_up=draining, on_retry=failed
     )
     rows = await call_async(claim, policy, sleep=sleep)
     health.worked(CLAIMING)

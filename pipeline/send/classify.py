@@ -50,14 +50,15 @@ MAX_SERVER_WAIT = 120.0
 #: Statuses worth another attempt besides 429 and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409})
 
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
+_TRY_AGAIN = re.compile(r"(?:try again in|retry after) (\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.IGNORECASE)
 
 
 def retry_after(headers: Mapping[str, str], message: str = "", kind: str | None = None) -> float | None:
     """The wait the server asked for, in seconds, from the most precise hint present.
 
-    Order: `retry-after-ms`, `Retry-After` (seconds or an HTTP date), "try again in 644ms" in the message,
-    then `x-ratelimit-reset-<kind>` (kind `requests` or `tokens`; both, the longer, when unknown).
+    Order: `retry-after-ms`, `Retry-After` (seconds or an HTTP date), "try again in 644ms" (OpenAI) or
+    "Please retry after 33 seconds" (Azure) in the message, then `x-ratelimit-reset-<kind>` (kind
+    `requests` or `tokens`; both, the longer, when unknown).
     """
     lower = {k.lower(): v for k, v in headers.items()}
     if (ms := lower.get("retry-after-ms")) is not None:
@@ -90,6 +91,8 @@ def error_fields(body: bytes) -> tuple[str | None, str | None, str]:
     if not isinstance(err, dict):
         return None, None, body[:500].decode("utf-8", "replace")
     code, kind, message = err.get("code"), err.get("type"), err.get("message")
+    if isinstance(code, str) and code.isdigit():  # Azure repeats the status as its code ("429", "404")
+        code = None
     return (
         str(code) if code is not None else None,
         str(kind) if kind is not None else None,
@@ -121,8 +124,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> APIError |
     if status in (401, 403):  # the key, organization or project: every other request would fail alike
         return AccessDenied(text, error_type=error_type, **common)
     if status == 404:  # an unknown model or path: the same for the batch's other requests of it
-        if code != "model_not_found":
-            text += " (is the base URL right? OpenAI's is https://api.openai.com/v1)"
+        text += _NOT_FOUND_HINTS.get(code or message, "" if code == "model_not_found" else _BASE_URL_HINT)
         return NotFound(text, error_type=error_type, **common)
     return PermanentError(text, error_type=error_type, **common)
 
@@ -145,6 +147,13 @@ def backoff_delay(
         return min(server_wait, MAX_SERVER_WAIT) * (1.0 + 0.1 * rand())
     return backoff(attempt, INITIAL_BACKOFF, MAX_BACKOFF, rand)
 
+
+_BASE_URL_HINT = " (is the base URL right? OpenAI's is https://api.openai.com/v1)"
+#: What a 404 probably means, by its code (or message): Azure's two.
+_NOT_FOUND_HINTS = {
+    "DeploymentNotFound": " (a line's model names its Azure deployment: is there one of that name?)",
+    "Resource not found": " (Azure: is the api-version one it serves? Without --api-version: its v1 API)",
+}
 
 #: Our error type for an HTTP error status whose body names no code.
 _STATUS_TYPES = {

@@ -1,9 +1,12 @@
 """The engine: sends claimed requests with hundreds in flight on one event loop and one pooled HTTP session.
 
 The same engine serves `pipeline run` (in-process) and the Celery workers. Around every attempt, in order:
-take a slot (max in flight) -> the batch still runs -> limiter.acquire -> the batch still runs, its spend
-cap covers the attempt (accounting.py) and the row is still ours (ownership.py) -> HTTP (transport.py) ->
-classify and parse (responses.py) -> limiter.settle and accounting.settle -> record the attempt. Every
+take a slot (max in flight) -> the batch still runs -> the account and its budget (routing.py: the first
+account of the batch's pool whose limiter grants now, `limiter.acquire` for a lone account) -> the batch
+still runs, its spend cap covers the attempt (accounting.py) and the row is still ours (ownership.py) ->
+HTTP through that account (transport.py) -> classify and parse (responses.py) -> limiter.settle, the
+account's gate and breaker, accounting.settle -> record the attempt. An account that answers 401/403,
+insufficient_quota, 404 or trips its breaker is benched for the batch and the row goes to another. Every
 acquire and reservation is settled on every path, exceptions included. tenacity owns retries
 (RetryableError only, `backoff_delay` waits). Outcomes go to the writer (writer.py), which stores them
 promptly in batched, fenced transactions; the watcher (watch.py) notices batches paused, cancelled or
@@ -35,14 +38,14 @@ from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting, EngineStats, Ticket
 from pipeline.send.backlog import Backlog
-from pipeline.send.breaker import Breaker
 from pipeline.send.claiming import retrying
-from pipeline.send.classify import backoff_delay, classify, wait_after_first
+from pipeline.send.classify import backoff_delay, wait_after_first
 from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
 from pipeline.send.health import WriteHealth, pause_batches
 from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
-from pipeline.send.responses import Parsed, Usage, parse_answer, result_row
+from pipeline.send.responses import Parsed, Usage, answer_of, result_row
+from pipeline.send.routing import ACCOUNT_ERRORS, Rerouted, Routes, bench_account, overloaded
 from pipeline.send.slots import Slots
 from pipeline.send.transport import Transport
 from pipeline.send.watch import Watch
@@ -50,7 +53,7 @@ from pipeline.send.writer import Writer, report_death
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.spend.local import LocalBudget
-from pipeline.store import blobs, claims, fair
+from pipeline.store import batches, blobs, claims, fair
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
@@ -101,8 +104,7 @@ class Engine:
         self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
-        self._key = settings.require_api_key()
-        self._estimates = Estimator(settings, self._key.fingerprint())
+        self._estimates = Estimator()
         self._held: dict[int, Claimed] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
@@ -112,7 +114,7 @@ class Engine:
         self._slots = Slots(settings.max_in_flight)
         self._background: list[asyncio.Task[None]] = []
         self._own = Ownership(db, settings.lease_seconds)
-        self._http = Transport(settings, self._key, functools.partial(blobs.load_blob, db))
+        self._http = Transport(settings, functools.partial(blobs.load_blob, db))
         self._health = WriteHealth(settings.write_stall_seconds, self._on_stall)
         self._stop_on_stall = stop_on_stall
         self._writer = Writer(db, self._stored, self._health)
@@ -123,10 +125,11 @@ class Engine:
             lambda: {row.batch_id for row in self._held.values()},
             lambda: self.worker,
         )
-        self._breaker = Breaker(settings.breaker_failures, settings.breaker_seconds, settings.max_attempts)
+        self._routes = Routes(settings, limiter, self._watch.keys.add)
+        self._watch.routes = self._routes
 
     def __repr__(self) -> str:
-        return f"Engine(worker={self.worker!r}, base_url={self.settings.base_url!r})"
+        return f"Engine(worker={self.worker!r})"
 
     @property
     def worker(self) -> str:
@@ -201,7 +204,7 @@ class Engine:
 
     async def claim(self, ids: Sequence[int]) -> list[Claimed]:
         """Claim the queued rows among `ids` for this engine; a failing database is retried until drained."""
-        return await self._claiming(lambda: claims.claim(self.db, ids, self.worker))
+        return await self._claiming(lambda: claims.claim(self.db, ids, self.worker), f"{len(ids)} rows")
 
     async def claim_share(
         self, capacity: int, queue: str, hint: str | None = None, missing_only: bool = False
@@ -213,18 +216,19 @@ class Engine:
         return await self._claiming(
             lambda: fair.claim_share(
                 self.db, self.worker, capacity, queue, waiting=waiting, hint=hint, missing_only=missing_only
-            )
+            ),
+            f"up to {capacity} rows",
         )
 
-    async def _claiming(self, take: Callable[[], list[Claimed]]) -> list[Claimed]:
-        rows = await retrying(take, self._own, self._sleep, lambda: self.draining, self._health)
+    async def _claiming(self, take: Callable[[], list[Claimed]], what: str) -> list[Claimed]:
+        rows = await retrying(take, what, self._own, self._sleep, lambda: self.draining, self._health)
         await self._watch.learn_priorities({row.batch_id for row in rows})
         return rows
 
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
-        await self._watch.learn({row.batch_id for row in rows})
-        for job in await asyncio.to_thread(self._estimates.prepare, rows):
+        await self._learn({row.batch_id for row in rows})
+        for job in await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -232,12 +236,21 @@ class Engine:
 
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
-        await self._watch.learn({row.batch_id for row in rows})
-        jobs = await asyncio.to_thread(self._estimates.prepare, rows)
+        await self._learn({row.batch_id for row in rows})
+        jobs = await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
         return [o for o in outcomes if o is not None]
+
+    async def _learn(self, batch_ids: set[str]) -> None:
+        """The state and cap of batches about to be sent, and the route (pool of accounts) of new ones."""
+        await self._watch.learn(batch_ids)
+        new = batch_ids - self._routes.by_batch.keys()
+        if new:
+            specs = await asyncio.to_thread(batches.pool_specs, self.db, new)
+            for batch_id in new:
+                self._routes.add(batch_id, specs.get(batch_id))
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
@@ -300,10 +313,7 @@ class Engine:
         row = job.row
         records: list[AttemptRecord] = []
         try:
-            try:
-                answer = await self._attempt(job, records)
-            except RetryableError as first:
-                answer = await self._retry(job, records, first)
+            answer = await self._attempts(job, records)
         except _Stop as stop:
             if stop.status is None:
                 return None
@@ -318,6 +328,17 @@ class Engine:
         result["model"] = result["model"] or job.key.model  # audio answers do not name their model
         self._estimates.learn(job.key.model, result)
         return job.outcome(RequestStatus.SUCCEEDED, records, result=result)
+
+    async def _attempts(self, job: Job, records: list[AttemptRecord]) -> _Answer:
+        """The first attempt, then tenacity's; again on another account each time one is benched."""
+        while True:
+            try:
+                try:
+                    return await self._attempt(job, records)
+                except RetryableError as first:
+                    return await self._retry(job, records, first)
+            except Rerouted:
+                continue
 
     async def _retry(self, job: Job, records: list[AttemptRecord], first: RetryableError) -> _Answer:
         """Attempts 2..max_attempts, owned by tenacity. The first attempt goes out without it: building a
@@ -338,7 +359,7 @@ class Engine:
         raise AssertionError("tenacity ended without a result or an error")
 
     async def _attempt(self, job: Job, records: list[AttemptRecord]) -> _Answer:
-        row, key, estimate = job.row, job.key, job.estimate
+        row, route, estimate = job.row, job.route, job.estimate
         weight = self._watch.priority(row.batch_id)  # the batch's share of the slots and of the key
         async with self._slots.take(row.batch_id, weight):  # max in flight; checks right before sending
             self._check_stop(row)
@@ -346,53 +367,48 @@ class Engine:
                 await self._health.wait_writable(self._stop)
                 self._check_stop(row)
             waited = time.perf_counter()
-            await self.limiter.acquire(key, estimate, row.batch_id, weight)
+            target = await route.acquire(job.targets, estimate, row.batch_id, weight)  # account and budget
             waited = time.perf_counter() - waited
+            lane, key = route.lanes[target.index], target.key
             self.backlog.passed(row.id)
             charged: int | None = 0  # what settles the reservation if nothing else does (refunds it)
             headers: Mapping[str, str] = {}
             ticket: Ticket | None = None
-            status, used, sent = None, Usage(), False
+            status, used, sent, latency = None, Usage(), False, 0.0
+            error: APIError | None = None
             try:
                 self._check_stop(row)  # the wait for budget may have outlasted the batch (paused, cancelled)
                 ticket = await self._acct.reserve(job, self._watch.cap(row.batch_id))
                 await self._check_owned(row)
                 started, t0 = utcnow(), time.perf_counter()
                 with self._acct.on_wire(row.batch_id):
-                    exchange = await self._http.post(row, job.endpoint)
+                    exchange = await self._http.post(row, job.endpoint, target, lane)
                 status, headers, raw, error = exchange.status, exchange.headers, exchange.raw, exchange.error
                 latency, sent = (time.perf_counter() - t0) * 1000.0, True
-                parsed, error = self._parse(job, status, headers, raw, error)
+                parsed, error = answer_of(job.endpoint, job.plain_text, status, headers, raw, error)
                 used = usage(parsed, raw)
                 charged = charged_tokens(job, status, used.prompt_tokens, used.total_tokens)
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
+                lane.learn(headers)
+                lane.gate.leave(
+                    latency / 1000.0 if sent and error is None else None, overloaded(status, error)
+                )
                 if ticket is not None:
-                    self._acct.settle(ticket, key.model, sent, status, used)
+                    self._acct.settle(ticket, target.model, sent, status, used)
         self._acct.observe_latency(latency, waited)
         records.append(attempt_record(len(records) + 1, started, latency, status, error, headers, used))
         if isinstance(error, RateLimited):
             self.limiter.cooldown(key, error.retry_after or 1.0)
-        if self._breaker.observe(row.id, len(records), status, error):
-            why = self._breaker.describe(self.settings.base_url)
-            raise EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
+        if lane.breaker.observe(row.id, len(records), status, error):
+            why = lane.breaker.describe(lane.account.azure_endpoint or lane.account.base_url)
+            error = EndpointDown(why, status=status, error_type=ErrorType.ENDPOINT_DOWN)
         if error is not None:
+            if isinstance(error, ACCOUNT_ERRORS) and route.pooled:
+                await bench_account(self.db, route, target.index, row.batch_id, error)
             raise error
         assert status is not None and parsed is not None
         return _Answer(status, headers, raw, parsed)
-
-    def _parse(
-        self, job: Job, status: int | None, headers: Mapping[str, str], raw: bytes, error: APIError | None
-    ) -> tuple[Parsed | None, APIError | None]:
-        """The answer parsed (a 2xx) or the error it means (anything else, or a 2xx that is no answer)."""
-        if error is not None or status is None:
-            return None, error
-        if not 200 <= status < 300:
-            return None, classify(status, headers, raw)
-        try:
-            return parse_answer(job.endpoint, job.plain_text, status, raw, headers.get("Content-Type")), None
-        except APIError as bad:
-            return None, bad
 
     async def _check_owned(self, row: Claimed) -> None:
         """Send only while this engine provably holds the row (its heartbeat is recent, its claim current)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,9 +20,11 @@ from pipeline.errors import APIError
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.responses import Parsed, Usage, usage_of
 from pipeline.send.tokens import count_prompts, typical_completion
-from pipeline.settings import Settings
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.models import RequestStatus
+
+if TYPE_CHECKING:
+    from pipeline.send.routing import Route, Target
 
 #: Weight of a new answer in the moving average of completion lengths.
 LEARNING_RATE = 0.05
@@ -35,6 +37,7 @@ class Job:
     row: Claimed
     #: the endpoint of the row's url, looked up once
     endpoint: Endpoint
+    #: the first account's limit key (the only one, outside pools)
     key: LimitKey
     #: tokens reserved against the TPM limit: the prompt plus the completion budget
     estimate: int
@@ -44,6 +47,11 @@ class Job:
     completion_cap: int | None
     #: the answer comes as plain text (audio's text, srt, vtt), not a JSON object
     plain_text: bool
+    #: the batch's pool, and each of its accounts for this row's endpoint and model (routing.py)
+    route: Route
+    targets: tuple[Target, ...]
+    #: the model the row is priced and counted as (a deployment's model)
+    model: str
 
     def outcome(
         self,
@@ -65,24 +73,22 @@ class Job:
             error_type,
             error_message,
             batch_id=row.batch_id,
-            model=self.key.model,
+            model=self.model,
         )
 
 
 class Estimator:
     """Prepares claimed rows for sending, and learns completion lengths from the answers."""
 
-    def __init__(self, settings: Settings, key_fingerprint: str) -> None:
-        self.settings = settings
-        self.key_fingerprint = key_fingerprint
+    def __init__(self) -> None:
         #: model -> moving average of completion tokens per choice, for estimates without max_tokens
         self._completion_avg: dict[str, float] = {}
 
-    def prepare(self, rows: list[Claimed]) -> list[Job]:
-        """Parse the bodies and estimate their tokens, all at once and off the event loop."""
+    def prepare(self, rows: list[Claimed], routes: Mapping[str, Route]) -> list[Job]:
+        """Parse the bodies and estimate their tokens, all at once and off the event loop; each row's
+        accounts come from its batch's route."""
         endpoints = [by_url(row.url) for row in rows]
         bodies: list[dict[str, Any]] = [orjson.loads(row.body) for row in rows]
-        settings = self.settings
         jobs = []
         for row, endpoint, body, prompt in zip(
             rows, endpoints, bodies, count_prompts(endpoints, bodies), strict=True
@@ -90,10 +96,14 @@ class Estimator:
             model = endpoint.model_of(body)
             cap = endpoint.completion_cap(body)
             completion = cap if cap is not None else self._guess(endpoint, body, model)
-            key = LimitKey(
-                settings.base_url, self.key_fingerprint, settings.organization, model, settings.project
+            route = routes[row.batch_id]
+            targets = route.targets(endpoint, model)
+            first = targets[0]
+            plain = endpoint.plain_text(body)
+            estimate = prompt + completion
+            jobs.append(
+                Job(row, endpoint, first.key, estimate, prompt, cap, plain, route, targets, first.model)
             )
-            jobs.append(Job(row, endpoint, key, prompt + completion, prompt, cap, endpoint.plain_text(body)))
         return jobs
 
     def _guess(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:

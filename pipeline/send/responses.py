@@ -16,7 +16,8 @@ import orjson
 
 from pipeline.endpoints import Endpoint, Parsed
 from pipeline.endpoints.base import usage_tokens
-from pipeline.errors import BadResponse
+from pipeline.errors import APIError, BadResponse
+from pipeline.send.classify import classify
 
 __all__ = ["Parsed", "Usage", "parse_answer", "parse_data", "result_row", "usage_of"]
 
@@ -118,3 +119,23 @@ def result_row(
         "dimensions": parsed.dimensions if parsed else None,
         "vectors": parsed.vectors if parsed else None,
     }
+
+
+def answer_of(
+    endpoint: Endpoint,
+    plain_text: bool,
+    status: int | None,
+    headers: Mapping[str, str],
+    raw: bytes,
+    error: APIError | None,
+) -> tuple[Parsed | None, APIError | None]:
+    """An exchange's answer parsed (a 2xx) or the error it means (anything else, or a 2xx that is no
+    answer)."""
+    if error is not None or status is None:
+        return None, error
+    if not 200 <= status < 300:
+        return None, classify(status, headers, raw)
+    try:
+        return parse_answer(endpoint, plain_text, status, raw, headers.get("Content-Type")), None
+    except APIError as bad:
+        return None, bad

@@ -1,4 +1,5 @@
-"""The HTTP side of an attempt: one pooled aiohttp session, auth headers, JSON or multipart bodies.
+"""The HTTP side of an attempt: one pooled aiohttp session, JSON or multipart bodies, sent to the URL and
+with the headers of the account the attempt goes through (routing.py: its `Target` and `Lane`).
 
 `Transport.post` makes one exchange and never raises for transport failures: a timeout or a broken
 connection comes back as a RetryableError, so the engine classifies every attempt in one place. The body
@@ -13,7 +14,7 @@ import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -25,6 +26,9 @@ from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, Re
 from pipeline.send.bodies import ACCEPT_ENCODING, UndecodableBody, read_capped
 from pipeline.settings import Secret, Settings
 from pipeline.store.claims import Claimed
+
+if TYPE_CHECKING:
+    from pipeline.send.routing import Lane, Target
 
 #: What the User-Agent header says.
 USER_AGENT = f"pipeline/{version()}"
@@ -43,9 +47,8 @@ class Exchange:
 class Transport:
     """Use as `async with Transport(...) as http: exchange = await http.post(row)`."""
 
-    def __init__(self, settings: Settings, key: Secret, load_blob: Callable[[str], bytes]) -> None:
+    def __init__(self, settings: Settings, load_blob: Callable[[str], bytes]) -> None:
         self.settings = settings
-        self._key = key
         self._load_blob = load_blob
         self._session: aiohttp.ClientSession | None = None
         #: requests on the wire now, and the most there were at once
@@ -53,16 +56,13 @@ class Transport:
         self.max_in_flight = 0
 
     def __repr__(self) -> str:
-        return f"Transport(base_url={self.settings.base_url!r})"
+        return f"Transport(max_in_flight={self.settings.max_in_flight})"
 
     async def __aenter__(self) -> Transport:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout, connect=self.settings.connect_timeout),
             connector=aiohttp.TCPConnector(limit=self.settings.max_in_flight, limit_per_host=0),
-            headers={
-                **auth_headers(self._key, self.settings.organization, self.settings.project),
-                "Accept-Encoding": ACCEPT_ENCODING,
-            },
+            headers={"Accept-Encoding": ACCEPT_ENCODING},  # each account's headers are the request's
             auto_decompress=False,  # bodies.py inflates within the size cap
         )
         return self
@@ -71,12 +71,13 @@ class Transport:
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, row: Claimed, endpoint: Endpoint) -> Exchange:
-        """Send the row's request to its endpoint once, as JSON or (an upload) as multipart. Transport
-        failures come back as a RetryableError, never raised."""
+    async def post(self, row: Claimed, endpoint: Endpoint, target: Target, lane: Lane) -> Exchange:
+        """Send the row's request to its endpoint once, through the target's account, as JSON or (an
+        upload) as multipart. Transport failures come back as a RetryableError, never raised."""
         assert self._session is not None, "use the transport as an async context manager"
-        payload: bytes | aiohttp.FormData = row.body.encode()
-        headers = {"Content-Type": "application/json"}
+        body = row.body if target.body_model is None else _with_model(row.body, target.body_model)
+        payload: bytes | aiohttp.FormData = body.encode()
+        headers = lane.json_headers
         if endpoint.multipart:
             # Loaded for every attempt, from the database: a retry sends the same bytes, and only the clips
             # in flight are in memory. aiohttp sets the multipart Content-Type with its boundary.
@@ -86,16 +87,15 @@ class Transport:
                 data = await asyncio.to_thread(self._load_blob, row.blob_sha256)
             except LookupError as exc:
                 return _failed(PermanentError(str(exc), error_type=ErrorType.MISSING_AUDIO))
-            payload, headers = form_data(orjson.loads(row.body), data), {}
+            payload, headers = form_data(orjson.loads(body), data), lane.headers
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            async with self._session.post(
-                self.settings.base_url + endpoint.path, data=payload, headers=headers
-            ) as resp:
-                body, error = await self._read(resp)
+            async with self._session.post(target.url, data=payload, headers=headers) as resp:
+                answer, error = await self._read(resp)
                 # The one place answers enter: whatever is stored, logged or printed of them comes after.
-                return Exchange(resp.status, resp.headers, self._key.scrub(body), error)
+                key = lane.account.key
+                return Exchange(resp.status, resp.headers, key.scrub(answer) if key else answer, error)
         except TimeoutError:
             error = RetryableError(
                 f"no answer within {self.settings.timeout:g}s", error_type=ErrorType.TIMEOUT
@@ -135,6 +135,13 @@ def auth_headers(key: Secret, organization: str | None, project: str | None = No
     if project:
         headers["OpenAI-Project"] = project
     return headers
+
+
+def _with_model(body: str, model: str) -> str:
+    """The body naming `model` (an Azure deployment named otherwise than the line's model)."""
+    data = orjson.loads(body)
+    data["model"] = model
+    return orjson.dumps(data).decode()
 
 
 def _failed(error: APIError) -> Exchange:

@@ -4,7 +4,8 @@ Every second: the state and spend cap of each batch it holds rows of (paused, ca
 elsewhere), for capped batches what the database says was spent and what the other engines hold reserved
 (fed to the spend budget), and this engine's own flights (requests on the wire and USD reserved, per batch)
 saved on its worker row for `pipeline status` and the other engines; and each batch's priority (changed by
-`pipeline priority`: its weight in the fair share of slots and keys). Every few seconds the limiter's view
+`pipeline priority`: its weight in the fair share of slots and keys), and the accounts of each pool benched
+for it (by this engine or another: store/account_states.py). Every few seconds the limiter's view
 of each key it used (limits in force, send rate, each batch's send rate) is saved too.
 """
 
@@ -17,15 +18,18 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
 from pipeline.send.accounting import Accounting
-from pipeline.store import batch_rates, batches, claims, fair, limit_states, usage
+from pipeline.store import account_states, batch_rates, batches, claims, fair, limit_states, usage
 from pipeline.store.batches import Control
 from pipeline.store.db import Database, first_line
 from pipeline.store.models import BatchState
+
+if TYPE_CHECKING:
+    from pipeline.send.routing import Routes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class Watch:
         #: the limiter's view of each key at the last save, for progress displays
         self.snapshots: dict[LimitKey, dict[str, Any]] = {}
         self._saved_flights: dict[str, list[float]] | None = None
+        #: the engine's routes: benched accounts of pooled batches are read into them
+        self.routes: Routes | None = None
 
     def state(self, batch_id: str) -> BatchState:
         return self.states.get(batch_id, BatchState.IN_PROGRESS)
@@ -120,6 +126,7 @@ class Watch:
             self.states[batch_id] = control.state
             self.caps[batch_id] = control.max_cost_usd
         self.priorities.update(fair.priorities(self.db, ids))
+        self._refresh_accounts(ids)
         capped = [b for b, c in controls.items() if c.max_cost_usd is not None]
         if not capped:
             return
@@ -135,6 +142,13 @@ class Watch:
                 for u in spent[batch_id].models
             )
             self.accounting.budget.observe(batch_id, recorded, others.get(batch_id, 0.0))
+
+    def _refresh_accounts(self, ids: set[str]) -> None:
+        pooled = {b: r for b, r in self.routes.pooled().items() if b in ids} if self.routes else {}
+        if pooled:
+            benched = account_states.benched(self.db, pooled)
+            for batch_id, route in pooled.items():
+                route.apply(benched.get(batch_id, {}))
 
     async def _save_flights(self) -> None:
         flights = self.accounting.flights_view()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from pipeline.errors import BatchNotFound, ErrorType
 from pipeline.store import usage
 from pipeline.store.db import Database
 from pipeline.store.models import (
+    AccountState,
     Batch,
     BatchState,
     Request,
@@ -120,6 +121,16 @@ def batch_controls(db: Database, batch_ids: Iterable[str]) -> dict[str, Control]
         return {bid: Control(state, cap) for bid, state, cap in rows}
 
 
+def pool_specs(db: Database, batch_ids: Iterable[str]) -> dict[str, list[dict[str, object]] | None]:
+    """The pool of accounts each batch is sent through (None: the sender's own account)."""
+    ids = list(batch_ids)
+    if not ids:
+        return {}
+    with db.read() as s:
+        rows = s.execute(select(Batch.id, Batch.accounts).where(Batch.id.in_(ids)))
+        return {batch_id: accounts for batch_id, accounts in rows}
+
+
 def failed_rows(db: Database, batch_id: str) -> Iterator[tuple[str, str | None, int | None, str | None, int]]:
     """(custom_id, error type, HTTP status, message, attempts) of every failed request, in id order."""
     stmt = (
@@ -178,14 +189,28 @@ def running_count(db: Database, batch_id: str, *, direct_only: bool = False) -> 
 # --- control -------------------------------------------------------------------------------------------
 
 
-def retarget(db: Database, batch_id: str, base_url: str, organization: str | None, fingerprint: str) -> None:
-    """The batch is sent (again) with this API, organization and key: e.g. resumed after fixing the key."""
+def retarget(
+    db: Database,
+    batch_id: str,
+    base_url: str,
+    organization: str | None,
+    key_fingerprint: str,
+    accounts: list[dict[str, object]] | None = None,
+) -> None:
+    """The batch is sent (again) with this API, organization and key, or this pool of accounts (`accounts`,
+    None: the sender's own): e.g. resumed after fixing the key. Every benched account is active again."""
     with db.write() as s:
         s.execute(
             update(Batch)
             .where(Batch.id == batch_id)
-            .values(base_url=base_url, organization=organization, key_fingerprint=fingerprint)
+            .values(
+                base_url=base_url,
+                organization=organization,
+                key_fingerprint=key_fingerprint,
+                accounts=accounts,
+            )
         )
+        s.execute(delete(AccountState).where(AccountState.batch_id == batch_id))
 
 
 def set_max_cost(db: Database, batch_id: str, max_cost_usd: float | None) -> None:
@@ -232,7 +257,7 @@ def cancel_batch(db: Database, batch_id: str) -> int:
 
 def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]) -> int:
     """Put the batch's rows in `statuses` back to queued (errors cleared); the batch is in progress again
-    (and completed at once when nothing is left to send).
+    (and completed at once when nothing is left to send), every benched account of its pool active again.
 
     Invalid lines (stored with --skip-invalid) stay failed: they have no request to send.
     """
@@ -243,6 +268,7 @@ def requeue_final(db: Database, batch_id: str, statuses: Iterable[RequestStatus]
             .where(Batch.id == batch_id)
             .values(state=BatchState.IN_PROGRESS, pause_reason=None, finished_at=None)
         )
+        s.execute(delete(AccountState).where(AccountState.batch_id == batch_id))
         done = s.execute(
             update(Request)
             .where(

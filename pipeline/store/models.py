@@ -86,6 +86,9 @@ class Batch(Base):
     vtime: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: the broker queue its messages go to (None until it is first enqueued)
     queue: Mapped[str | None] = mapped_column(String(64))
+    #: the pool of accounts it is sent through (`Pool.spec()`: names, URLs, key variable names and
+    #: fingerprints, deployments, given limits; never a key); None: the account of whoever sends it
+    accounts: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
 
 
 class Request(Base):
@@ -273,6 +276,18 @@ class LimitState(Base):
     sent_tpm: Mapped[float | None] = mapped_column(Float)
     cooldown_until: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AccountState(Base):
+    """An account of a batch's pool that is benched (401/403, insufficient_quota, a missing deployment or
+    route, a dead URL): no engine sends the batch's rows through it until `pipeline resume` deletes it."""
+
+    __tablename__ = "account_states"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    account: Mapped[str] = mapped_column(String(128), primary_key=True)  #: the account's name in the pool
+    reason: Mapped[str] = mapped_column(Text)
+    benched_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class BatchUsage(Base):

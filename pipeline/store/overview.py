@@ -34,6 +34,8 @@ FRESH_SECONDS = 30
 BATCHES = table(
     "batches",
     *(column(c, String) for c in ("id", "source", "state", "pause_reason", "base_url", "key_fingerprint")),
+    column("organization", String),
+    column("accounts", JSON),
     column("created_at", DateTime),
     column("finished_at", DateTime),
     column("via", String),
@@ -79,8 +81,19 @@ BATCH_RATES = table(
     column("sent_rpm", Float),
     column("updated_at", DateTime),
 )
+ACCOUNT_STATES = table("account_states", *(column(c, String) for c in ("batch_id", "account", "reason")))
 #: Every table read here, for the test that holds them to the models.
-TABLES = (BATCHES, REQUESTS, WORKERS, BATCH_USAGE, BATCH_FAILURES, LIMIT_STATES, PARTS, BATCH_RATES)
+TABLES = (
+    BATCHES,
+    REQUESTS,
+    WORKERS,
+    BATCH_USAGE,
+    BATCH_FAILURES,
+    LIMIT_STATES,
+    PARTS,
+    BATCH_RATES,
+    ACCOUNT_STATES,
+)
 
 
 class BatchFields(Protocol):
@@ -100,6 +113,10 @@ class BatchFields(Protocol):
     def base_url(self) -> str: ...
     @property
     def key_fingerprint(self) -> str: ...
+    @property
+    def organization(self) -> str | None: ...
+    @property
+    def accounts(self) -> list[dict[str, object]] | None: ...
     @property
     def finished_at(self) -> datetime | None: ...
     @property
@@ -122,6 +139,8 @@ class BatchInfo:
     pause_reason: str | None
     base_url: str
     key_fingerprint: str
+    organization: str | None
+    accounts: list[dict[str, object]] | None
     created_at: datetime
     finished_at: datetime | None
     via: Via
@@ -145,6 +164,21 @@ def find_batch(db: Database, batch_id: str | None) -> BatchInfo:
         raise BatchNotFound(f"no batch {batch_id!r}" if not rows else f"batch id {batch_id!r} is ambiguous")
     values = dict(rows[0]._mapping)
     return BatchInfo(**{**values, "state": BatchState(values["state"]), "via": Via(values["via"])})
+
+
+def benched(db: Database, batch_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """batch id -> {account name: reason} for every benched account of these batches (store/account_states.py
+    writes them)."""
+    ids = list(batch_ids)
+    found: dict[str, dict[str, str]] = {}
+    if not ids:
+        return found
+    table_ = ACCOUNT_STATES.c
+    stmt = select(table_.batch_id, table_.account, table_.reason).where(table_.batch_id.in_(ids))
+    with db.engine.connect() as conn:
+        for batch_id, account, reason in conn.execute(stmt):
+            found.setdefault(batch_id, {})[account] = reason
+    return found
 
 
 def status_counts(db: Database, batch_id: str) -> dict[str, int]:

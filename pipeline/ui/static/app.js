@@ -122,9 +122,22 @@
   }
 
   function limitsOf(st) {
+    if (st.accounts.length > 1) { // a pool: the active accounts' limits add up
+      const active = st.accounts.filter((a) => a.state === "active");
+      const rpm = active.reduce((sum, a) => sum + (a.rpm || 0), 0), tpm = active.reduce((sum, a) => sum + (a.tpm || 0), 0);
+      return { rps: rpm ? rpm / 60 : null, tpm: tpm || null };
+    }
     const rpm = Math.max(0, ...st.limits.map((l) => l.rpm || 0));
     const tpm = Math.max(0, ...st.limits.map((l) => l.tpm || 0));
     return { rps: rpm ? rpm / 60 : null, tpm: tpm || null };
+  }
+
+  function accountsOf(st) {
+    return table(["account", "API", "state", "rpm", "tpm", "sent rpm"], st.accounts.map((a) => [
+      a.name, a.azure_endpoint || a.base_url,
+      h("span", { class: `state ${a.state === "active" ? "in_progress" : "paused"}` }, a.state + (a.reason ? `: ${a.reason}` : "")),
+      `${num(a.rpm)} (${a.rpm_source || "-"})`, `${num(a.tpm)} (${a.tpm_source || "-"})`, num(Math.round(a.sent_rpm || 0)),
+    ]), "accounts");
   }
 
   function charts(page) {
@@ -169,6 +182,7 @@
       h("h1", {}, "Batch ", h("span", { class: "batch-id" }, st.batch)),
       REPORT ? null : h("p", {}, h("a", { href: `#/batch/${enc(st.batch)}/rows`, class: "rows-link" }, "Browse its rows →")),
       actionsBar(st), summary(st), charts(page),
+      h("h2", {}, "Accounts"), accountsOf(st),
       h("h2", {}, "Failures by type"), failures(page),
     ];
   }
