@@ -16,6 +16,7 @@ Ownership is checked, never assumed:
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,10 +46,10 @@ from pipeline.store.sql import (
     columns,
     db_time_for,
     executemany,
-    fitter,
     insert_sql,
     parts,
     upsert_sql,
+    values_fitter,
 )
 
 log = logging.getLogger(__name__)
@@ -116,16 +117,23 @@ class Outcome:
 ATTEMPT_COLUMNS = columns(Attempt, without=("id",))
 _ATTEMPT_FIELDS = tuple(c for c in ATTEMPT_COLUMNS if c != "request_id")
 RESULT_COLUMNS = columns(Result)
-_INSERT_ATTEMPT = insert_sql(Attempt, ATTEMPT_COLUMNS)
-_UPSERT_RESULT = upsert_sql(Result, "request_id", RESULT_COLUMNS)
+_RESULT_FIELDS = tuple(c for c in RESULT_COLUMNS if c != "request_id")
+# The writer's rows are tuples in these columns' order, taken from the records with C-level getters: a dict
+# per row cost more than the statements (bench/RESULTS.md, "Where the CPU goes").
+_INSERT_ATTEMPT = insert_sql(Attempt, ("request_id", *_ATTEMPT_FIELDS), positional=True)
+_UPSERT_RESULT = upsert_sql(Result, "request_id", ("request_id", *_RESULT_FIELDS), positional=True)
+_FINISH_COLUMNS = ("status", "attempts", "error_type", "error_message", "finished_at", "id", "fence")
 _FINISH_REQUEST = (
-    "UPDATE requests SET status = :new_status, attempts = attempts + :sent, error_type = :error_type, "
-    "error_message = :error_message, finished_at = :done "
-    "WHERE id = :rid AND fence = :fence AND status = 'running'"
+    "UPDATE requests SET status = ?, attempts = attempts + ?, error_type = ?, "
+    "error_message = ?, finished_at = ? "
+    "WHERE id = ? AND fence = ? AND status = 'running'"
 )
-_fit_attempt = fitter(Attempt)
-_fit_result = fitter(Result)
-_fit_request = fitter(Request)
+_attempt_values = operator.attrgetter(*_ATTEMPT_FIELDS)
+_result_values = operator.itemgetter(*_RESULT_FIELDS)
+_STARTED_AT = _ATTEMPT_FIELDS.index("started_at")
+_fit_attempt = values_fitter(Attempt, ("request_id", *_ATTEMPT_FIELDS))
+_fit_result = values_fitter(Result, ("request_id", *_RESULT_FIELDS))
+_fit_finish = values_fitter(Request, _FINISH_COLUMNS)
 
 
 # --- workers -------------------------------------------------------------------------------------------
@@ -351,35 +359,26 @@ def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:
 
 def _write(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> None:
     now = db_time_for(sqlite, utcnow())
-    attempts = [
-        _fit_attempt(
-            {
-                "request_id": o.request_id,
-                **{name: getattr(a, name) for name in _ATTEMPT_FIELDS},
-                "started_at": db_time_for(sqlite, a.started_at),
-            }
-        )
-        for o in outcomes
-        for a in o.attempts
-    ]
-    results = [_fit_result({"request_id": o.request_id, **o.result}) for o in outcomes if o.result]
-    rows = [
-        _fit_request(
-            {
-                "rid": o.request_id,
-                "fence": o.fence,
-                "new_status": o.status.value,
-                "sent": len(o.attempts),
-                "error_type": o.error_type,
-                "error_message": o.error_message,
-                "done": now if o.status.final else None,
-            }
-        )
-        for o in outcomes
-    ]
+    attempts = [_attempt_row(o.request_id, a, sqlite) for o in outcomes for a in o.attempts]
+    results = [_fit_result((o.request_id, *_result_values(o.result))) for o in outcomes if o.result]
+    rows = [_finish_row(o, now if o.status.final else None) for o in outcomes]
     executemany(s, _INSERT_ATTEMPT, attempts)
     executemany(s, _UPSERT_RESULT, results)
     executemany(s, _FINISH_REQUEST, rows)
+
+
+def _attempt_row(request_id: int, attempt: AttemptRecord, sqlite: bool) -> tuple[Any, ...]:
+    """The attempts row of one record, in `_INSERT_ATTEMPT`'s order (started_at as the driver takes it)."""
+    values = _attempt_values(attempt)
+    if sqlite:
+        values = (*values[:_STARTED_AT], db_time_for(True, values[_STARTED_AT]), *values[_STARTED_AT + 1 :])
+    return _fit_attempt((request_id, *values))
+
+
+def _finish_row(o: Outcome, done: Any) -> tuple[Any, ...]:
+    """The parameters of `_FINISH_REQUEST` for an outcome (`done`: its finished_at, or None)."""
+    values = (o.status.value, len(o.attempts), o.error_type, o.error_message, done, o.request_id, o.fence)
+    return _fit_finish(values)
 
 
 def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
@@ -388,17 +387,15 @@ def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
     For an outcome that failed to store on its own: the row must not stay running forever. False when the
     row is no longer held under the outcome's fence.
     """
-    row = _fit_request(
-        {
-            "rid": outcome.request_id,
-            "fence": outcome.fence,
-            "new_status": RequestStatus.FAILED.value,
-            "sent": len(outcome.attempts),
-            "error_type": ErrorType.UNSTORABLE.value,
-            "error_message": reason,
-            "done": db_time_for(db.is_sqlite, utcnow()),
-        }
+    failed = Outcome(
+        outcome.request_id,
+        outcome.fence,
+        RequestStatus.FAILED,
+        outcome.attempts,
+        error_type=ErrorType.UNSTORABLE.value,
+        error_message=reason,
     )
+    row = _finish_row(failed, db_time_for(db.is_sqlite, utcnow()))
     with db.write() as s:
         stored = executemany(s, _FINISH_REQUEST, [row]) != 0
         if stored and outcome.batch_id:
