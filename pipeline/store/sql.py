@@ -1,9 +1,10 @@
 """SQL the store's rooms share: column lists derived from the models, one upsert, driver-level executemany.
 
-The hot paths (intake of a million lines, the writer's outcomes) go straight to the driver's `executemany`
-with named parameters, because SQLAlchemy's per-row parameter processing cost more than SQLite itself. The
-statements are written once here, from the models' own column lists, in SQLite's `:name` style and turned
-into psycopg's `%(name)s` style for PostgreSQL.
+The hot paths (intake of a million lines, the writer's outcomes) go straight to the driver's `executemany`,
+because SQLAlchemy's per-row parameter processing cost more than SQLite itself. The statements are written
+once here, from the models' own column lists, in SQLite's style and turned into psycopg's for PostgreSQL:
+named `:name` parameters (rows as dicts; `%(name)s`) or, for the writer's rows, `?` placeholders (rows as
+tuples, no dict per row; `%s`).
 """
 
 from __future__ import annotations
