@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 #: The distribution's name on the package index (the import package and the command are `pipeline`:
 #: "pipeline" on the index is an unrelated project).
 DISTRIBUTION = "pipeline-bulk"
@@ -16,3 +18,9 @@ def version() -> str:
         return installed(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
+
+
+@cache
+def user_agent() -> str:
+    """What the User-Agent header of every call to an API says."""
+    return f"pipeline/{version()}"

@@ -38,7 +38,14 @@ from pipeline.endpoints import BY_URL
 from pipeline.errors import BatchNotFound, ConfigError, ErrorType
 from pipeline.ids import openai_request_id
 from pipeline.store.db import Database
-from pipeline.store.models import FINAL_STATUSES, Attempt, Batch, Request, RequestStatus, Result
+from pipeline.store.models import (
+    FINAL_STATUSES,
+    Batch,
+    Request,
+    RequestStatus,
+    Result,
+    last_latency,
+)
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_batch", "iter_records", "records_of"]
 
@@ -127,18 +134,6 @@ def _counted(rows: Iterable[Sequence[Any]], on_progress: Callable[[int], None]) 
         yield row
 
 
-def _last_latency() -> ColumnElement[float | None]:
-    """The latency of the request's highest-numbered attempt, as a correlated scalar subquery."""
-    return (
-        select(Attempt.latency_ms)
-        .where(Attempt.request_id == Request.id)
-        .order_by(Attempt.number.desc())
-        .limit(1)
-        .correlate(Request)
-        .scalar_subquery()
-    )
-
-
 def _statement(batch_id: str, columns: tuple[_Column, ...]) -> Select[Any]:
     return _statement_of(columns).where(Request.batch_id == batch_id)
 
@@ -172,7 +167,7 @@ _CSV_SELECT: tuple[_Column, ...] = (
     Request.error_type,
     Request.error_message,
     Request.attempts,
-    _last_latency().label("latency_ms"),
+    last_latency().label("latency_ms"),
     Result.reasoning_tokens,
     case((Result.flagged.is_(True), "true"), (Result.flagged.is_(False), "false")).label("flagged"),
     Result.dimensions,
@@ -275,7 +270,7 @@ _JSONL_SELECT: tuple[_Column, ...] = (
     Result.completion_tokens,
     Result.total_tokens,
     Result.audio_seconds,
-    _last_latency().label("latency_ms"),
+    last_latency().label("latency_ms"),
     Result.flagged,
     Result.dimensions,
     Result.vectors,

@@ -19,7 +19,7 @@ from itertools import islice
 from typing import Any, BinaryIO
 
 from pipeline.errors import ConfigError
-from pipeline.store.models import Request, Result
+from pipeline.store.models import Request, Result, last_latency
 
 #: The column of embedding vectors: a list of float32 lists per row, built from the stored bytes.
 EMBEDDINGS = "embeddings"
@@ -52,8 +52,6 @@ def _latency(value: float | None) -> float | None:
 
 
 def _columns() -> tuple[Column, ...]:
-    from pipeline.export import _last_latency
-
     return (
         Column("custom_id", lambda pa: pa.string(), Request.custom_id),
         Column("status", lambda pa: pa.string(), Request.status, str),
@@ -79,7 +77,7 @@ def _columns() -> tuple[Column, ...]:
         Column(EMBEDDINGS, lambda pa: pa.list_(pa.list_(pa.float32())), Result.vectors),
         Column("error_type", lambda pa: pa.string(), Request.error_type),
         Column("error_message", lambda pa: pa.string(), Request.error_message),
-        Column("latency_ms", lambda pa: pa.float64(), _last_latency().label("latency_ms"), _latency),
+        Column("latency_ms", lambda pa: pa.float64(), last_latency().label("latency_ms"), _latency),
         Column("created_at", lambda pa: pa.timestamp("us", tz="UTC"), Request.created_at, _utc),
         Column("finished_at", lambda pa: pa.timestamp("us", tz="UTC"), Request.finished_at, _utc),
     )

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pipeline.about import user_agent
 from pipeline.accounts import Account, Pool, pool_from_settings
 from pipeline.endpoints import Endpoint
 from pipeline.errors import (
@@ -43,7 +44,6 @@ from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import MIN_SLEEP, LimitKey, Limits
 from pipeline.send.adaptive import Gate
 from pipeline.send.breaker import Breaker
-from pipeline.send.transport import USER_AGENT
 from pipeline.settings import Settings
 from pipeline.store import account_states
 from pipeline.store.db import Database
@@ -105,7 +105,7 @@ class Lane:
         elif account.expected_fingerprint not in (None, account.fingerprint()):
             self.down = f"{account.api_key_env} holds another key than the batch was submitted with"
         else:
-            self.headers = account.headers(USER_AGENT)
+            self.headers = account.headers(user_agent())
         self.json_headers = {**self.headers, "Content-Type": "application/json"}
         if self.down is not None:
             log.warning("account %s benched on this machine: %s", account.name, self.down)

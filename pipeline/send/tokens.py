@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pipeline.endpoints import Endpoint
+from typing import Any, Protocol
 
 try:
     import toktok
 except ImportError:  # the [tokens] extra is not installed: counts are estimates
     toktok = None
+
+
+class Counts(Protocol):
+    """What counting a body's prompt asks of its endpoint (`endpoints.Endpoint` is one): the endpoints use
+    this module's counts, so it names none of them."""
+
+    def model_of(self, body: dict[str, Any]) -> str: ...
+    def prompt_texts(self, body: dict[str, Any]) -> list[str]: ...
+    def prompt_overhead(self, body: dict[str, Any]) -> int: ...
+
 
 #: Tokens the API adds per chat message (role and separators), as OpenAI's cookbook counts them.
 TOKENS_PER_MESSAGE = 4
@@ -119,7 +126,7 @@ def prompt_counts(bodies: list[dict[str, Any]]) -> list[int]:
     ]
 
 
-def count_prompts(endpoints: Sequence[Endpoint], bodies: Sequence[dict[str, Any]]) -> list[int]:
+def count_prompts(endpoints: Sequence[Counts], bodies: Sequence[dict[str, Any]]) -> list[int]:
     """Prompt tokens of each body as its endpoint counts them: each of its texts with the model's encoding
     (one tokenizer call per encoding for them all), plus the endpoint's overhead (framing, token ids)."""
     counts = [endpoint.prompt_overhead(body) for endpoint, body in zip(endpoints, bodies, strict=True)]

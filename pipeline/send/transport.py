@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from pipeline.about import version
+from pipeline.about import user_agent
 from pipeline.endpoints import Endpoint
 from pipeline.endpoints.audio import AUDIO_CONTENT_TYPES
 from pipeline.errors import APIError, BadResponse, ErrorType, PermanentError, RetryableError
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pipeline.send.routing import Lane, Target
 
 #: What the User-Agent header says.
-USER_AGENT = f"pipeline/{version()}"
+USER_AGENT = user_agent()
 
 
 @dataclass(frozen=True, slots=True)

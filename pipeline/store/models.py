@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Enum,
     Float,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -370,3 +372,16 @@ class BatchTally(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def last_latency() -> ColumnElement[float | None]:
+    """The latency of a request's highest-numbered attempt, as a scalar subquery correlated to `Request`
+    (the exports' `latency_ms`)."""
+    return (
+        select(Attempt.latency_ms)
+        .where(Attempt.request_id == Request.id)
+        .order_by(Attempt.number.desc())
+        .limit(1)
+        .correlate(Request)
+        .scalar_subquery()
+    )
