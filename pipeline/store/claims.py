@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, or_, select, update
@@ -41,6 +40,8 @@ from pipeline.store.models import (
     Worker,
     utcnow,
 )
+from pipeline.store.outcomes import AttemptRecord as AttemptRecord
+from pipeline.store.outcomes import Outcome as Outcome
 from pipeline.store.settle import settle_states
 from pipeline.store.sql import (
     columns,
@@ -74,43 +75,6 @@ class Claimed:
     blob_sha256: str | None = None
     #: the engine (worker id) that claimed it
     worker: str = ""
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    """One HTTP attempt, as the `attempts` table stores it (every column but the ids)."""
-
-    number: int
-    started_at: datetime
-    latency_ms: float
-    http_status: int | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    x_request_id: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cached_tokens: int | None = None
-    audio_seconds: float | None = None
-    #: "batch-api" when the Batch API answered it; None when it was sent directly
-    via: str | None = None
-    reasoning_tokens: int | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What became of one claimed request: final (succeeded/failed/cancelled) or released back to queued."""
-
-    request_id: int
-    fence: int
-    status: RequestStatus
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    result: dict[str, Any] | None = None  #: Result columns, without request_id
-    error_type: str | None = None
-    error_message: str | None = None
-    #: the row's batch and the model its body names: whose usage counters the attempts add to
-    batch_id: str = ""
-    model: str = ""
 
 
 #: The attempts columns an AttemptRecord fills (with request_id).
