@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from pipeline.accounts import pool_from_settings
 from pipeline.batchapi import plan
@@ -22,7 +21,6 @@ from pipeline.batchapi.client import BatchClient
 from pipeline.batchapi.driver import OnChange
 from pipeline.batchapi.runner import Finish, run_batch_api
 from pipeline.errors import ConfigError, PermanentError
-from pipeline.fleet.broker import DEFAULT_QUEUE, check_broker, make_celery, publish_capacity
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
 from pipeline.send.metrics import Metrics
@@ -33,11 +31,17 @@ from pipeline.store import batches, fair, recovery
 from pipeline.store.db import Database
 from pipeline.store.models import Batch
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger(__name__)
 
 
 def connect_broker(settings: Settings) -> Celery:
     """The Celery app for these settings, its broker reached once (ConnectError naming it if not)."""
+    # Celery (and kombu, amqp) load only to reach a broker: `pipeline run` sends in-process without them.
+    from pipeline.fleet.broker import check_broker, make_celery
+
     app = make_celery(settings)
     check_broker(app)
     return app
@@ -48,6 +52,8 @@ def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue:
     send; returns the messages sent. The queue is `queue`, else the one the batch was submitted to, else
     the default. Of a batch-api batch only the rows marked direct count: make its parts first
     (`plan_parts`); the workers advance them."""
+    from pipeline.fleet.broker import DEFAULT_QUEUE, publish_capacity
+
     queue = queue or fair.batch_queues(db, [batch_id]).get(batch_id) or DEFAULT_QUEUE
     rows = recovery.mark_enqueued(db, batch_id, queue)
     return publish_capacity(app, batch_id, rows, settings.chunk_size, queue)

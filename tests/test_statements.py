@@ -8,11 +8,13 @@ periodic reads follow the run's length, so those bounds carry a margin for a slo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pipeline.fakeapi import FakeServer
+from pipeline.store.claims import CLAIMED_COLUMNS, Claimed
 from tests.conftest import invoke
 from tests.helpers import chat_file
 from tests.statements import counting
@@ -47,3 +49,11 @@ def test_run_sends_a_bounded_number_of_statements_per_request(
     assert rows / REQUESTS <= MAX_ROWS_PER_REQUEST, seen
     assert (counts.statements - rows) / REQUESTS <= MAX_OTHER_PER_REQUEST, seen
     assert counts.calls / REQUESTS <= MAX_CALLS_PER_REQUEST, seen
+
+
+def test_claimed_rows_are_built_in_the_order_of_claimed_fields() -> None:
+    """Claims build each `Claimed` from the row positionally (no dict per row): the columns must keep the
+    dataclass's field order."""
+    names = tuple(column.key for column in CLAIMED_COLUMNS)
+    assert names == tuple(f.name for f in dataclasses.fields(Claimed))[: len(names)]
+    assert [f.name for f in dataclasses.fields(Claimed)][len(names) :] == ["worker"]

@@ -8,8 +8,6 @@ and feeds the budget what the database says every second.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline.errors import ErrorType, SpendCapReached
@@ -84,19 +82,9 @@ class Accounting:
         self._flight(batch_id)[1] += usd
         return Ticket(batch_id, usd, True)
 
-    @contextmanager
-    def on_wire(self, batch_id: str) -> Iterator[None]:
-        """Around the HTTP exchange: the request counts as in flight for its batch."""
-        flight = self._flight(batch_id)
-        flight[0] += 1
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            flight[0] -= 1
-            if self.metrics is not None:
-                self.metrics.in_flight.dec()
+    def on_wire(self, batch_id: str) -> _OnWire:
+        """Around the HTTP exchange (`with`): the request counts as in flight for its batch."""
+        return _OnWire(self._flight(batch_id), self.metrics)
 
     def settle(self, ticket: Ticket, model: str, sent: bool, status: int | None, used: Usage) -> float:
         """The attempt is over (`sent`, or stopped before): its cost, counted everywhere; the reservation
@@ -162,3 +150,22 @@ class Accounting:
         if flight is None:
             flight = self.flights[batch_id] = [0, 0.0]
         return flight
+
+
+class _OnWire:
+    """`Accounting.on_wire`'s context: a plain class, as every attempt enters one (a generator costs more)."""
+
+    __slots__ = ("_flight", "_metrics")
+
+    def __init__(self, flight: list[float], metrics: Metrics | None) -> None:
+        self._flight, self._metrics = flight, metrics
+
+    def __enter__(self) -> None:
+        self._flight[0] += 1
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._flight[0] -= 1
+        if self._metrics is not None:
+            self._metrics.in_flight.dec()

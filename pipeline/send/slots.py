@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class Slots:
@@ -24,14 +22,9 @@ class Slots:
         self._held: collections.Counter[str] = collections.Counter()
         self._weights: dict[str, float] = {}
 
-    @asynccontextmanager
-    async def take(self, group: str = "", weight: float = 1.0) -> AsyncIterator[None]:
-        """Hold one slot for `group` (a batch) while the block runs."""
-        await self._acquire(group, weight)
-        try:
-            yield
-        finally:
-            self._release(group)
+    def take(self, group: str = "", weight: float = 1.0) -> _Held:
+        """Hold one slot for `group` (a batch) while the `async with` block runs."""
+        return _Held(self, group, weight)
 
     async def _acquire(self, group: str, weight: float) -> None:
         self._weights[group] = max(weight, 1e-9)
@@ -66,3 +59,19 @@ class Slots:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+
+class _Held:
+    """`Slots.take`'s context: a plain class, as every request enters one (a generator-based context manager
+    cost more than the rest of the slot's bookkeeping)."""
+
+    __slots__ = ("_slots", "_group", "_weight")
+
+    def __init__(self, slots: Slots, group: str, weight: float) -> None:
+        self._slots, self._group, self._weight = slots, group, weight
+
+    async def __aenter__(self) -> None:
+        await self._slots._acquire(self._group, self._weight)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots._release(self._group)

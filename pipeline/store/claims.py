@@ -16,9 +16,9 @@ Ownership is checked, never assumed:
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, or_, select, update
@@ -40,15 +40,17 @@ from pipeline.store.models import (
     Worker,
     utcnow,
 )
+from pipeline.store.outcomes import AttemptRecord as AttemptRecord
+from pipeline.store.outcomes import Outcome as Outcome
 from pipeline.store.settle import settle_states
 from pipeline.store.sql import (
     columns,
     db_time_for,
     executemany,
-    fitter,
     insert_sql,
     parts,
     upsert_sql,
+    values_fitter,
 )
 
 log = logging.getLogger(__name__)
@@ -75,57 +77,27 @@ class Claimed:
     worker: str = ""
 
 
-@dataclass(slots=True)
-class AttemptRecord:
-    """One HTTP attempt, as the `attempts` table stores it (every column but the ids)."""
-
-    number: int
-    started_at: datetime
-    latency_ms: float
-    http_status: int | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    x_request_id: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cached_tokens: int | None = None
-    audio_seconds: float | None = None
-    #: "batch-api" when the Batch API answered it; None when it was sent directly
-    via: str | None = None
-    reasoning_tokens: int | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What became of one claimed request: final (succeeded/failed/cancelled) or released back to queued."""
-
-    request_id: int
-    fence: int
-    status: RequestStatus
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    result: dict[str, Any] | None = None  #: Result columns, without request_id
-    error_type: str | None = None
-    error_message: str | None = None
-    #: the row's batch and the model its body names: whose usage counters the attempts add to
-    batch_id: str = ""
-    model: str = ""
-
-
 #: The attempts columns an AttemptRecord fills (with request_id).
 ATTEMPT_COLUMNS = columns(Attempt, without=("id",))
 _ATTEMPT_FIELDS = tuple(c for c in ATTEMPT_COLUMNS if c != "request_id")
 RESULT_COLUMNS = columns(Result)
-_INSERT_ATTEMPT = insert_sql(Attempt, ATTEMPT_COLUMNS)
-_UPSERT_RESULT = upsert_sql(Result, "request_id", RESULT_COLUMNS)
+_RESULT_FIELDS = tuple(c for c in RESULT_COLUMNS if c != "request_id")
+# The writer's rows are tuples in these columns' order, taken from the records with C-level getters: a dict
+# per row cost more than the statements (bench/RESULTS.md, "Where the CPU goes").
+_INSERT_ATTEMPT = insert_sql(Attempt, ("request_id", *_ATTEMPT_FIELDS), positional=True)
+_UPSERT_RESULT = upsert_sql(Result, "request_id", ("request_id", *_RESULT_FIELDS), positional=True)
+_FINISH_COLUMNS = ("status", "attempts", "error_type", "error_message", "finished_at", "id", "fence")
 _FINISH_REQUEST = (
-    "UPDATE requests SET status = :new_status, attempts = attempts + :sent, error_type = :error_type, "
-    "error_message = :error_message, finished_at = :done "
-    "WHERE id = :rid AND fence = :fence AND status = 'running'"
+    "UPDATE requests SET status = ?, attempts = attempts + ?, error_type = ?, "
+    "error_message = ?, finished_at = ? "
+    "WHERE id = ? AND fence = ? AND status = 'running'"
 )
-_fit_attempt = fitter(Attempt)
-_fit_result = fitter(Result)
-_fit_request = fitter(Request)
+_attempt_values = operator.attrgetter(*_ATTEMPT_FIELDS)
+_result_values = operator.itemgetter(*_RESULT_FIELDS)
+_STARTED_AT = _ATTEMPT_FIELDS.index("started_at")
+_fit_attempt = values_fitter(Attempt, ("request_id", *_ATTEMPT_FIELDS))
+_fit_result = values_fitter(Result, ("request_id", *_RESULT_FIELDS))
+_fit_finish = values_fitter(Request, _FINISH_COLUMNS)
 
 
 # --- workers -------------------------------------------------------------------------------------------
@@ -200,7 +172,8 @@ def sent_directly() -> ColumnElement[bool]:
     return or_(Request.via == Via.DIRECT, Request.batch_id.in_(direct_batches))
 
 
-#: What a claim returns of each row it took (a `Claimed`, but for the worker).
+#: What a claim returns of each row it took: a `Claimed`'s fields but the worker, in their order
+#: (`claimed_row`).
 CLAIMED_COLUMNS = (
     Request.id,
     Request.batch_id,
@@ -211,6 +184,12 @@ CLAIMED_COLUMNS = (
     Request.fence,
     Request.blob_sha256,
 )
+
+
+def claimed_row(row: Sequence[Any], worker: str) -> Claimed:
+    """The `Claimed` of a row of CLAIMED_COLUMNS, taken positionally (no dict per row: a hot path)."""
+    request_id, batch_id, custom_id, url, body, attempts, fence, blob_sha256 = row
+    return Claimed(request_id, batch_id, custom_id, url, body, attempts, fence, blob_sha256, worker)
 
 
 def hold_worker(s: Session, worker: str) -> None:
@@ -244,7 +223,7 @@ def claim(db: Database, ids: Sequence[int], worker: str) -> list[Claimed]:
         )
         with db.write() as s:
             hold_worker(s, worker)
-            claimed.extend(Claimed(**row._asdict(), worker=worker) for row in s.execute(stmt))
+            claimed.extend(claimed_row(row, worker) for row in s.execute(stmt))
     claimed.sort(key=lambda c: c.id)
     return claimed
 
@@ -351,35 +330,26 @@ def _held_fences(s: Session, ids: Sequence[int]) -> dict[int, int]:
 
 def _write(s: Session, outcomes: Sequence[Outcome], sqlite: bool) -> None:
     now = db_time_for(sqlite, utcnow())
-    attempts = [
-        _fit_attempt(
-            {
-                "request_id": o.request_id,
-                **{name: getattr(a, name) for name in _ATTEMPT_FIELDS},
-                "started_at": db_time_for(sqlite, a.started_at),
-            }
-        )
-        for o in outcomes
-        for a in o.attempts
-    ]
-    results = [_fit_result({"request_id": o.request_id, **o.result}) for o in outcomes if o.result]
-    rows = [
-        _fit_request(
-            {
-                "rid": o.request_id,
-                "fence": o.fence,
-                "new_status": o.status.value,
-                "sent": len(o.attempts),
-                "error_type": o.error_type,
-                "error_message": o.error_message,
-                "done": now if o.status.final else None,
-            }
-        )
-        for o in outcomes
-    ]
+    attempts = [_attempt_row(o.request_id, a, sqlite) for o in outcomes for a in o.attempts]
+    results = [_fit_result((o.request_id, *_result_values(o.result))) for o in outcomes if o.result]
+    rows = [_finish_row(o, now if o.status.final else None) for o in outcomes]
     executemany(s, _INSERT_ATTEMPT, attempts)
     executemany(s, _UPSERT_RESULT, results)
     executemany(s, _FINISH_REQUEST, rows)
+
+
+def _attempt_row(request_id: int, attempt: AttemptRecord, sqlite: bool) -> tuple[Any, ...]:
+    """The attempts row of one record, in `_INSERT_ATTEMPT`'s order (started_at as the driver takes it)."""
+    values = _attempt_values(attempt)
+    if sqlite:
+        values = (*values[:_STARTED_AT], db_time_for(True, values[_STARTED_AT]), *values[_STARTED_AT + 1 :])
+    return _fit_attempt((request_id, *values))
+
+
+def _finish_row(o: Outcome, done: Any) -> tuple[Any, ...]:
+    """The parameters of `_FINISH_REQUEST` for an outcome (`done`: its finished_at, or None)."""
+    values = (o.status.value, len(o.attempts), o.error_type, o.error_message, done, o.request_id, o.fence)
+    return _fit_finish(values)
 
 
 def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
@@ -388,17 +358,15 @@ def fail_unstorable(db: Database, outcome: Outcome, reason: str) -> bool:
     For an outcome that failed to store on its own: the row must not stay running forever. False when the
     row is no longer held under the outcome's fence.
     """
-    row = _fit_request(
-        {
-            "rid": outcome.request_id,
-            "fence": outcome.fence,
-            "new_status": RequestStatus.FAILED.value,
-            "sent": len(outcome.attempts),
-            "error_type": ErrorType.UNSTORABLE.value,
-            "error_message": reason,
-            "done": db_time_for(db.is_sqlite, utcnow()),
-        }
+    failed = Outcome(
+        outcome.request_id,
+        outcome.fence,
+        RequestStatus.FAILED,
+        outcome.attempts,
+        error_type=ErrorType.UNSTORABLE.value,
+        error_message=reason,
     )
+    row = _finish_row(failed, db_time_for(db.is_sqlite, utcnow()))
     with db.write() as s:
         stored = executemany(s, _FINISH_REQUEST, [row]) != 0
         if stored and outcome.batch_id:

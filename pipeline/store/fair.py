@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pipeline.errors import BatchNotFound
-from pipeline.store.claims import CLAIMED_COLUMNS, Claimed, hold_worker, sent_directly
+from pipeline.store.claims import CLAIMED_COLUMNS, Claimed, claimed_row, hold_worker, sent_directly
 from pipeline.store.db import Database
 from pipeline.store.models import Batch, BatchState, Dispatch, Request, RequestStatus
 
@@ -137,7 +137,7 @@ def _claim_from(s: Session, batch_id: str, limit: int, worker: str, sqlite: bool
         .values(status=RequestStatus.RUNNING, worker=worker, fence=Request.fence + 1)
         .returning(*CLAIMED_COLUMNS)
     )
-    rows = [Claimed(**row._asdict(), worker=worker) for row in s.execute(stmt)]
+    rows = [claimed_row(row, worker) for row in s.execute(stmt)]
     if rows:
         weight = max(1, int(held[0]))
         s.execute(update(Batch).where(Batch.id == batch_id).values(vtime=Batch.vtime + len(rows) / weight))

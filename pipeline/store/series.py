@@ -22,7 +22,7 @@ from pipeline.store.models import Attempt, BatchSeries, BatchTally, Request, Req
 from pipeline.store.sql import db_time_for, executemany, fitter
 
 if TYPE_CHECKING:
-    from pipeline.store.claims import Outcome
+    from pipeline.store.outcomes import Outcome
 
 #: Latency histogram bounds (ms): 61 log-spaced bounds from 10 ms to 20 minutes, ~21% apart. Bucket k
 #: holds latencies in [bound k-1, bound k); bucket 0 below 10 ms, bucket 61 from 20 minutes.
