@@ -36,6 +36,7 @@ from pipeline.errors import (
 from pipeline.prices import load_prices
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import LimitKey
+from pipeline.retrying import Policy, call_async
 from pipeline.send.accounting import Accounting, EngineStats, Ticket
 from pipeline.send.backlog import Backlog
 from pipeline.send.claiming import retrying
@@ -244,7 +245,12 @@ class Engine:
         return [o for o in outcomes if o is not None]
 
     async def _learn(self, batch_ids: set[str]) -> None:
-        """The state and cap of batches about to be sent, and the route (pool of accounts) of new ones."""
+        """The state and cap of batches about to be sent, and the route (pool of accounts) of new ones; a
+        failing database is tried again until the engine drains (the rows are claimed: never drop them)."""
+        policy = Policy("reading the batches claimed", give_up=lambda: self.draining)
+        await call_async(lambda: self._learn_once(batch_ids), policy, sleep=self._sleep)
+
+    async def _learn_once(self, batch_ids: set[str]) -> None:
         await self._watch.learn(batch_ids)
         new = batch_ids - self._routes.by_batch.keys()
         if new:
