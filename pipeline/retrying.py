@@ -144,7 +144,9 @@ def _carry_on(policy: Policy, started: float) -> dict[str, Any]:
         return policy.delay(state.attempt_number + 1, _error(state))
 
     def before_sleep(state: RetryCallState) -> None:
-        policy.warn(state.attempt_number + 1, _error(state), state.upcoming_sleep)
+        # next_action, not upcoming_sleep: the latter is newer than the declared floor (tenacity 8.2.3)
+        seconds = state.next_action.sleep if state.next_action is not None else 0.0
+        policy.warn(state.attempt_number + 1, _error(state), seconds)
 
     return {
         "retry": retry,

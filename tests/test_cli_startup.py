@@ -62,7 +62,7 @@ def test_the_static_command_table_is_what_the_commands_say() -> None:
     for name, (module, summary) in COMMANDS.items():
         defined = importlib.import_module(f"pipeline.cli.{module}").COMMANDS
         command = next(c for c in defined if c.name == name)
-        assert click.utils._make_default_short_help(command.help or "", 10_000) == summary, name
+        assert command.get_short_help_str(limit=10_000) == summary, name
         commands[name] = command
     plain = click.Group("pipeline", commands=commands)  # click's own listing, every module loaded
     ours, theirs = click.HelpFormatter(width=100), click.HelpFormatter(width=100)
