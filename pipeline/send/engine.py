@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class Engine:
         self.draining = False
         self._estimates = Estimator()
         self._held: dict[int, Claimed] = {}
+        #: when this engine last paused each batch (time.monotonic())
+        self._paused_at: dict[str, float] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
@@ -316,7 +319,7 @@ class Engine:
             self._flushed.notify_all()
 
     async def _execute(self, job: Job) -> Outcome | None:
-        row = job.row
+        row, began = job.row, time.monotonic()
         records: list[AttemptRecord] = []
         try:
             answer = await self._attempts(job, records)
@@ -325,7 +328,7 @@ class Engine:
                 return None
             return job.outcome(stop.status, records, stop.reason, stop.reason)
         except BatchBlocked as exc:  # nothing of the batch can succeed until someone acts
-            await self._pause(row.batch_id, exc.message)
+            await self._pause(row.batch_id, exc.message, began)
             return job.outcome(RequestStatus.QUEUED, records)
         except APIError as exc:
             result = result_row(exc.status, exc.request_id, None, exc.body, None) if exc.body else None
@@ -435,7 +438,17 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _pause(self, batch_id: str, reason: str) -> None:
+    def paused_since(self, batch_id: str, since: float) -> bool:
+        """Has this engine paused the batch at or after `since` (time.monotonic())?"""
+        return self._paused_at.get(batch_id, -math.inf) >= since
+
+    async def _pause(self, batch_id: str, reason: str, began: float) -> None:
+        """Pause the batch for the answer of a request that began at `began`. One that began before this
+        engine last paused the batch says nothing of a resume since (a wrong key's 401 arriving after
+        `resume` set the right key): it pauses nothing again."""
+        if self.paused_since(batch_id, began):
+            return
+        self._paused_at[batch_id] = time.monotonic()
         if self._watch.state(batch_id) != BatchState.PAUSED:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)

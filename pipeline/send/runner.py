@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from pipeline.ratelimit import Limiter
@@ -77,9 +78,15 @@ async def feed(
     """
     reaper = Reaper(db)
     period = max(0.5, settings.lease_seconds / 4)
+    started = time.monotonic()
     await sweep(reaper, engine)
     after, told = 0, False
     while not engine.draining:
+        if engine.paused_since(batch_id, started):
+            # A run that paused the batch stops: a resume sends it anew. Were it to go on, it would claim
+            # the rows a resume meanwhile gave back, and send them the way that paused the batch.
+            await engine.join()
+            return
         await engine.writable()  # no new rows while answers cannot be stored
         ids = await asyncio.to_thread(
             functools.partial(claims.queued_ids, direct_only=direct_only),
