@@ -105,7 +105,7 @@ class Engine:
         self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
-        self._estimates = Estimator()
+        self._estimates = Estimator(exact=bool(settings.tpm or settings.limits_file))
         self._held: dict[int, Claimed] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
@@ -229,7 +229,7 @@ class Engine:
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
         await self._learn({row.batch_id for row in rows})
-        for job in await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch):
+        for job in await self._prepare(rows):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -238,7 +238,7 @@ class Engine:
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
         await self._learn({row.batch_id for row in rows})
-        jobs = await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch)
+        jobs = await self._prepare(rows)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
@@ -256,7 +256,19 @@ class Engine:
         if new:
             specs = await asyncio.to_thread(batches.pool_specs, self.db, new)
             for batch_id in new:
-                self._routes.add(batch_id, specs.get(batch_id))
+                route = self._routes.add(batch_id, specs.get(batch_id))
+                self._estimates.exact |= any(account.tpm for account in route.pool.accounts)
+
+    async def _prepare(self, rows: list[Claimed]) -> list[Job]:
+        """The rows' jobs, estimated off the event loop; prompts counted exactly once a key of this engine
+        has a tokens-per-minute limit in force (given, learned here or by another engine) or the batch a
+        spend cap (estimates.py)."""
+        estimates = self._estimates
+        estimates.exact |= any(view.get("tpm") for view in self._watch.snapshots.values())
+        watch = self._watch
+        return await asyncio.to_thread(
+            estimates.prepare, rows, self._routes.by_batch, lambda batch: watch.cap(batch) is not None
+        )
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
@@ -397,6 +409,7 @@ class Engine:
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
                 lane.learn(headers)
+                self._estimates.exact |= "x-ratelimit-limit-tokens" in headers
                 lane.gate.leave(
                     latency / 1000.0 if sent and error is None else None, overloaded(status, error)
                 )
