@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -43,7 +43,6 @@ from pipeline.send.claiming import retrying
 from pipeline.send.classify import backoff_delay, wait_after_first
 from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
 from pipeline.send.health import WriteHealth, pause_batches
-from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, Usage, answer_of, result_row
 from pipeline.send.routing import ACCOUNT_ERRORS, Rerouted, Routes, bench_account, overloaded
@@ -58,6 +57,9 @@ from pipeline.store import batches, blobs, claims, fair
 from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
+
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
 
 __all__ = ["Engine", "EngineStats"]
 
