@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -44,7 +44,6 @@ from pipeline.send.claiming import retrying
 from pipeline.send.classify import backoff_delay, wait_after_first
 from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
 from pipeline.send.health import WriteHealth, pause_batches
-from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, Usage, answer_of, result_row
 from pipeline.send.routing import ACCOUNT_ERRORS, Rerouted, Routes, bench_account, overloaded
@@ -60,12 +59,15 @@ from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
 
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
+
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs ~1 us a field
 class _Answer:
     """A 2xx answer: what `_attempt` hands back on success."""
 
@@ -106,7 +108,7 @@ class Engine:
         self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
-        self._estimates = Estimator()
+        self._estimates = Estimator(exact=bool(settings.tpm or settings.limits_file))
         self._held: dict[int, Claimed] = {}
         #: when this engine last paused each batch (time.monotonic())
         self._paused_at: dict[str, float] = {}
@@ -232,7 +234,7 @@ class Engine:
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
         await self._learn({row.batch_id for row in rows})
-        for job in await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch):
+        for job in await self._prepare(rows):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -241,7 +243,7 @@ class Engine:
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
         await self._learn({row.batch_id for row in rows})
-        jobs = await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch)
+        jobs = await self._prepare(rows)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
@@ -259,7 +261,19 @@ class Engine:
         if new:
             specs = await asyncio.to_thread(batches.pool_specs, self.db, new)
             for batch_id in new:
-                self._routes.add(batch_id, specs.get(batch_id))
+                route = self._routes.add(batch_id, specs.get(batch_id))
+                self._estimates.exact |= any(account.tpm for account in route.pool.accounts)
+
+    async def _prepare(self, rows: list[Claimed]) -> list[Job]:
+        """The rows' jobs, estimated off the event loop; prompts counted exactly once a key of this engine
+        has a tokens-per-minute limit in force (given, learned here or by another engine) or the batch a
+        spend cap (estimates.py)."""
+        estimates = self._estimates
+        estimates.exact |= any(view.get("tpm") for view in self._watch.snapshots.values())
+        watch = self._watch
+        return await asyncio.to_thread(
+            estimates.prepare, rows, self._routes.by_batch, lambda batch: watch.cap(batch) is not None
+        )
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
@@ -400,6 +414,7 @@ class Engine:
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
                 lane.learn(headers)
+                self._estimates.exact |= "x-ratelimit-limit-tokens" in headers
                 lane.gate.leave(
                     latency / 1000.0 if sent and error is None else None, overloaded(status, error)
                 )

@@ -15,16 +15,19 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.ratelimit import Limiter
 from pipeline.send.engine import Engine, EngineStats
-from pipeline.send.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.store import batches, claims, settle
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
 from pipeline.store.recovery import Reaper
+
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
