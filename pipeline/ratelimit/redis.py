@@ -28,6 +28,7 @@ Needs Redis >= 5 (scripts that write after reading TIME).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -139,6 +140,8 @@ class RedisLimiter:
         #: settles not sent yet: 9 arguments per answer (scripts.SETTLE), per key
         self._settles: dict[LimitKey, list[str]] = {}
         self._flushing = False
+        self._gathering: asyncio.Future[None] | None = None
+        self._hurry = False  #: `drain` waits: send without gathering
         self._holds: dict[LimitKey, float] = {}  #: local cooldown ends, time.monotonic()
         self._given: dict[LimitKey, Limits] = {}  #: limits given for one key (an account's)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,8 +165,14 @@ class RedisLimiter:
 
     async def drain(self) -> None:
         """Wait until every settle and cooldown issued so far has reached Redis (or failed)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._hurry = True  # send the settles gathering now, without waiting out the gather
+        if self._gathering is not None:
+            self._gathering.cancel()
+        try:
+            while self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self._hurry = False
 
     def give(self, key: LimitKey, limits: Limits) -> None:
         self._given[key] = limits
@@ -326,7 +335,14 @@ class RedisLimiter:
         came meanwhile."""
         try:
             while self._settles:
-                await asyncio.sleep(SETTLE_GATHER)  # the answers coming meanwhile go in the same call
+                # The answers coming meanwhile go in the same call (`drain` cuts the wait short).
+                if not self._hurry:
+                    self._gathering = asyncio.ensure_future(asyncio.sleep(SETTLE_GATHER))
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._gathering
+                    self._gathering = None
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise asyncio.CancelledError  # this task was cancelled, not only its gather
                 gathered, self._settles = self._settles, {}
                 calls = [
                     (key, [*self._pacing(key), "1" if self.pace.refund else "0", str(key), *part])
