@@ -1,5 +1,6 @@
 """The shared limiter's Redis traffic, counted: a run sharing its limiter through Redis sends a bounded number
-of Redis commands (and script calls, i.e. round trips) per request.
+of Redis commands (and script calls, i.e. round trips) per request; and the permits it reserves ahead to
+save them are given back when no sender takes them.
 
 A `pipeline run` with PIPELINE_REDIS_URL uses RedisLimiter (and the Redis spend budget) as a worker does.
 Counted by the server (INFO commandstats counts the commands the Lua scripts run too) of a private
@@ -10,6 +11,7 @@ carries follow the sending rate, so the bounds carry a wide margin for a slow or
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +21,13 @@ import pytest
 import redis
 
 from pipeline.fakeapi import FakeServer
+from pipeline.ratelimit.lines import PERMIT_TTL
+from pipeline.ratelimit.redis import RedisLimiter
+from pipeline.ratelimit.rules import BURST_SECONDS
 from tests.conftest import invoke
 from tests.helpers import chat_file
 from tests.services import free_port, start_redis
+from tests.test_limiter import limiter_redis_url, new_key, snap, table, until  # noqa: F401 (fixture)
 
 REQUESTS = 2000
 #: Measured when this test was written (issue 19, 2026-12, machine shared, load 5-7): a worker on the
@@ -73,3 +79,24 @@ def test_a_run_sharing_its_limiter_sends_a_bounded_number_of_redis_commands_per_
     assert sent["evalsha"] + sent["eval"] > 0, per_request  # the limiter was Redis's
     assert (sent["evalsha"] + sent["eval"]) / REQUESTS <= MAX_SCRIPT_CALLS_PER_REQUEST, per_request
     assert sum(sent.values()) / REQUESTS <= MAX_COMMANDS_PER_REQUEST, per_request
+
+
+@pytest.mark.integration
+def test_permits_reserved_ahead_are_given_back_when_no_sender_takes_them(limiter_redis_url: str) -> None:  # noqa: F811
+    async def scenario() -> None:
+        key = new_key()
+        async with RedisLimiter(limiter_redis_url, table(tpm=600_000)) as limiter:
+            await limiter.acquire(key, 0)  # the bucket starts empty: nothing is reserved ahead of it
+            await asyncio.sleep(2 * BURST_SECONDS)  # full again
+            await limiter.acquire(key, 100)  # one sender; the line asks for two permits ahead of 100 tokens
+            line = next(iter(limiter._lines.values()))
+            assert len(line.stock) == 2
+            granted = (await snap(limiter, key))["sent_tpm"]  # the sender's 100 tokens and the two permits'
+            await until(lambda: not line.stock, timeout=30 + PERMIT_TTL)  # nobody took them: given back
+            back = (await snap(limiter, key))["sent_tpm"]
+            # Sent at the grant: 300 tokens, 1,800 a minute on the 10 s average; after the give-back 100 of
+            # them (~600, decaying); kept, they would read ~1,800 x e^(-t/10) (> 900 for 7 s).
+            assert granted == pytest.approx(1800, rel=0.1)
+            assert back < granted / 2
+
+    asyncio.run(scenario())

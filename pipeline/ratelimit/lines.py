@@ -2,7 +2,7 @@
 permits reserved ahead for them.
 
 One task per line asks Redis for every sender waiting (up to MAX_GRANT per ACQUIRE call) and, while the key
-has budget to spare, for up to `spare` permits more: the next senders take one from the `stock` without a
+has budget to spare, for up to MAX_SPARE permits more: the next senders take one from the `stock` without a
 round trip. A permit kept longer than PERMIT_TTL is given back (its tokens refunded and its request
 returned to the bucket), so a process that stops sending holds nothing for long; one that dies held at most
 MAX_SPARE of each line's budget. The permits asked ahead follow the demand: twice the senders served since
