@@ -12,9 +12,12 @@ same event loop (uvloop, as `pipeline run` uses):
 The figure is CPU (user + sys, os.wait4 of each side's process: it counts whatever threads it ran) per
 request, and the ratio of the two (issue 19: `run` <= 2x the bare loop, goal 1.5x). On a shared machine CPU
 time moves much less with load than wall time; each side runs --repeat times, alternating, and the spread
-is printed. The fake's own CPU is printed too (it answers the same requests for both). Run by hand:
+is printed. The fake's own CPU is printed too (it answers the same requests for both). With `--baseline
+DIR` each round also runs `pipeline run` from another source tree (e.g. `git archive main | tar -x -C DIR`),
+between the bare loop and this tree's run, so an A/B sees the same load. Run by hand:
 
     .venv/bin/python bench/bench_overhead.py --requests 20000 [--repeat 3] [--database-url URL]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--database-url", help="pipeline run's database (default: SQLite in a temp dir)")
+    parser.add_argument("--baseline", help="also run `pipeline run` from this source tree, each round")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # the bare loop's process
     parser.add_argument("--jobs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -138,31 +142,49 @@ def main() -> None:
     )
     bare: list[tuple[Usage, float]] = []
     ours: list[tuple[Usage, float]] = []
+    base: list[tuple[Usage, float]] = []
     try:
         wait_up(f"http://127.0.0.1:{port}")
         for i in range(args.repeat):
             bare.append(_side(fake.pid, [*_bare_command(jobs, tmp, base_url, args)], dict(os.environ)))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-            env.update(OPENAI_API_KEY=KEY, PIPELINE_DATA_DIR=str(tmp / f"data{i}"))
-            if args.database_url:
-                env["PIPELINE_DATABASE_URL"] = args.database_url
             command = [sys.executable, "-m", "pipeline", "run", str(jobs), "--base-url", base_url]
             command += ["--max-in-flight", str(args.concurrency), "--force"]
-            ours.append(_side(fake.pid, command, env))
             print(f"round {i + 1}: bare {_line(bare[-1], args.requests)}")
+            if args.baseline:
+                env = _run_env(tmp / f"base{i}", args, args.baseline)
+                base.append(_side(fake.pid, command, env, cwd=args.baseline))
+                print(f"round {i + 1}: base {_line(base[-1], args.requests)}")
+            ours.append(_side(fake.pid, command, _run_env(tmp / f"data{i}", args, None)))
             print(f"round {i + 1}: run  {_line(ours[-1], args.requests)}", flush=True)
     finally:
         fake.terminate()
         fake.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    ratios = [o.cpu / b.cpu for (o, _), (b, _) in zip(ours, bare, strict=True)]
     print(f"requests: {args.requests:,}, concurrency {args.concurrency}, {args.repeat} rounds")
     print(summary("bare aiohttp loop -> JSONL", bare, args.requests))
+    if base:
+        print(summary("pipeline run (baseline tree)", base, args.requests))
+        print(_ratios("baseline run / bare loop", base, bare))
     print(summary("pipeline run", ours, args.requests))
-    print(
-        f"CPU per request, run / bare loop: {statistics.median(ratios):.2f}x"
-        f" (rounds {', '.join(f'{r:.2f}' for r in ratios)}); load average {os.getloadavg()[0]:.1f}"
-    )
+    print(_ratios("run / bare loop", ours, bare) + f"; load average {os.getloadavg()[0]:.1f}")
+
+
+def _ratios(name: str, runs: list[tuple[Usage, float]], bare: list[tuple[Usage, float]]) -> str:
+    ratios = [o.cpu / b.cpu for (o, _), (b, _) in zip(runs, bare, strict=True)]
+    rounds = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"CPU per request, {name}: {statistics.median(ratios):.2f}x (rounds {rounds})"
+
+
+def _run_env(data_dir: Path, args: argparse.Namespace, tree: str | None) -> dict[str, str]:
+    """`pipeline run`'s environment: no PIPELINE_* of the caller's, its own data directory; a baseline tree
+    first on the path (it runs from that directory too: `-m` puts the working directory first)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(OPENAI_API_KEY=KEY, PIPELINE_DATA_DIR=str(data_dir))
+    if args.database_url:
+        env["PIPELINE_DATABASE_URL"] = args.database_url
+    if tree:
+        env["PYTHONPATH"] = tree
+    return env
 
 
 def _bare_command(jobs: Path, tmp: Path, base_url: str, args: argparse.Namespace) -> list[str]:
@@ -171,10 +193,12 @@ def _bare_command(jobs: Path, tmp: Path, base_url: str, args: argparse.Namespace
     return [*command, "--base-url", base_url, "--concurrency", str(args.concurrency)]
 
 
-def _side(fake_pid: int, command: list[str], env: dict[str, str]) -> tuple[Usage, float]:
+def _side(
+    fake_pid: int, command: list[str], env: dict[str, str], cwd: str | None = None
+) -> tuple[Usage, float]:
     """One side's run: its usage, and the CPU the fake spent meanwhile."""
     before = proc_cpu(fake_pid)
-    usage = run_measured(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    usage = run_measured(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert usage.returncode == 0, f"{command[:4]} exited {usage.returncode}"
     return usage, proc_cpu(fake_pid) - before
 

@@ -16,14 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipeline.accounts import pool_from_settings
-from pipeline.batchapi import plan
-from pipeline.batchapi.client import BatchClient
-from pipeline.batchapi.driver import OnChange
-from pipeline.batchapi.runner import Finish, run_batch_api
 from pipeline.errors import ConfigError, PermanentError
 from pipeline.ratelimit import make_limiter
 from pipeline.send.engine import Engine, EngineStats
-from pipeline.send.metrics import Metrics
 from pipeline.send.runner import new_event_loop, run_batch
 from pipeline.settings import Settings
 from pipeline.spend import make_budget
@@ -31,8 +26,12 @@ from pipeline.store import batches, fair, recovery
 from pipeline.store.db import Database
 from pipeline.store.models import Batch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the Batch API, Celery and prometheus_client load only where they are used
     from celery import Celery
+
+    from pipeline.batchapi.driver import OnChange
+    from pipeline.batchapi.runner import Finish
+    from pipeline.send.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,8 @@ def enqueue(app: Celery, settings: Settings, db: Database, batch_id: str, queue:
 
 def plan_parts(db: Database, batch_id: str) -> int:
     """Cut the queued rows of a batch-api batch into Batch API parts now; returns how many were made."""
+    from pipeline.batchapi import plan
+
     return len(plan.plan_parts(db, batches.get_batch(db, batch_id)))
 
 
@@ -108,6 +109,8 @@ def cancel_remote(settings: Settings, batch: Batch, remote_ids: list[str]) -> in
 
     One the API refuses (it has ended meanwhile) is skipped: its answers are stored like any others.
     """
+    from pipeline.batchapi.client import BatchClient
+
     key = settings.require_api_key()
 
     async def cancel() -> int:
@@ -134,6 +137,8 @@ def run_batch_api_here(
     signals: bool = True,
 ) -> Finish:
     """Carry a batch-api batch through the Batch API in this process until done, or until a signal."""
+    from pipeline.batchapi.runner import run_batch_api
+
     settings.require_api_key()
 
     async def run() -> Finish:
@@ -149,6 +154,8 @@ def serve_metrics(settings: Settings) -> Metrics | None:
     unless another address is set); None when no port is set."""
     if settings.metrics_port is None:
         return None
+    from pipeline.send.metrics import Metrics
+
     metrics = Metrics()
     try:
         metrics.serve(settings.metrics_port, settings.metrics_host)

@@ -95,6 +95,35 @@ def test_a_wrong_key_raises_batch_paused_from_run_wait_and_the_iteration(
     assert [r["status"] for r in results] == ["succeeded"] * 3
 
 
+def test_a_resume_from_another_handle_while_the_paused_run_drains_is_not_undone(fake: FakeServer) -> None:
+    # The first request is refused 401 at once (the batch pauses, run() raises); the second is refused 401
+    # too, but only after LATE seconds: it is still out when another handle resumes the batch. Its late
+    # 401 answers the request sent before the resume, so it must not pause the batch again, and the run
+    # that paused must stop claiming: the resumed run sends the rest. Each directive holds once.
+    late = 5
+    lines = [
+        chat_line("refused", 'fake:{"status": 401, "code": "invalid_api_key", "times": 1}'),
+        chat_line(
+            "refused-late",
+            f'fake:{{"status": 401, "code": "invalid_api_key", "times": 1, "latency": {late}}}',
+        ),
+        *(chat_line(f"plain-{i}", f"plain {i}") for i in range(3)),
+    ]
+    with pytest.raises(pipeline.BatchPaused) as info:
+        pipeline.run(lines, base_url=fake.url, progress=False)
+    resumed = pipeline.batch(info.value.batch_id).resume()
+    assert fake.stats()["in_flight"] == 1, "the late 401 must still be out when the batch is resumed"
+
+    results = {r["custom_id"]: r["status"] for r in resumed.wait(timeout=60 + late)}
+    assert resumed.state == BatchState.COMPLETED
+    assert results == dict.fromkeys(
+        ["refused", "refused-late", *(f"plain-{i}" for i in range(3))], "succeeded"
+    )
+    bodies = fake.stats()["bodies"].values()
+    assert sorted(b["received"] for b in bodies) == [1, 1, 1, 2, 2]  # the refused two sent once more each
+    assert all(b["answered"] == 1 for b in bodies)  # nothing answered twice
+
+
 def test_raise_on_pause_false_leaves_the_state_to_say_so(
     fake: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

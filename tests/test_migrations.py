@@ -6,8 +6,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 
-from pipeline.store.db import Database, open_database
+from pipeline.store.db import Database, alembic_config, head_revision, open_database
 from pipeline.store.models import Base
 from tests.conftest import invoke
 
@@ -178,3 +179,39 @@ def test_processes_started_together_on_a_new_database_all_migrate_it(database_ur
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     finally:
         db.engine.dispose()
+
+
+def _schema(db: Database) -> dict[str, dict[str, object]]:
+    """Every table's columns (with types, nullability and server defaults), keys, indexes and constraints."""
+    found = inspect(db.engine)
+    return {
+        table: {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in found.get_columns(table)
+            ),
+            "pk": found.get_pk_constraint(table),
+            "fks": sorted(str(sorted(fk.items())) for fk in found.get_foreign_keys(table)),
+            "indexes": sorted(str(sorted(ix.items())) for ix in found.get_indexes(table)),
+            "uniques": sorted(str(sorted(u.items())) for u in found.get_unique_constraints(table)),
+            "checks": sorted(str(sorted(c.items())) for c in found.get_check_constraints(table)),
+        }
+        for table in found.get_table_names()
+    }
+
+
+def test_a_new_sqlite_file_gets_the_schema_the_revisions_build(tmp_path: Path) -> None:
+    """A new SQLite file is created from the models and stamped at head (no revision run): it must be the
+    schema every revision in turn builds, to the server defaults and constraint names later revisions
+    may depend on."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext as Context
+
+    migrated = Database(f"sqlite:///{tmp_path / 'migrated.db'}")
+    migrated.upgrade()
+    created = open_database(f"sqlite:///{tmp_path / 'created.db'}")
+    assert _schema(created) == _schema(migrated)
+    with created.engine.connect() as conn:
+        assert Context.configure(conn).get_current_revision() == head_revision()
+    command.upgrade(alembic_config(created.url), "head")  # nothing left to run
+    assert _schema(created) == _schema(migrated)

@@ -125,8 +125,14 @@ class Runs:
         return next(log for p, log in self.started if p is proc).read_text()
 
     def finish(self, proc: Popen[str], timeout: float) -> tuple[str, str]:
-        """Its stdout and stderr, once it has exited."""
-        out, _ = proc.communicate(timeout=timeout)
+        """Its stdout and stderr, once it has exited; past `timeout`, a failure with every thread's stack
+        (SIGABRT makes faulthandler print them)."""
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.communicate(timeout=30)
+            raise AssertionError(f"still running after {timeout} s:\n{self.stderr(proc)[-20000:]}") from None
         return out, self.stderr(proc)
 
 
@@ -137,6 +143,7 @@ def runs(fake: FakeServer, tmp_path: Path, database_url: str) -> Iterator[Runs]:
         **{k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "OPENAI_"))},
         "OPENAI_API_KEY": TEST_KEY,
         "OPENAI_BASE_URL": fake.url,
+        "PYTHONFAULTHANDLER": "1",
         "PIPELINE_DATABASE_URL": database_url,
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
     }

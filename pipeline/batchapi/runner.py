@@ -52,10 +52,16 @@ async def run_batch_api(
     signals: bool = True,
 ) -> Finish:
     """Carry the batch through the Batch API until it is done, or a signal stops the waiting."""
-    async with Engine(settings, db, limiter) as engine:
-        async with PartDriver(settings, db, engine.ownership, on_change=on_change) as driver:
-            stopper = _Stopper(engine, driver)
-            with stopper.on_signals() if signals else contextlib.nullcontext():
+    engine = Engine(settings, db, limiter)
+    stopper = _Stopper(engine)
+    # The handlers stay until the engine and the driver have finished what was under way (see
+    # send/runner.py's run_batch: a second SIGINT must interrupt between two callbacks, never inside one).
+    with stopper.on_signals() if signals else contextlib.nullcontext():
+        async with engine:
+            async with PartDriver(settings, db, engine.ownership, on_change=on_change) as driver:
+                stopper.driver = driver
+                if stopper.stopped.is_set():  # a signal came before the driver was there to stop
+                    driver.stop()
                 await _loop(settings, db, batch_id, engine, driver, stopper)
     return Finish(stopper.stopped.is_set(), await asyncio.to_thread(parts.open_count, db, batch_id))
 
@@ -113,9 +119,10 @@ def _done(db: Database, batch_id: str) -> bool:
 class _Stopper:
     """First SIGINT or SIGTERM: stop waiting (the remote batches keep running); a second SIGINT: at once."""
 
-    def __init__(self, engine: Engine, driver: PartDriver) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.driver = driver
+        #: the part driver, once it runs
+        self.driver: PartDriver | None = None
         self.stopped = asyncio.Event()
 
     @contextlib.contextmanager
@@ -134,5 +141,6 @@ class _Stopper:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
             raise KeyboardInterrupt
         self.stopped.set()
-        self.driver.stop()
+        if self.driver is not None:
+            self.driver.stop()
         self.engine.drain()

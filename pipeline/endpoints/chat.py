@@ -16,20 +16,12 @@ from pipeline.send.tokens import TOKENS_PER_MESSAGE, completion_budget, prompt_t
 CHAT_ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-class Chat(Endpoint):
-    """Chat completions."""
-
-    def validate(self, body: Body, base_dir: Path) -> str | None:
-        return check_chat(body) or check_stream(body)
+class Choices(Endpoint):
+    """An endpoint answered with `choices` (chat and legacy completions): one prompt text, `n` choices,
+    `max_tokens` each."""
 
     def prompt_texts(self, body: Body) -> list[str]:
         return [prompt_text(body)]
-
-    def prompt_overhead(self, body: Body) -> int:
-        return TOKENS_PER_MESSAGE * self.messages(body)
-
-    def messages(self, body: Body) -> int:
-        return len(body.get("messages") or [])
 
     def completion_cap(self, body: Body) -> int | None:
         return completion_budget(body)
@@ -40,6 +32,19 @@ class Chat(Endpoint):
 
     def parse(self, data: dict[str, Any]) -> Parsed | str:
         return parse_choices(data)
+
+
+class Chat(Choices):
+    """Chat completions."""
+
+    def validate(self, body: Body, base_dir: Path) -> str | None:
+        return check_chat(body) or check_stream(body)
+
+    def prompt_overhead(self, body: Body) -> int:
+        return TOKENS_PER_MESSAGE * self.messages(body)
+
+    def messages(self, body: Body) -> int:
+        return len(body.get("messages") or [])
 
 
 def check_chat(body: Body) -> str | None:

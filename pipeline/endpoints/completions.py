@@ -5,32 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.endpoints.base import Body, Endpoint, Parsed
-from pipeline.endpoints.chat import parse_choices
+from pipeline.endpoints.base import Body
+from pipeline.endpoints.chat import Choices
 from pipeline.endpoints.checks import check_counts, check_stream, check_string, is_int, json_type
-from pipeline.send.tokens import completion_budget, prompt_text
 
 _PROMPT_TYPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
 
 
-class Completions(Endpoint):
+class Completions(Choices):
     """Legacy text completions."""
 
     def validate(self, body: Body, base_dir: Path) -> str | None:
         return check_completions(body) or check_stream(body)
-
-    def prompt_texts(self, body: Body) -> list[str]:
-        return [prompt_text(body)]
-
-    def completion_cap(self, body: Body) -> int | None:
-        return completion_budget(body)
-
-    def choices(self, body: Body) -> int:
-        n = body.get("n")
-        return n if isinstance(n, int) and n > 0 else 1
-
-    def parse(self, data: dict[str, Any]) -> Parsed | str:
-        return parse_choices(data)
 
 
 def check_completions(body: Body) -> str | None:

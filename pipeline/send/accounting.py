@@ -9,16 +9,19 @@ and feeds the budget what the database says every second.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ErrorType, SpendCapReached
 from pipeline.prices import PriceTable
 from pipeline.send.estimates import Job
-from pipeline.send.metrics import Metrics
 from pipeline.send.responses import Usage
 from pipeline.spend import Budget
 from pipeline.store.claims import Outcome
 from pipeline.store.models import RequestStatus
 from pipeline.store.usage import DIRECT
+
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
 
 
 @dataclass

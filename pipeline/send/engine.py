@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -43,7 +44,6 @@ from pipeline.send.claiming import retrying
 from pipeline.send.classify import backoff_delay, wait_after_first
 from pipeline.send.estimates import Estimator, Job, attempt_record, charged_tokens, usage
 from pipeline.send.health import WriteHealth, pause_batches
-from pipeline.send.metrics import Metrics
 from pipeline.send.ownership import Ownership
 from pipeline.send.responses import Parsed, Usage, answer_of, result_row
 from pipeline.send.routing import ACCOUNT_ERRORS, Rerouted, Routes, bench_account, overloaded
@@ -59,12 +59,15 @@ from pipeline.store.claims import AttemptRecord, Claimed, Outcome
 from pipeline.store.db import Database
 from pipeline.store.models import CANCELLED_STATES, BatchState, RequestStatus, utcnow
 
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
+
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs ~1 us a field
 class _Answer:
     """A 2xx answer: what `_attempt` hands back on success."""
 
@@ -105,8 +108,10 @@ class Engine:
         self._acct = Accounting(load_prices(settings), budget or LocalBudget(), metrics)
         self.stats = self._acct.stats
         self.draining = False
-        self._estimates = Estimator()
+        self._estimates = Estimator(exact=bool(settings.tpm or settings.limits_file))
         self._held: dict[int, Claimed] = {}
+        #: when this engine last paused each batch (time.monotonic())
+        self._paused_at: dict[str, float] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
@@ -230,7 +235,7 @@ class Engine:
     async def submit(self, rows: list[Claimed]) -> None:
         """Start working on claimed rows; waits while twice max-in-flight rows are already held."""
         await self._learn({row.batch_id for row in rows})
-        for job in await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch):
+        for job in await self._prepare(rows):
             self._start(job)
         while len(self._tasks) >= 2 * self.settings.max_in_flight:
             self._room.clear()
@@ -239,7 +244,7 @@ class Engine:
     async def process(self, rows: list[Claimed]) -> list[Outcome]:
         """Work on claimed rows and return once every one is stored or dropped (a worker's chunk)."""
         await self._learn({row.batch_id for row in rows})
-        jobs = await asyncio.to_thread(self._estimates.prepare, rows, self._routes.by_batch)
+        jobs = await self._prepare(rows)
         outcomes = await asyncio.gather(*(self._start(job) for job in jobs))
         async with self._flushed:
             await self._flushed.wait_for(lambda: not any(row.id in self._held for row in rows))
@@ -257,7 +262,19 @@ class Engine:
         if new:
             specs = await asyncio.to_thread(batches.pool_specs, self.db, new)
             for batch_id in new:
-                self._routes.add(batch_id, specs.get(batch_id))
+                route = self._routes.add(batch_id, specs.get(batch_id))
+                self._estimates.exact |= any(account.tpm for account in route.pool.accounts)
+
+    async def _prepare(self, rows: list[Claimed]) -> list[Job]:
+        """The rows' jobs, estimated off the event loop; prompts counted exactly once a key of this engine
+        has a tokens-per-minute limit in force (given, learned here or by another engine) or the batch a
+        spend cap (estimates.py)."""
+        estimates = self._estimates
+        estimates.exact |= any(view.get("tpm") for view in self._watch.snapshots.values())
+        watch = self._watch
+        return await asyncio.to_thread(
+            estimates.prepare, rows, self._routes.by_batch, lambda batch: watch.cap(batch) is not None
+        )
 
     def _start(self, job: Job) -> asyncio.Task[Outcome | None]:
         row = job.row
@@ -317,7 +334,7 @@ class Engine:
             self._flushed.notify_all()
 
     async def _execute(self, job: Job) -> Outcome | None:
-        row = job.row
+        row, began = job.row, time.monotonic()
         records: list[AttemptRecord] = []
         try:
             answer = await self._attempts(job, records)
@@ -326,7 +343,7 @@ class Engine:
                 return None
             return job.outcome(stop.status, records, stop.reason, stop.reason)
         except BatchBlocked as exc:  # nothing of the batch can succeed until someone acts
-            await self._pause(row.batch_id, exc.message)
+            await self._pause(row.batch_id, exc.message, began)
             return job.outcome(RequestStatus.QUEUED, records)
         except APIError as exc:
             result = result_row(exc.status, exc.request_id, None, exc.body, None) if exc.body else None
@@ -398,6 +415,7 @@ class Engine:
             finally:
                 self.limiter.settle(key, estimate, charged, headers)
                 lane.learn(headers)
+                self._estimates.exact |= "x-ratelimit-limit-tokens" in headers
                 lane.gate.leave(
                     latency / 1000.0 if sent and error is None else None, overloaded(status, error)
                 )
@@ -436,7 +454,17 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _pause(self, batch_id: str, reason: str) -> None:
+    def paused_since(self, batch_id: str, since: float) -> bool:
+        """Has this engine paused the batch at or after `since` (time.monotonic())?"""
+        return self._paused_at.get(batch_id, -math.inf) >= since
+
+    async def _pause(self, batch_id: str, reason: str, began: float) -> None:
+        """Pause the batch for the answer of a request that began at `began`. One that began before this
+        engine last paused the batch says nothing of a resume since (a wrong key's 401 arriving after
+        `resume` set the right key): it pauses nothing again."""
+        if self.paused_since(batch_id, began):
+            return
+        self._paused_at[batch_id] = time.monotonic()
         if self._watch.state(batch_id) != BatchState.PAUSED:
             self._watch.states[batch_id] = BatchState.PAUSED
             log.warning("batch %s paused: %s", batch_id, reason)

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from pipeline.about import user_agent
 from pipeline.accounts import Account, Pool, pool_from_settings
 from pipeline.endpoints import Endpoint
@@ -43,6 +45,7 @@ from pipeline.errors import (
 from pipeline.ratelimit import Limiter
 from pipeline.ratelimit.rules import MIN_SLEEP, LimitKey, Limits
 from pipeline.send.adaptive import Gate
+from pipeline.send.bodies import ACCEPT_ENCODING
 from pipeline.send.breaker import Breaker
 from pipeline.settings import Settings
 from pipeline.store import account_states
@@ -91,7 +94,7 @@ async def bench_account(db: Database, route: Route, index: int, batch_id: str, e
 class Lane:
     """One account as this engine sends through it."""
 
-    __slots__ = ("account", "headers", "json_headers", "breaker", "gate", "down")
+    __slots__ = ("account", "headers", "json_headers", "form_headers", "breaker", "gate", "down")
 
     def __init__(self, account: Account, breaker: Breaker, gate: Gate) -> None:
         self.account = account
@@ -106,7 +109,12 @@ class Lane:
             self.down = f"{account.api_key_env} holds another key than the batch was submitted with"
         else:
             self.headers = account.headers(user_agent())
-        self.json_headers = {**self.headers, "Content-Type": "application/json"}
+        # Every request's whole headers, built once: aiohttp copies a CIMultiDict as it is (a dict, or a
+        # session's default headers merged in, cost it a conversion per request).
+        sent = {**self.headers, "Accept-Encoding": ACCEPT_ENCODING}
+        self.json_headers = CIMultiDictProxy(CIMultiDict({**sent, "Content-Type": "application/json"}))
+        #: a multipart upload's (aiohttp sets its Content-Type with the boundary)
+        self.form_headers = CIMultiDictProxy(CIMultiDict(sent))
         if self.down is not None:
             log.warning("account %s benched on this machine: %s", account.name, self.down)
 

@@ -13,17 +13,21 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.ratelimit import Limiter
 from pipeline.send.engine import Engine, EngineStats
-from pipeline.send.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.spend import Budget
 from pipeline.store import batches, claims, settle
 from pipeline.store.db import Database
 from pipeline.store.models import BatchState
 from pipeline.store.recovery import Reaper
+
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are served
+    from pipeline.send.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,18 @@ async def run_batch(
 
     A database that refuses writes for `write_stall_seconds` stops the run: `stats.stalled` says why.
     """
-    async with Engine(settings, db, limiter, budget, metrics, stop_on_stall=True) as engine:
-        if on_start is not None:
-            on_start(engine)
-        if signals:
-            with _draining_on_signals(engine) as caught:
-                await feed(settings, db, batch_id, engine)
-            engine.stats.stopped_by = caught.signal
-        else:
+    engine = Engine(settings, db, limiter, budget, metrics, stop_on_stall=True)
+    # The handlers stay until the engine has stored what was in flight: a second SIGINT during that wait
+    # must interrupt between two callbacks of the loop. With Python's own handler back, its
+    # KeyboardInterrupt would strike inside one (a protocol's data_received swallows it; a task's step cut
+    # short never ends, and the loop's shutdown waits on it forever), and a SIGTERM would kill the process
+    # with answers unstored.
+    with _draining_on_signals(engine, signals) as caught:
+        async with engine:
+            if on_start is not None:
+                on_start(engine)
             await feed(settings, db, batch_id, engine)
+    engine.stats.stopped_by = caught.signal
     try:  # the writer settles the state after each write; if the last one could not, this does
         await asyncio.to_thread(settle.settle_states, db, [batch_id])
     except Exception as exc:
@@ -77,9 +84,15 @@ async def feed(
     """
     reaper = Reaper(db)
     period = max(0.5, settings.lease_seconds / 4)
+    started = time.monotonic()
     await sweep(reaper, engine)
     after, told = 0, False
     while not engine.draining:
+        if engine.paused_since(batch_id, started):
+            # A run that paused the batch stops: a resume sends it anew. Were it to go on, it would claim
+            # the rows a resume meanwhile gave back, and send them the way that paused the batch.
+            await engine.join()
+            return
         await engine.writable()  # no new rows while answers cannot be stored
         ids = await asyncio.to_thread(
             functools.partial(claims.queued_ids, direct_only=direct_only),
@@ -130,15 +143,18 @@ class _draining_on_signals:
     """First SIGINT or SIGTERM drains the engine; a second SIGINT interrupts at once (KeyboardInterrupt:
     every transaction is atomic, and a rerun takes over the rows this process held)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, install: bool = True) -> None:
         self.engine = engine
+        #: off the main thread there are no signals to handle (the Python API's background run)
+        self.install = install
         #: the signal that stopped the run, if one did
         self.signal: int | None = None
 
     def __enter__(self) -> _draining_on_signals:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.install:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
         return self
 
     def _on_signal(self, sig: int) -> None:
@@ -151,6 +167,7 @@ class _draining_on_signals:
         self.engine.drain()
 
     def __exit__(self, *exc_info: object) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        if self.install:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

@@ -126,9 +126,14 @@ def prompt_counts(bodies: list[dict[str, Any]]) -> list[int]:
     ]
 
 
-def count_prompts(endpoints: Sequence[Counts], bodies: Sequence[dict[str, Any]]) -> list[int]:
+def count_prompts(
+    endpoints: Sequence[Counts], bodies: Sequence[dict[str, Any]], *, exact: bool = True
+) -> list[int]:
     """Prompt tokens of each body as its endpoint counts them: each of its texts with the model's encoding
-    (one tokenizer call per encoding for them all), plus the endpoint's overhead (framing, token ids)."""
+    (one tokenizer call per encoding for them all), plus the endpoint's overhead (framing, token ids).
+
+    `exact` False: ceil(characters / 4) per text even with toktok installed, for callers that only need
+    an order of magnitude (loading an encoding costs ~0.5 CPU-s per process)."""
     counts = [endpoint.prompt_overhead(body) for endpoint, body in zip(endpoints, bodies, strict=True)]
     by_encoding: dict[str, tuple[list[int], list[str]]] = {}
     for i, (endpoint, body) in enumerate(zip(endpoints, bodies, strict=True)):
@@ -138,7 +143,7 @@ def count_prompts(endpoints: Sequence[Counts], bodies: Sequence[dict[str, Any]])
             owners.extend([i] * len(texts))
             pending.extend(texts)
     for encoding, (owners, texts) in by_encoding.items():
-        if toktok is not None:
+        if toktok is not None and exact:
             found = [int(n) for n in toktok.batch_count(texts, encoding)]
         else:
             found = [math.ceil(len(text) / 4) for text in texts]

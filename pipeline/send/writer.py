@@ -68,8 +68,16 @@ class Writer:
         self._outbox.put_nowait(outcome)
 
     async def join(self) -> None:
-        """Wait until every outcome put so far is stored (or given up, when draining)."""
-        await self._outbox.join()
+        """Wait until every outcome put so far is stored (or given up, when draining), or the writer has
+        stopped: cancelled with the event loop (a second Ctrl-C), it stores nothing more, and what it had
+        not stored is sent again by the next run."""
+        if self._task is None or self._task.done():
+            return
+        joined = asyncio.ensure_future(self._outbox.join())
+        try:
+            await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            joined.cancel()
 
     def drain(self, seconds: float) -> None:
         """From now on, a transaction that keeps failing is given up after `seconds` (the earliest of the

@@ -72,7 +72,9 @@ class Batch(Base):
     organization: Mapped[str | None] = mapped_column(String(128))
     key_fingerprint: Mapped[str] = mapped_column(String(32))  #: a hash of the API key, never the key
     total: Mapped[int] = mapped_column(Integer, default=0)
-    dispatch: Mapped[Dispatch] = mapped_column(_states(Dispatch), default=Dispatch.LOCAL)
+    dispatch: Mapped[Dispatch] = mapped_column(
+        _states(Dispatch), default=Dispatch.LOCAL, server_default=Dispatch.LOCAL.value
+    )
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  #: max_attempts, timeout, limits
     #: when the last request became final (state completed or cancelled); None while any is not
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -7,13 +7,14 @@ sees every row final, so no lock is needed across them and no batch is left behi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from pipeline.store.db import Database
-from pipeline.store.models import CANCELLED_STATES, Batch, BatchState, Request, RequestStatus
-from pipeline.store.sql import db_clock, db_time_for, executemany
+from pipeline.store.models import CANCELLED_STATES, Batch, BatchState
+from pipeline.store.sql import db_clock, db_time_for, executemany, fetch, placeholders
 
 #: A cancelled batch keeps no queued rows (an engine may release rows before it sees the cancel).
 _CANCEL_LEFT = (
@@ -64,19 +65,23 @@ def settle_states(db: Database, batch_ids: Iterable[str]) -> None:
 
 def _to_settle(db: Database, batch_ids: set[str]) -> list[str]:
     """Those of the batches that are done (in progress or cancelling, no row queued or running), or
-    cancelled with queued rows left."""
+    cancelled with queued rows left. Read after every write transaction: straight through the driver."""
     if not batch_ids:
         return []
-    open_rows = select(Request.id).where(
-        Request.batch_id == Batch.id, Request.status.in_([RequestStatus.QUEUED, RequestStatus.RUNNING])
-    )
-    queued = select(Request.id).where(Request.batch_id == Batch.id, Request.status == RequestStatus.QUEUED)
-    stmt = select(Batch.id).where(
-        Batch.id.in_(sorted(batch_ids)),
-        or_(
-            and_(Batch.state.in_(SETTLING_STATES), ~open_rows.exists()),
-            and_(Batch.state.in_(CANCELLED_STATES), queued.exists()),
-        ),
-    )
     with db.read() as s:
-        return sorted(s.scalars(stmt))
+        return [row[0] for row in fetch(s, _to_settle_sql(len(batch_ids)), sorted(batch_ids))]
+
+
+@functools.lru_cache(maxsize=16)
+def _to_settle_sql(n: int) -> str:
+    return (
+        f"SELECT b.id FROM batches b WHERE b.id IN ({placeholders(n)}) AND ("
+        f"(b.state IN ({_quoted(SETTLING_STATES)}) AND NOT EXISTS (SELECT 1 FROM requests r"
+        " WHERE r.batch_id = b.id AND r.status IN ('queued', 'running')))"
+        f" OR (b.state IN ({_quoted(CANCELLED_STATES)}) AND EXISTS (SELECT 1 FROM requests r"
+        " WHERE r.batch_id = b.id AND r.status = 'queued'))) ORDER BY b.id"
+    )
+
+
+def _quoted(states: Iterable[BatchState]) -> str:
+    return ", ".join(f"'{state.value}'" for state in sorted(states))

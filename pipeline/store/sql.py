@@ -88,6 +88,23 @@ def executemany(
         cursor.close()
 
 
+def fetch(session: Session, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The rows of `sql` (`?` placeholders, written SQLite's way) run once on the session's connection, in
+    its transaction, straight through the driver: for the statements the writer runs per transaction,
+    where building and compiling a SQLAlchemy statement cost more than the query."""
+    cursor = session.connection().connection.cursor()
+    try:
+        cursor.execute(sql if is_sqlite(session) else sql.replace("?", "%s"), params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def placeholders(n: int) -> str:
+    """`?, ?, ...`: n of them, for an IN (...) list."""
+    return ", ".join("?" * n)
+
+
 def upsert(
     session: Session,
     model: type[DeclarativeBase],
