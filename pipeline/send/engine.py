@@ -186,9 +186,10 @@ class Engine:
                 await self._watch.save_limits()
             await self._http.__aexit__(None, None, None)
             await self._own.__aexit__(None, None, None)
-            aclose = getattr(self._acct.budget, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            for shared in (self._acct.budget, self.limiter):  # Redis-backed ones hold connections
+                aclose = getattr(shared, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
     def drain(self, seconds: float | None = None) -> None:
         """Send nothing new: in-flight requests finish and are stored (for at most `seconds`, default
