@@ -153,6 +153,7 @@ VETTED = {
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)  # its own steps allow 300 s to build, 600 to install: more than the default
 def test_the_wheel_installed_in_a_fresh_venv_runs_every_command_and_the_demo_from_anywhere(
     tmp_path: Path,
 ) -> None:
