@@ -89,6 +89,8 @@ def _values(client: redis.Redis, key: bytes) -> list[Any]:
         return [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
     if kind == "stream":
         return [as_text(entry) for entry in client.xrange(key)]
+    if kind == "none":  # gone since the scan (a queue emptied): it holds nothing any more
+        return []
     raise AssertionError(f"Redis key {key!r} of a type the test does not read: {kind}")
 
 
