@@ -112,6 +112,8 @@ class Engine:
         self._held: dict[int, Claimed] = {}
         #: when this engine last paused each batch (time.monotonic())
         self._paused_at: dict[str, float] = {}
+        #: when this engine's last claim of each batch began (time.monotonic())
+        self._claimed_at: dict[str, float] = {}
         self._stop = asyncio.Event()
         self.backlog = Backlog(self._stop)  #: claimed rows not yet through the limiter
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
@@ -228,7 +230,9 @@ class Engine:
         )
 
     async def _claiming(self, take: Callable[[], list[Claimed]], what: str) -> list[Claimed]:
+        started = time.monotonic()
         rows = await retrying(take, what, self._own, self._sleep, lambda: self.draining, self._health)
+        self._claimed_at.update(dict.fromkeys({row.batch_id for row in rows}, started))
         await self._watch.learn_priorities({row.batch_id for row in rows})
         return rows
 
@@ -281,7 +285,8 @@ class Engine:
         self.backlog.add(row.id, row.batch_id)
         self._watch.keys.add(job.key)
         self._held[row.id] = row
-        self._watch.states[row.batch_id] = BatchState.IN_PROGRESS  # the claim just found it so (e.g. resumed)
+        if not self.paused_since(row.batch_id, self._claimed_at.get(row.batch_id, -math.inf)):
+            self._watch.states[row.batch_id] = BatchState.IN_PROGRESS  # the claim found it so (e.g. resumed)
         task = asyncio.create_task(self._run_one(job))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -463,6 +468,7 @@ class Engine:
         engine last paused the batch says nothing of a resume since (a wrong key's 401 arriving after
         `resume` set the right key): it pauses nothing again."""
         if self.paused_since(batch_id, began):
+            self._watch.states[batch_id] = BatchState.PAUSED  # not sent here until a claim or the watch says
             return
         self._paused_at[batch_id] = time.monotonic()
         if self._watch.state(batch_id) != BatchState.PAUSED:
