@@ -232,8 +232,9 @@ class Engine:
     async def _claiming(self, take: Callable[[], list[Claimed]], what: str) -> list[Claimed]:
         started = time.monotonic()
         rows = await retrying(take, what, self._own, self._sleep, lambda: self.draining, self._health)
-        self._claimed_at.update(dict.fromkeys({row.batch_id for row in rows}, started))
-        await self._watch.learn_priorities({row.batch_id for row in rows})
+        claimed = {row.batch_id for row in rows}
+        self._claimed_at.update(dict.fromkeys(claimed, started))
+        await self._watch.learn_priorities(claimed)
         return rows
 
     async def submit(self, rows: list[Claimed]) -> None:
